@@ -1,0 +1,662 @@
+#!/usr/bin/env bash
+# netns/lab.sh — a multi-subnet Butter lab built from Linux network namespaces.
+#
+# Topology (routed, the default):
+#
+#   root ns ──bt-admin── bt-router ──s1── [bt-sw1: br0] ──h1..hH── bt-s1h1 … bt-s1hH   10.1.0.0/24
+#                                  ──s2── [bt-sw2: br0] ──h1..hH── bt-s2h1 … bt-s2hH   10.2.0.0/24
+#                                  …
+#
+# Every object lives in a namespace whose name starts with $PREFIX; the only object in the root
+# namespace is the admin veth (also prefixed), which dies with the router namespace. So `down`
+# finds everything by name, even after a crash or a half-finished `up`.
+#
+# Why a bridge per subnet in its own namespace ("switch"): the root namespace here runs Docker
+# with br_netfilter, so a bridge in the root namespace would send bridged frames through Docker's
+# FORWARD chain (policy drop). A switch namespace has no rules and no addresses.
+#
+# Why multicast stays inside a subnet: the router forwards unicast only (no multicast routing
+# daemon, no mroute table), and the admin link ends at the router, so no second path joins two
+# subnets. Bridges have IGMP snooping off so beacons flood every port, querier or not.
+#
+# The script is the lab's single entry point; tests and benchmarks drive it (tests/netns).
+set -euo pipefail
+shopt -s inherit_errexit # a failing $(...) stops the script too
+
+readonly PREFIX=bt-
+readonly ROUTER=${PREFIX}router
+readonly ADMIN_IF=${PREFIX}admin
+readonly ADMIN_ROOT_ADDR=10.255.255.1
+readonly ADMIN_ROUTER_ADDR=10.255.255.2
+readonly QUIC_PORT=7000
+readonly HTTP_PORT=7100
+readonly HOST_BASE=10 # host M of subnet N is 10.N.0.(HOST_BASE+M)
+readonly MAX_SUBNETS=250
+readonly MAX_HOSTS=200
+readonly NFT_TABLE=bt_link
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly LAB_DIR
+REPO_DIR=$(dirname "$LAB_DIR")
+readonly REPO_DIR
+RUN_DIR=${BUTTER_LAB_RUN_DIR:-$LAB_DIR/run}
+
+# Lab configuration; `up` writes it to $RUN_DIR/lab.env, other commands read it back.
+SUBNETS=2
+HOSTS=3
+BOOTSTRAP=none
+BIN=
+START=yes
+WAIT_SECS=20
+LOSS_SPECS=()
+RATE_SPECS=()
+DELAY_SPECS=()
+NODE_ARGS=()
+
+usage() {
+	cat <<EOF
+Usage: $(basename "$0") [--run-dir DIR] COMMAND [ARGS]
+
+Builds S subnets (a Linux bridge each, 10.N.0.0/24) joined by one router namespace, H host
+namespaces per subnet, and runs butter-node in every host. Requires root.
+
+Commands:
+  up [OPTIONS] [-- NODE_ARGS...]   build the lab (idempotent: same options => no change) and start nodes
+  down                             stop every node and delete everything named ${PREFIX}* (idempotent)
+  status                           table: namespace, address, pid, alive, /ready, peer count
+  hosts                            one line per host: namespace address site http-url
+  exec HOST CMD...                 run CMD inside a host namespace (HOST: s1h2 or ${PREFIX}s1h2)
+  start [HOST...]                  start nodes that are not running (all hosts by default)
+  stop [HOST...]                   SIGTERM nodes (all by default), SIGKILL after 5 s
+  kill HOST [SIGNAL]               send SIGNAL (default KILL) to one node
+  restart                          stop all nodes, wipe their data, start them all at one instant
+  loss HOST|sN|all PCT             set packet loss on host links now (0 removes it)
+  peers HOST                       print the node's /peers JSON
+
+Options of up:
+  --subnets S          number of subnets (default $SUBNETS, max $MAX_SUBNETS)
+  --hosts H            hosts per subnet (default $HOSTS, max $MAX_HOSTS)
+  --bootstrap MODE     none | one-per-subnet | all (default $BOOTSTRAP)
+                         one-per-subnet: host 1 of subnet N bootstraps from host 1 of subnet N+1
+                         all: every host bootstraps from host 1 of every other subnet
+  --loss [WHERE=]PCT   drop PCT % of packets each way on host links (nftables in the host);
+                         WHERE is a host (s1h2), a subnet (s1) or all (default); repeatable
+  --rate [WHERE=]RATE  limit each direction of host links to RATE (tbf, e.g. 10mbit); repeatable
+  --delay [WHERE=]MS   one-way delay in ms each direction (netem; skipped with a warning when the
+                         kernel lacks netem, as it does on the CI machine); repeatable
+  --bin PATH           butter-node binary (default target/release/butter-node, else target/debug)
+  --no-start           build the topology only
+  --wait SECS          wait up to SECS for every node's /health (default $WAIT_SECS; 0: do not wait)
+
+Node settings are passed as environment (BUTTER_LISTEN=ADDR:$QUIC_PORT, BUTTER_HTTP=ADDR:$HTTP_PORT,
+BUTTER_DATA_DIR, BUTTER_SITE=sN, BUTTER_BOOTSTRAP), so NODE_ARGS after -- override any of them.
+All nodes start at the same instant (a lock barrier); the instant is in RUN_DIR/started_at_ms.
+
+Run dir (default netns/run, or \$BUTTER_LAB_RUN_DIR): lab.env, started_at_ms, and per host
+<ns>/node.log, <ns>/pid, <ns>/data.
+EOF
+}
+
+die() {
+	echo "lab.sh: $*" >&2
+	exit 1
+}
+
+log() { echo "lab.sh: $*" >&2; }
+
+# is_uint VALUE MIN MAX
+is_uint() {
+	[[ $1 =~ ^[0-9]+$ ]] || return 1
+	(($1 >= $2 && $1 <= $3))
+}
+
+need_root() {
+	[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces); try: sudo $0 $*"
+}
+
+need_tools() {
+	local t
+	for t in ip nft tc curl jq flock; do
+		command -v "$t" >/dev/null || die "missing tool '$t' (apt-get install iproute2 nftables curl jq util-linux)"
+	done
+}
+
+# --- naming -------------------------------------------------------------------------------------
+
+host_ns() { echo "${PREFIX}s${1}h${2}"; }
+switch_ns() { echo "${PREFIX}sw${1}"; }
+host_addr() { echo "10.${1}.0.$((HOST_BASE + $2))"; }
+router_addr() { echo "10.${1}.0.1"; }
+
+# Normalise "s1h2" / "bt-s1h2" to the namespace name and check it is a host of this lab.
+resolve_host() {
+	local name=${1#"$PREFIX"}
+	[[ $name =~ ^s([0-9]+)h([0-9]+)$ ]] || die "not a host name: $1 (expected s<subnet>h<host>)"
+	local s=${BASH_REMATCH[1]} h=${BASH_REMATCH[2]}
+	((s >= 1 && s <= SUBNETS && h >= 1 && h <= HOSTS)) || die "no host $1 in a lab of $SUBNETS x $HOSTS"
+	echo "$s $h"
+}
+
+all_hosts() {
+	local s h
+	for ((s = 1; s <= SUBNETS; s++)); do
+		for ((h = 1; h <= HOSTS; h++)); do
+			echo "$s $h"
+		done
+	done
+}
+
+lab_namespaces() {
+	ip netns list | awk '{print $1}' | grep "^${PREFIX}" || true
+}
+
+# --- state --------------------------------------------------------------------------------------
+
+save_config() {
+	mkdir -p "$RUN_DIR"
+	# -g: the file is sourced inside a function, where a plain declare would make locals.
+	declare -p SUBNETS HOSTS BOOTSTRAP BIN LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS |
+		sed -E 's/^declare -(-?)([a-zA-Z]*) /declare -g\2 /' >"$RUN_DIR/lab.env"
+}
+
+load_config() {
+	[[ -f $RUN_DIR/lab.env ]] || die "no lab in $RUN_DIR (run: $0 up)"
+	# shellcheck source=/dev/null
+	source "$RUN_DIR/lab.env"
+}
+
+# The topology part of the config: if it matches, `up` keeps the lab and only starts what is missing.
+config_fingerprint() {
+	declare -p SUBNETS HOSTS BOOTSTRAP BIN LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS | md5sum | cut -d' ' -f1
+}
+
+# --- topology -----------------------------------------------------------------------------------
+
+make_ns() {
+	ip netns add "$1"
+	ip -n "$1" link set lo up
+}
+
+make_router() {
+	make_ns "$ROUTER"
+	ip netns exec "$ROUTER" sysctl -qw net.ipv4.ip_forward=1
+	# Admin link: the root namespace reaches every host's HTTP port through the router, and
+	# nothing else. The router has no default route, so the lab cannot reach the outside.
+	ip link add "$ADMIN_IF" type veth peer name admin netns "$ROUTER"
+	ip addr add "$ADMIN_ROOT_ADDR/30" dev "$ADMIN_IF"
+	ip link set "$ADMIN_IF" up
+	ip -n "$ROUTER" addr add "$ADMIN_ROUTER_ADDR/30" dev admin
+	ip -n "$ROUTER" link set admin up
+}
+
+make_subnet() {
+	local s=$1 sw
+	sw=$(switch_ns "$s")
+	make_ns "$sw"
+	ip -n "$sw" link add br0 type bridge mcast_snooping 0 stp_state 0 forward_delay 0
+	ip -n "$sw" link set br0 up
+	ip link add "s$s" netns "$ROUTER" type veth peer name rt netns "$sw"
+	ip -n "$sw" link set rt master br0 up
+	ip -n "$ROUTER" addr add "$(router_addr "$s")/24" dev "s$s"
+	ip -n "$ROUTER" link set "s$s" up
+	ip route replace "10.$s.0.0/24" via "$ADMIN_ROUTER_ADDR" dev "$ADMIN_IF"
+}
+
+make_host() {
+	local s=$1 h=$2 ns sw
+	ns=$(host_ns "$s" "$h")
+	sw=$(switch_ns "$s")
+	make_ns "$ns"
+	ip link add eth0 netns "$ns" type veth peer name "h$h" netns "$sw"
+	ip -n "$sw" link set "h$h" master br0 up
+	ip -n "$ns" addr add "$(host_addr "$s" "$h")/24" dev eth0
+	ip -n "$ns" link set eth0 up multicast on
+	ip -n "$ns" route add default via "$(router_addr "$s")"
+	# Multicast leaves through the LAN interface explicitly, not through whatever the default is.
+	ip -n "$ns" route add 224.0.0.0/4 dev eth0
+}
+
+# Hosts a spec ("all", "s2", "s2h3") applies to, one "s h" per line.
+spec_hosts() {
+	local where=$1
+	if [[ $where == all ]]; then
+		all_hosts
+	elif [[ $where =~ ^s([0-9]+)$ ]]; then
+		local s=${BASH_REMATCH[1]} h
+		((s >= 1 && s <= SUBNETS)) || die "no subnet $where"
+		for ((h = 1; h <= HOSTS; h++)); do echo "$s $h"; done
+	else
+		resolve_host "$where"
+	fi
+}
+
+# Split "[WHERE=]VALUE" into "WHERE VALUE".
+split_spec() {
+	if [[ $1 == *=* ]]; then echo "${1%%=*} ${1#*=}"; else echo "all $1"; fi
+}
+
+# Packet loss on one host's link, both directions, for everything but admin traffic.
+set_loss() {
+	local s=$1 h=$2 pct=$3 ns
+	ns=$(host_ns "$s" "$h")
+	is_uint "$pct" 0 100 || die "loss must be an integer percentage: $pct"
+	ip netns exec "$ns" nft "delete table inet $NFT_TABLE" 2>/dev/null || true
+	((pct > 0)) || return 0
+	ip netns exec "$ns" nft -f - <<EOF
+table inet $NFT_TABLE {
+	chain pre {
+		type filter hook prerouting priority raw; policy accept;
+		ip saddr $ADMIN_ROOT_ADDR accept
+		iifname "eth0" numgen random mod 100 < $pct counter drop
+	}
+	chain out {
+		type filter hook output priority raw; policy accept;
+		ip daddr $ADMIN_ROOT_ADDR accept
+		oifname "eth0" numgen random mod 100 < $pct counter drop
+	}
+}
+EOF
+}
+
+# Rate limit both directions of a host link: egress on the host side and on the switch side.
+set_rate() {
+	local s=$1 h=$2 rate=$3
+	ip netns exec "$(host_ns "$s" "$h")" tc qdisc replace dev eth0 root tbf rate "$rate" burst 32kbit latency 100ms
+	ip netns exec "$(switch_ns "$s")" tc qdisc replace dev "h$h" root tbf rate "$rate" burst 32kbit latency 100ms
+}
+
+netem_available() {
+	local probe=${PREFIX}netem-probe ok=1
+	ip netns add "$probe"
+	ip netns exec "$probe" tc qdisc add dev lo root netem delay 1ms 2>/dev/null || ok=0
+	ip netns del "$probe"
+	((ok))
+}
+
+# netem shapes egress only: put the delay on both ends so each direction gets it.
+set_delay() {
+	local s=$1 h=$2 ms=$3
+	ip netns exec "$(host_ns "$s" "$h")" tc qdisc replace dev eth0 root netem delay "${ms}ms"
+	ip netns exec "$(switch_ns "$s")" tc qdisc replace dev "h$h" root netem delay "${ms}ms"
+}
+
+# Every "s h" a list of [WHERE=]VALUE specs touches, as "s h value" lines. Runs in $(...) so a
+# bad spec stops the caller (set -e) instead of dying in a pipeline's subshell.
+expand_specs() {
+	local spec where value targets s h
+	for spec in "$@"; do
+		read -r where value <<<"$(split_spec "$spec")"
+		targets=$(spec_hosts "$where")
+		while read -r s h; do echo "$s $h $value"; done <<<"$targets"
+	done
+}
+
+validate_specs() {
+	local lines s h v
+	lines=$(expand_specs "${LOSS_SPECS[@]}")
+	while read -r s h v; do [[ -z $v ]] || is_uint "$v" 0 100 || die "--loss takes a percentage: $v"; done <<<"$lines"
+	lines=$(expand_specs "${RATE_SPECS[@]}")
+	while read -r s h v; do [[ -z $v || $v =~ ^[0-9]+([kmg]?bit)?$ ]] || die "--rate takes a tc rate (10mbit): $v"; done <<<"$lines"
+	lines=$(expand_specs "${DELAY_SPECS[@]}")
+	while read -r s h v; do [[ -z $v ]] || is_uint "$v" 0 60000 || die "--delay takes milliseconds: $v"; done <<<"$lines"
+}
+
+apply_link_conditions() {
+	local lines s h v
+	lines=$(expand_specs "${LOSS_SPECS[@]}")
+	while read -r s h v; do [[ -z $v ]] || set_loss "$s" "$h" "$v"; done <<<"$lines"
+	lines=$(expand_specs "${RATE_SPECS[@]}")
+	while read -r s h v; do [[ -z $v ]] || set_rate "$s" "$h" "$v"; done <<<"$lines"
+	((${#DELAY_SPECS[@]})) || return 0
+	if netem_available; then
+		lines=$(expand_specs "${DELAY_SPECS[@]}")
+		while read -r s h v; do [[ -z $v ]] || set_delay "$s" "$h" "$v"; done <<<"$lines"
+	else
+		log "warning: this kernel has no netem; --delay ignored"
+	fi
+}
+
+build_topology() {
+	local s h
+	make_router
+	for ((s = 1; s <= SUBNETS; s++)); do make_subnet "$s"; done
+	while read -r s h; do make_host "$s" "$h"; done < <(all_hosts)
+	apply_link_conditions
+}
+
+topology_intact() {
+	local s h
+	ip netns pids "$ROUTER" >/dev/null 2>&1 || return 1
+	ip link show "$ADMIN_IF" >/dev/null 2>&1 || return 1
+	while read -r s h; do
+		ip netns pids "$(host_ns "$s" "$h")" >/dev/null 2>&1 || return 1
+	done < <(all_hosts)
+}
+
+# --- nodes --------------------------------------------------------------------------------------
+
+resolve_bin() {
+	if [[ -z $BIN ]]; then
+		if [[ -x $REPO_DIR/target/release/butter-node ]]; then
+			BIN=$REPO_DIR/target/release/butter-node
+		else
+			BIN=$REPO_DIR/target/debug/butter-node
+		fi
+	fi
+	[[ -x $BIN ]] || die "butter-node binary not found at $BIN (cargo build -p butter-node, or --bin PATH)"
+	BIN=$(realpath "$BIN")
+}
+
+bootstrap_of() {
+	local s=$1 h=$2 o peers=()
+	case $BOOTSTRAP in
+	none) ;;
+	one-per-subnet)
+		if ((h == 1 && SUBNETS > 1)); then
+			peers+=("$(host_addr $((s % SUBNETS + 1)) 1):$QUIC_PORT")
+		fi
+		;;
+	all)
+		for ((o = 1; o <= SUBNETS; o++)); do
+			((o == s)) || peers+=("$(host_addr "$o" 1):$QUIC_PORT")
+		done
+		;;
+	esac
+	local IFS=,
+	echo "${peers[*]}"
+}
+
+node_pid() {
+	local pidfile=$RUN_DIR/$1/pid pid
+	[[ -f $pidfile ]] || return 1
+	pid=$(<"$pidfile")
+	# Alive, and still inside the namespace we started it in (pids get reused).
+	kill -0 "$pid" 2>/dev/null || return 1
+	ip netns identify "$pid" 2>/dev/null | grep -qx "$1" || return 1
+	echo "$pid"
+}
+
+# Runs inside the host: wait for the barrier, then become the node (argv: barrier, node command).
+# shellcheck disable=SC2016 # expanded by the inner sh
+readonly BARRIER_WRAPPER='flock -s "$0" true; exec "$@"'
+
+# Launch one node, blocked on the start barrier (a shared flock on a file `up` holds exclusively).
+launch_node() {
+	local s=$1 h=$2 barrier=$3 ns addr dir
+	ns=$(host_ns "$s" "$h")
+	addr=$(host_addr "$s" "$h")
+	dir=$RUN_DIR/$ns
+	mkdir -p "$dir/data"
+	# `ip netns exec`, env and sh all exec, so $! is the node's own pid. fd 9 (the barrier's
+	# exclusive lock) and fd 8 (the lab lock) must not be inherited, or the node would hold the
+	# lock it waits for, and every later lab command would wait for the node.
+	ip netns exec "$ns" env \
+		BUTTER_LISTEN="$addr:$QUIC_PORT" \
+		BUTTER_HTTP="$addr:$HTTP_PORT" \
+		BUTTER_DATA_DIR="$dir/data" \
+		BUTTER_SITE="s$s" \
+		BUTTER_BOOTSTRAP="$(bootstrap_of "$s" "$h")" \
+		sh -c "$BARRIER_WRAPPER" "$barrier" "$BIN" run "${NODE_ARGS[@]}" \
+		>"$dir/node.log" 2>&1 </dev/null 8>&- 9>&- &
+	echo $! >"$dir/pid"
+}
+
+# Start the given hosts ("s h" lines on stdin) that are not running, all at one instant.
+# With WIPE=yes their run dirs (data, log) start empty; otherwise a node keeps its identity.
+WIPE=no
+start_nodes() {
+	local s h ns barrier=$RUN_DIR/.start-barrier started=()
+	resolve_bin
+	: >"$barrier"
+	exec 9>"$barrier"
+	flock -x 9
+	while read -r s h; do
+		ns=$(host_ns "$s" "$h")
+		node_pid "$ns" >/dev/null && continue
+		if [[ $WIPE == yes ]]; then rm -rf "${RUN_DIR:?}/$ns"; fi
+		launch_node "$s" "$h" "$barrier"
+		started+=("$ns")
+	done
+	date +%s%3N >"$RUN_DIR/started_at_ms"
+	flock -u 9
+	exec 9>&-
+	((${#started[@]})) || return 0
+	log "started ${#started[@]} node(s) with $BIN"
+	((WAIT_SECS > 0)) && wait_healthy "${started[@]}"
+	return 0
+}
+
+http_get() {
+	# ns path: GET http://<host addr>:7100<path> from inside the host namespace.
+	local ns=$1 path=$2 sh
+	sh=$(resolve_host "$ns")
+	# shellcheck disable=SC2086 # "s h" splits on purpose
+	ip netns exec "$(host_ns $sh)" curl -sf --max-time 2 "http://$(host_addr $sh):$HTTP_PORT$path"
+}
+
+wait_healthy() {
+	local deadline=$((SECONDS + WAIT_SECS)) ns pending=("$@") left
+	while ((${#pending[@]})); do
+		left=()
+		for ns in "${pending[@]}"; do
+			node_pid "$ns" >/dev/null || die "node $ns exited; see $RUN_DIR/$ns/node.log"
+			http_get "$ns" /health >/dev/null 2>&1 || left+=("$ns")
+		done
+		pending=("${left[@]}")
+		((${#pending[@]})) || break
+		((SECONDS < deadline)) || die "no /health within ${WAIT_SECS}s from: ${pending[*]}"
+		sleep 0.2
+	done
+	log "all nodes healthy"
+}
+
+signal_node() {
+	local ns=$1 sig=$2 pid
+	pid=$(node_pid "$ns") || return 0
+	kill "-$sig" "$pid" 2>/dev/null || true
+}
+
+stop_nodes() {
+	local s h ns pid deadline pids=()
+	while read -r s h; do
+		ns=$(host_ns "$s" "$h")
+		pid=$(node_pid "$ns") || continue
+		kill -TERM "$pid" 2>/dev/null || true
+		pids+=("$pid")
+	done
+	deadline=$((SECONDS + 5))
+	for pid in "${pids[@]}"; do
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null || true
+	done
+}
+
+# --- commands -----------------------------------------------------------------------------------
+
+teardown() {
+	local ns pids
+	for ns in $(lab_namespaces); do
+		# Processes keep a namespace alive after `ip netns del`: end them first.
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		if [[ -n $pids ]]; then
+			# shellcheck disable=SC2086 # one pid per word
+			kill -TERM $pids 2>/dev/null || true
+		fi
+	done
+	local deadline=$((SECONDS + 3))
+	for ns in $(lab_namespaces); do
+		while [[ -n $(ip netns pids "$ns" 2>/dev/null) ]] && ((SECONDS < deadline)); do sleep 0.1; done
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		# shellcheck disable=SC2086
+		[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	ip link del "$ADMIN_IF" 2>/dev/null || true
+	# Routes via the admin link went with it; anything left in the 10.x lab range is ours.
+	ip route show | awk -v dev="$ADMIN_IF" '$0 ~ "dev " dev {print $1}' | while read -r net; do
+		ip route del "$net" 2>/dev/null || true
+	done
+	rm -f "$RUN_DIR/lab.env" "$RUN_DIR/started_at_ms" "$RUN_DIR/.start-barrier"
+}
+
+cmd_up() {
+	while (($#)); do
+		case $1 in
+		--subnets) SUBNETS=${2:?}; shift 2 ;;
+		--hosts) HOSTS=${2:?}; shift 2 ;;
+		--bootstrap) BOOTSTRAP=${2:?}; shift 2 ;;
+		--loss) LOSS_SPECS+=("${2:?}"); shift 2 ;;
+		--rate) RATE_SPECS+=("${2:?}"); shift 2 ;;
+		--delay) DELAY_SPECS+=("${2:?}"); shift 2 ;;
+		--bin) BIN=${2:?}; shift 2 ;;
+		--no-start) START=no; shift ;;
+		--wait) WAIT_SECS=${2:?}; shift 2 ;;
+		--) shift; NODE_ARGS=("$@"); break ;;
+		-h | --help) usage; exit 0 ;;
+		*) die "unknown option to up: $1 (see --help)" ;;
+		esac
+	done
+	is_uint "$SUBNETS" 1 "$MAX_SUBNETS" || die "--subnets must be 1..$MAX_SUBNETS"
+	is_uint "$HOSTS" 1 "$MAX_HOSTS" || die "--hosts must be 1..$MAX_HOSTS"
+	[[ $BOOTSTRAP =~ ^(none|one-per-subnet|all)$ ]] || die "--bootstrap must be none, one-per-subnet or all"
+	is_uint "$WAIT_SECS" 0 3600 || die "--wait takes whole seconds"
+	validate_specs
+	if [[ $START == yes ]]; then resolve_bin; fi
+
+	local want have=
+	want=$(config_fingerprint)
+	if [[ -f $RUN_DIR/lab.env ]]; then
+		have=$(
+			load_config
+			config_fingerprint
+		)
+	fi
+	if [[ $want == "$have" ]] && topology_intact; then
+		log "lab already up ($SUBNETS subnet(s) x $HOSTS host(s))"
+	else
+		[[ -z $(lab_namespaces) ]] || teardown
+		# A failed build leaves nothing behind.
+		trap 'log "up failed; cleaning up"; teardown' EXIT
+		build_topology
+		save_config
+		trap - EXIT
+		WIPE=yes
+		log "built $SUBNETS subnet(s) x $HOSTS host(s), bootstrap $BOOTSTRAP"
+	fi
+	if [[ $START == yes ]]; then start_nodes < <(all_hosts); fi
+}
+
+cmd_status() {
+	load_config
+	local s h ns addr pid alive ready peers
+	printf '%-12s %-15s %-8s %-6s %-6s %s\n' NAMESPACE ADDRESS PID ALIVE READY PEERS
+	while read -r s h; do
+		ns=$(host_ns "$s" "$h")
+		addr=$(host_addr "$s" "$h")
+		pid=- alive=no ready=- peers=-
+		if pid=$(node_pid "$ns"); then
+			alive=yes
+			if http_get "$ns" /ready >/dev/null 2>&1; then ready=yes; else ready=no; fi
+			peers=$(http_get "$ns" /peers 2>/dev/null | jq length 2>/dev/null) || peers='?'
+		else
+			pid=-
+		fi
+		printf '%-12s %-15s %-8s %-6s %-6s %s\n' "$ns" "$addr" "$pid" "$alive" "$ready" "$peers"
+	done < <(all_hosts)
+}
+
+cmd_hosts() {
+	load_config
+	local s h addr
+	while read -r s h; do
+		addr=$(host_addr "$s" "$h")
+		echo "$(host_ns "$s" "$h") $addr s$s http://$addr:$HTTP_PORT"
+	done < <(all_hosts)
+}
+
+# The named hosts as "s h" lines, or every host when none is named.
+hosts_or_all() {
+	local n
+	if (($#)); then
+		for n in "$@"; do resolve_host "$n"; done
+	else
+		all_hosts
+	fi
+}
+
+main() {
+	local cmd targets s h
+	while (($#)); do
+		case $1 in
+		--run-dir) RUN_DIR=${2:?}; shift 2 ;;
+		-h | --help | help) usage; exit 0 ;;
+		*) break ;;
+		esac
+	done
+	(($#)) || {
+		usage >&2
+		exit 2
+	}
+	cmd=$1
+	shift
+	RUN_DIR=$(realpath -m "$RUN_DIR")
+	need_root "$cmd"
+	need_tools
+	mkdir -p "$RUN_DIR"
+	# One lab command at a time (the lab is machine-wide state).
+	exec 8>"$RUN_DIR/.lab.lock"
+	flock 8
+	case $cmd in
+	up) cmd_up "$@" ;;
+	down) teardown; log "down" ;;
+	status) cmd_status ;;
+	hosts) cmd_hosts ;;
+	exec)
+		load_config
+		(($# >= 2)) || die "usage: exec HOST CMD..."
+		local sh
+		sh=$(resolve_host "$1")
+		shift
+		# shellcheck disable=SC2086
+		exec 8>&- && exec ip netns exec "$(host_ns $sh)" "$@"
+		;;
+	start)
+		load_config
+		targets=$(hosts_or_all "$@")
+		start_nodes <<<"$targets"
+		;;
+	stop)
+		load_config
+		targets=$(hosts_or_all "$@")
+		stop_nodes <<<"$targets"
+		;;
+	kill)
+		load_config
+		(($# >= 1)) || die "usage: kill HOST [SIGNAL]"
+		local sh
+		sh=$(resolve_host "$1")
+		# shellcheck disable=SC2086
+		signal_node "$(host_ns $sh)" "${2:-KILL}"
+		;;
+	restart)
+		load_config
+		stop_nodes < <(all_hosts)
+		WIPE=yes start_nodes < <(all_hosts)
+		;;
+	loss)
+		load_config
+		(($# == 2)) || die "usage: loss HOST|sN|all PCT"
+		is_uint "$2" 0 100 || die "loss takes a percentage: $2"
+		targets=$(spec_hosts "$1")
+		while read -r s h; do set_loss "$s" "$h" "$2"; done <<<"$targets"
+		;;
+	peers)
+		load_config
+		(($# == 1)) || die "usage: peers HOST"
+		http_get "$1" /peers
+		;;
+	*) die "unknown command: $cmd (see --help)" ;;
+	esac
+}
+
+main "$@"
