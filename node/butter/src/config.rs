@@ -1,0 +1,226 @@
+//! Node configuration: plain data with documented defaults and `validate()`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration is unusable. The message names the offending key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is out of range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `limits.max_frame`.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// QUIC listen address. Default `0.0.0.0:7000`.
+    pub listen: SocketAddr,
+    /// Where the key (and later the store) live; `None` = ephemeral identity. Default `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Network id: nodes only talk to nodes with the same id. Default `butter`.
+    pub network: String,
+    /// Site label (network location) used by the diversity rule; empty = derived from the subnet.
+    pub site: String,
+    /// Bootstrap peers as `host:port` (DNS names are re-resolved). Default none.
+    pub bootstrap: Vec<String>,
+    /// Ready with no peers at all (a deliberately single node). Default `false`.
+    pub alone: bool,
+    /// LAN multicast discovery.
+    pub multicast: MulticastConfig,
+    /// Transport limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
+            data_dir: None,
+            network: "butter".into(),
+            site: String::new(),
+            bootstrap: Vec::new(),
+            alone: false,
+            multicast: MulticastConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: loopback, port 0, multicast off, tight timeouts.
+    pub fn for_tests() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            multicast: MulticastConfig { enabled: false, ..MulticastConfig::default() },
+            ..Config::default()
+        }
+    }
+
+    /// Checks every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.network.is_empty() || self.network.len() > 64 {
+            return Err(invalid("network", "must be 1 to 64 characters"));
+        }
+        if self.site.len() > 64 {
+            return Err(invalid("site", "must be at most 64 characters"));
+        }
+        for b in &self.bootstrap {
+            let ok = b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(invalid("bootstrap", format!("{b:?} is not host:port")));
+            }
+        }
+        self.multicast.validate()?;
+        self.limits.validate()
+    }
+}
+
+/// LAN discovery by UDP multicast.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MulticastConfig {
+    /// On or off. Default on.
+    pub enabled: bool,
+    /// Group and port. Default `239.255.42.99:7099` (IPv4 site-local scope).
+    pub group: SocketAddr,
+    /// Interfaces to announce on, by name; empty = every multicast-capable IPv4 interface.
+    pub interfaces: Vec<String>,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        MulticastConfig {
+            enabled: true,
+            group: SocketAddr::from(([239, 255, 42, 99], 7099)),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+impl MulticastConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.group.ip().is_multicast() {
+            return Err(invalid("multicast.group", format!("{} is not a multicast address", self.group.ip())));
+        }
+        Ok(())
+    }
+}
+
+/// Bounds on everything a peer can make this node hold or wait for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum size of a header frame. Default 64 KiB.
+    pub max_frame: usize,
+    /// Maximum size of a request or response body. Default 64 MiB.
+    pub max_body: usize,
+    /// Maximum concurrently open connections (in + out). Default 512.
+    pub max_connections: usize,
+    /// Maximum concurrent request streams a peer may open on one connection. Default 128.
+    pub max_streams: u32,
+    /// Deadline for a whole request (open, send, reply). Default 10 s.
+    #[serde(with = "humantime_secs")]
+    pub request_timeout: Duration,
+    /// Deadline for a handshake. Default 5 s.
+    #[serde(with = "humantime_secs")]
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    #[serde(with = "humantime_secs")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: butter_proto::wire::DEFAULT_MAX_FRAME,
+            max_body: 64 << 20,
+            max_connections: 512,
+            max_streams: 128,
+            request_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(256..=16 << 20).contains(&self.max_frame) {
+            return Err(invalid("limits.max_frame", "must be between 256 B and 16 MiB"));
+        }
+        if self.max_body == 0 || self.max_body > 1 << 30 {
+            return Err(invalid("limits.max_body", "must be between 1 B and 1 GiB"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.max_streams == 0 {
+            return Err(invalid("limits.max_streams", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("limits.request_timeout", self.request_timeout),
+            ("limits.handshake_timeout", self.handshake_timeout),
+            ("limits.idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(invalid(key, "must be between 1 ms and 1 h"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durations in config files as seconds (fractions allowed): `request_timeout = 2.5`.
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        Config::for_tests().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::default();
+        c.limits.max_frame = 10;
+        assert!(c.validate().unwrap_err().to_string().starts_with("limits.max_frame"));
+        let mut c = Config::default();
+        c.bootstrap = vec!["nohost".into()];
+        assert!(c.validate().unwrap_err().to_string().starts_with("bootstrap"));
+        let mut c = Config::default();
+        c.multicast.group = "10.0.0.1:1".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().starts_with("multicast.group"));
+    }
+}

@@ -1,0 +1,42 @@
+//! # butter — a peer-to-peer framework for unstructured networks
+//!
+//! Embed a [`Node`]: it listens on one QUIC endpoint, answers requests, finds peers on its LAN by
+//! multicast and beyond it through bootstrap peers, and runs your behaviours.
+//!
+//! ## Layout
+//! - [`identity`]: the node's key pair, certificate and peer id (persisted in the data directory).
+//! - [`tls`]: mutual TLS where each side checks the other's key against the expected peer id.
+//! - [`transport`]: the QUIC endpoint, connection pool, framed request/response streams.
+//! - [`behaviour`]: named request handlers applications register.
+//! - [`node`]: [`Node`] and [`NodeBuilder`], which tie it all together.
+//! - [`config`]: plain-data configuration with defaults and validation.
+//! - [`metrics`]: Prometheus series recorded from node events.
+//!
+//! ## Example
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use butter::{Config, NodeBuilder, behaviour};
+//! let node = NodeBuilder::new(Config::for_tests())
+//!     .behaviour("ohce", behaviour::from_fn(|_ctx, body| async move {
+//!         let mut v = body.to_vec();
+//!         v.reverse();
+//!         Ok(v.into())
+//!     }))
+//!     .build()
+//!     .await?;
+//! println!("listening on {} as {}", node.local_addr()?, node.id());
+//! # Ok(()) }
+//! ```
+
+pub mod behaviour;
+pub mod config;
+pub mod identity;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod tls;
+pub mod transport;
+
+pub use butter_proto::PeerId;
+pub use config::Config;
+pub use node::{Node, NodeBuilder};

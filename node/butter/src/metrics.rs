@@ -1,0 +1,234 @@
+//! Prometheus metrics, recorded from node events.
+//!
+//! The transport and the membership driver emit [`Event`]s; [`Metrics::record`] turns them into
+//! series. Every series carries the `butter_` prefix, units in its name and help text.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Direction of a connection or request, from this node's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// We opened it.
+    Outbound,
+    /// The peer opened it.
+    Inbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Something that happened in the node and is worth counting.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A QUIC + TLS handshake finished.
+    HandshakeSucceeded {
+        /// Who started it.
+        direction: Direction,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// A handshake failed or a connection attempt was refused.
+    HandshakeFailed {
+        /// Who started it.
+        direction: Direction,
+        /// A short stable reason label (`alpn`, `bad_certificate`, `peer_id_mismatch`, …).
+        reason: &'static str,
+    },
+    /// A connection entered the pool.
+    ConnectionOpened,
+    /// A connection left the pool.
+    ConnectionClosed,
+    /// A request finished (either side).
+    Request {
+        /// Who sent it.
+        direction: Direction,
+        /// What it was: a behaviour name, an overlay name, or an internal message kind.
+        kind: String,
+        /// `ok` or an error label.
+        outcome: &'static str,
+        /// Wall time from open to reply.
+        duration: Duration,
+    },
+    /// Input from the network was refused (bad frame, wrong identity, over a limit, …).
+    Rejected {
+        /// A short stable reason label.
+        reason: &'static str,
+    },
+    /// Stream payload bytes sent.
+    BytesSent(u64),
+    /// Stream payload bytes received.
+    BytesReceived(u64),
+}
+
+/// The node's metrics registry and series.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections_open: IntGauge,
+    handshakes: IntCounterVec,
+    handshake_duration: Histogram,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    rejected: IntCounterVec,
+    bytes_sent: IntCounter,
+    bytes_received: IntCounter,
+    /// Extra gauges keyed by label, set by subsystems that own a state snapshot.
+    pub known_hosts: IntGaugeVec,
+    /// Discoveries by method.
+    pub discoveries: IntCounterVec,
+    /// Membership events (probes, suspicions, evictions, beacon errors) by kind.
+    pub membership: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by tests.
+    #[allow(clippy::expect_used)]
+    r.expect("static metric definition is valid")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates every series in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let build = must(IntGaugeVec::new(
+            Opts::new("butter_build_info", "Build information; the value is always 1"),
+            &["version"],
+        ));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let connections_open =
+            must(IntGauge::new("butter_connections_open", "QUIC connections currently pooled"));
+        let handshakes = must(IntCounterVec::new(
+            Opts::new("butter_handshakes_total", "Connection handshakes by direction and outcome"),
+            &["direction", "outcome"],
+        ));
+        let handshake_duration = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "butter_handshake_duration_seconds",
+                "Time to complete a QUIC + TLS handshake",
+            )
+            .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        ));
+        let requests = must(IntCounterVec::new(
+            Opts::new("butter_requests_total", "Requests by direction, kind and outcome"),
+            &["direction", "kind", "outcome"],
+        ));
+        let request_duration = must(HistogramVec::new(
+            HistogramOpts::new("butter_request_duration_seconds", "Request duration")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0,
+                ]),
+            &["direction"],
+        ));
+        let rejected = must(IntCounterVec::new(
+            Opts::new("butter_rejected_total", "Network input refused, by reason"),
+            &["reason"],
+        ));
+        let bytes_sent =
+            must(IntCounter::new("butter_sent_bytes_total", "Stream payload bytes sent"));
+        let bytes_received =
+            must(IntCounter::new("butter_received_bytes_total", "Stream payload bytes received"));
+        let known_hosts = must(IntGaugeVec::new(
+            Opts::new("butter_known_hosts", "Known hosts by site and state"),
+            &["site", "state"],
+        ));
+        let discoveries = must(IntCounterVec::new(
+            Opts::new("butter_discoveries_total", "Hosts discovered, by method"),
+            &["method"],
+        ));
+        let membership = must(IntCounterVec::new(
+            Opts::new("butter_membership_events_total", "Membership events by kind"),
+            &["kind"],
+        ));
+        for c in [
+            Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_open.clone()),
+            Box::new(handshakes.clone()),
+            Box::new(handshake_duration.clone()),
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(rejected.clone()),
+            Box::new(bytes_sent.clone()),
+            Box::new(bytes_received.clone()),
+            Box::new(known_hosts.clone()),
+            Box::new(discoveries.clone()),
+            Box::new(membership.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            connections_open,
+            handshakes,
+            handshake_duration,
+            requests,
+            request_duration,
+            rejected,
+            bytes_sent,
+            bytes_received,
+            known_hosts,
+            discoveries,
+            membership,
+        }
+    }
+
+    /// The registry, for applications that add their own series.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Turns one event into series updates.
+    pub fn record(&self, event: &Event) {
+        match event {
+            Event::HandshakeSucceeded { direction, duration } => {
+                self.handshakes.with_label_values(&[direction.as_str(), "ok"]).inc();
+                self.handshake_duration.observe(duration.as_secs_f64());
+            }
+            Event::HandshakeFailed { direction, reason } => {
+                self.handshakes.with_label_values(&[direction.as_str(), reason]).inc();
+                self.rejected.with_label_values(&[reason]).inc();
+            }
+            Event::ConnectionOpened => self.connections_open.inc(),
+            Event::ConnectionClosed => self.connections_open.dec(),
+            Event::Request { direction, kind, outcome, duration } => {
+                self.requests.with_label_values(&[direction.as_str(), kind, outcome]).inc();
+                self.request_duration
+                    .with_label_values(&[direction.as_str()])
+                    .observe(duration.as_secs_f64());
+            }
+            Event::Rejected { reason } => self.rejected.with_label_values(&[reason]).inc(),
+            Event::BytesSent(n) => self.bytes_sent.inc_by(*n),
+            Event::BytesReceived(n) => self.bytes_received.inc_by(*n),
+        }
+    }
+
+    /// How many inputs were rejected for `reason` so far.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected.with_label_values(&[reason]).get()
+    }
+
+    /// Prometheus text exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

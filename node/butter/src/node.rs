@@ -1,0 +1,365 @@
+//! [`Node`] and [`NodeBuilder`]: a running Butter peer.
+//!
+//! A node owns the QUIC transport, the registered behaviours, the membership driver (known hosts,
+//! discovery, liveness) and every background task; [`Node::shutdown`] stops them in order.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use butter_proto::PeerId;
+use butter_proto::wire::{ErrorCode, PeerRecord, Request, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span};
+
+use crate::behaviour::{Behaviour, Context};
+use crate::config::{Config, ConfigError};
+use crate::identity::{Identity, IdentityError};
+use crate::membership::{self, PeerBook};
+use crate::metrics::{Direction, Event, Metrics};
+use crate::transport::{BindError, BoxFuture, DialError, Inbound, Remote, RequestError, Transport};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The endpoint could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// Builds a [`Node`]: configuration, behaviours, optional identity and metrics.
+pub struct NodeBuilder {
+    config: Config,
+    behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
+    identity: Option<Identity>,
+    metrics: Option<Metrics>,
+}
+
+impl NodeBuilder {
+    /// Starts from a configuration.
+    pub fn new(config: Config) -> Self {
+        NodeBuilder { config, behaviours: BTreeMap::new(), identity: None, metrics: None }
+    }
+
+    /// Registers a behaviour under `name` (replacing any earlier one).
+    pub fn behaviour(mut self, name: impl Into<String>, behaviour: Arc<dyn Behaviour>) -> Self {
+        self.behaviours.insert(name.into(), behaviour);
+        self
+    }
+
+    /// Uses this identity instead of the one in the data directory.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Records into this metrics registry (e.g. one the daemon also serves).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Validates the configuration, loads the identity, binds the endpoint and starts the tasks.
+    pub async fn build(self) -> Result<Node, BuildError> {
+        self.config.validate()?;
+        let identity = match (self.identity, &self.config.data_dir) {
+            (Some(id), _) => id,
+            (None, Some(dir)) => Identity::load_or_generate(dir)?,
+            (None, None) => Identity::generate()?,
+        };
+        let metrics = self.metrics.unwrap_or_default();
+        let cancel = CancellationToken::new();
+        let slot: Arc<OnceLock<Weak<NodeInner>>> = Arc::new(OnceLock::new());
+        let handler = Arc::new(Dispatcher { node: slot.clone() });
+        let transport = Transport::bind(
+            &identity,
+            self.config.listen,
+            self.config.limits.clone(),
+            metrics.clone(),
+            handler,
+            cancel.clone(),
+        )?;
+        let local_addr = transport.local_addr().map_err(|source| BindError::Socket {
+            addr: self.config.listen,
+            source,
+        })?;
+        let site = if self.config.site.is_empty() {
+            membership::site_of(local_addr.ip())
+        } else {
+            self.config.site.clone()
+        };
+        let inner = Arc::new(NodeInner {
+            id: identity.peer_id(),
+            config: self.config,
+            site,
+            local_addr,
+            transport,
+            behaviours: self.behaviours,
+            peers: Mutex::new(PeerBook::default()),
+            metrics,
+            started: Instant::now(),
+            cancel,
+            tasks: TaskTracker::new(),
+        });
+        let _ = slot.set(Arc::downgrade(&inner));
+        let node = Node { inner };
+        info!(id = %node.id(), addr = %local_addr, site = %node.inner.site, "node started");
+        membership::start(&node);
+        Ok(node)
+    }
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) id: PeerId,
+    pub(crate) config: Config,
+    pub(crate) site: String,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) transport: Transport,
+    behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
+    pub(crate) peers: Mutex<PeerBook>,
+    pub(crate) metrics: Metrics,
+    pub(crate) started: Instant,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// A running node. Cheap to clone; every clone is a handle to the same node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+/// A known host as the node's API and `/peers` show it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PeerSnapshot {
+    /// Full peer id (64 hex characters).
+    pub id: String,
+    /// Short form (10 hex characters).
+    pub short: String,
+    /// Addresses it can be dialled on.
+    pub addrs: Vec<SocketAddr>,
+    /// Its site label.
+    pub site: String,
+    /// How it was discovered: `multicast`, `bootstrap`, `exchange` or `inbound`.
+    pub source: &'static str,
+    /// `alive` or `suspect`.
+    pub state: &'static str,
+    /// Milliseconds since we last heard from it.
+    pub last_seen_ms: u64,
+    /// Smoothed round-trip time in milliseconds, if measured.
+    pub rtt_ms: Option<f64>,
+}
+
+impl Node {
+    /// This node's peer id.
+    pub fn id(&self) -> PeerId {
+        self.inner.id
+    }
+
+    /// The QUIC address the node is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.inner.local_addr)
+    }
+
+    /// The node's site label.
+    pub fn site(&self) -> &str {
+        &self.inner.site
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The known hosts, most recently seen first.
+    pub fn peers(&self) -> Vec<PeerSnapshot> {
+        let now = Instant::now();
+        self.inner.book().snapshot_at(now)
+    }
+
+    /// Ready means joined: at least one live peer, or alone by configuration.
+    pub fn is_ready(&self) -> bool {
+        self.inner.config.alone || !self.peers().is_empty()
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Connects to `addr` (any peer id), exchanges hellos and returns the peer's id.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerId, RequestError> {
+        membership::introduce(self, addr, None, membership::Source::Bootstrap).await
+    }
+
+    /// Calls behaviour `name` on `peer` with `body` and returns its reply body.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        name: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Bytes, RequestError> {
+        let req = Request::Behaviour { name: name.to_string() };
+        let (resp, body) = self.send(peer, &req, body.into(), name).await?;
+        match resp {
+            Response::Ok => Ok(body),
+            other => Err(RequestError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends any request to `peer` over the pooled connection (dialling if needed), with metrics.
+    pub(crate) async fn send(
+        &self,
+        peer: PeerId,
+        req: &Request,
+        body: Bytes,
+        kind: &str,
+    ) -> Result<(Response, Bytes), RequestError> {
+        let start = Instant::now();
+        let result = async {
+            let conn = self.connection(peer).await?;
+            self.inner.transport.request_on(&conn, req, body).await
+        }
+        .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.inner.metrics.record(&Event::Request {
+            direction: Direction::Outbound,
+            kind: kind.to_string(),
+            outcome,
+            duration: start.elapsed(),
+        });
+        result
+    }
+
+    /// The pooled connection to `peer`, dialling its known addresses if there is none.
+    pub(crate) async fn connection(&self, peer: PeerId) -> Result<quinn::Connection, DialError> {
+        if let Some(c) = self.inner.transport.pooled(&peer) {
+            return Ok(c);
+        }
+        let addrs = {
+            let book = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+            book.addrs(&peer)
+        };
+        let mut last = DialError::NoAddress(peer);
+        for addr in addrs {
+            match self.inner.transport.connect(addr, Some(peer)).await {
+                Ok((_, conn)) => return Ok(conn),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs a background task (a "client behaviour") until it ends or the node shuts down.
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(Node) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.inner.cancel.clone();
+        let fut = task(self.clone());
+        let span = info_span!("task", node = %self.inner.id.short());
+        self.inner.tasks.spawn(
+            async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = fut => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// A token cancelled when the node shuts down.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    /// Stops background tasks, closes connections and the endpoint; bounded by `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        let deadline = Instant::now() + grace;
+        self.inner.transport.shutdown(grace / 2).await;
+        let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
+        info!(id = %self.inner.id.short(), "node stopped");
+    }
+
+    /// This node's own record, as sent in hellos.
+    pub(crate) fn record(&self) -> PeerRecord {
+        let addr = self.inner.local_addr;
+        let addrs = if addr.ip().is_unspecified() { Vec::new() } else { vec![addr] };
+        PeerRecord {
+            id: self.inner.id,
+            addrs,
+            site: self.inner.site.clone(),
+            uptime_secs: self.uptime().as_secs(),
+            storage_free: 0,
+            known_hosts: u32::try_from(self.peers().len()).unwrap_or(u32::MAX),
+            public: false,
+        }
+    }
+}
+
+/// Routes decoded inbound requests to membership, behaviours and overlays.
+struct Dispatcher {
+    node: Arc<OnceLock<Weak<NodeInner>>>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> (Response, Bytes) {
+    (Response::Error { code, message: message.into() }, Bytes::new())
+}
+
+impl Inbound for Dispatcher {
+    fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)> {
+        let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
+            return Box::pin(async { error(ErrorCode::Busy, "node is starting or stopping") });
+        };
+        let node = Node { inner };
+        Box::pin(async move {
+            match request {
+                Request::Behaviour { name } => {
+                    let Some(b) = node.inner.behaviours.get(&name).cloned() else {
+                        return error(ErrorCode::UnknownName, format!("no behaviour named {name:?}"));
+                    };
+                    let ctx = Context { peer: from.id, remote: from.addr, node: node.clone() };
+                    match b.call(ctx, body).await {
+                        Ok(reply) => (Response::Ok, reply),
+                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
+                    }
+                }
+                Request::Overlay { name } => {
+                    error(ErrorCode::UnknownName, format!("no overlay named {name:?}"))
+                }
+                other => membership::handle(&node, from, other).await,
+            }
+        })
+    }
+}

@@ -1,0 +1,639 @@
+//! The QUIC transport: one endpoint, one pooled connection per peer, one bidirectional stream per
+//! request, length-prefixed frames with bounded sizes and a deadline on everything.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use butter_proto::wire::{self, ErrorCode, FrameError, Message, Request, Response};
+use butter_proto::PeerId;
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::Limits;
+use crate::identity::{Identity, peer_id_of_certificate};
+use crate::metrics::{Direction, Event, Metrics};
+use crate::tls;
+
+/// Stream error code sent when we refuse to read further (oversized or malformed input).
+const STOP_REFUSED: VarInt = VarInt::from_u32(1);
+/// Connection close code on shutdown.
+const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind QUIC socket on {addr}: {source}; is the port in use? pick another with --listen")]
+    Socket {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error("tls setup: {0}")]
+    Tls(#[from] rustls::Error),
+    /// QUIC parameters were rejected.
+    #[error("quic setup: {0}")]
+    Quic(String),
+}
+
+/// Why a connection could not be established.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The peer presented a key for another id.
+    #[error("peer at {addr} is not {expected}: {detail}")]
+    WrongPeer {
+        /// Where we dialled.
+        addr: SocketAddr,
+        /// Whom we expected.
+        expected: PeerId,
+        /// What the TLS layer said.
+        detail: String,
+    },
+    /// The handshake did not finish in time.
+    #[error("handshake with {0} timed out")]
+    Timeout(SocketAddr),
+    /// The handshake failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connection {
+        /// Where we dialled.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectionError,
+    },
+    /// The dial could not even start.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Where we dialled.
+        addr: SocketAddr,
+        /// Why.
+        source: quinn::ConnectError,
+    },
+    /// We are at the connection limit.
+    #[error("connection limit of {0} reached")]
+    TooManyConnections(usize),
+    /// No address is known for the peer.
+    #[error("no known address for peer {0}")]
+    NoAddress(PeerId),
+    /// The peer's certificate did not yield a peer id.
+    #[error("peer presented no usable certificate")]
+    NoIdentity,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No connection could be made.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The request did not complete before the deadline.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection failed during the request.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A stream operation failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The reply could not be decoded.
+    #[error("bad reply: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer answered with an error.
+    #[error("peer refused: {code:?}: {message}")]
+    Remote {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Detail from the peer.
+        message: String,
+    },
+    /// The peer answered with a message that does not fit the request.
+    #[error("unexpected reply: {0}")]
+    Unexpected(String),
+}
+
+impl RequestError {
+    /// A stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RequestError::Dial(_) => "dial_failed",
+            RequestError::Timeout(_) => "timeout",
+            RequestError::Connection(_) => "connection_lost",
+            RequestError::Stream(_) => "stream_error",
+            RequestError::Frame(_) => "bad_reply",
+            RequestError::Remote { code, .. } => code.as_str(),
+            RequestError::Unexpected(_) => "unexpected_reply",
+        }
+    }
+}
+
+/// Who is on the other end of an inbound request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The authenticated peer id.
+    pub id: PeerId,
+    /// The address the request came from.
+    pub addr: SocketAddr,
+}
+
+/// A boxed future, as inbound handlers return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the node does with a decoded inbound request.
+pub trait Inbound: Send + Sync + 'static {
+    /// Answers one request. The returned label names the request kind in metrics.
+    fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)>;
+}
+
+struct Pooled {
+    conn: Connection,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    local_id: PeerId,
+    pool: Mutex<HashMap<PeerId, Pooled>>,
+    open: AtomicUsize,
+    limits: Limits,
+    metrics: Metrics,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    handler: Arc<dyn Inbound>,
+}
+
+/// The QUIC transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("local_id", &self.inner.local_id).finish_non_exhaustive()
+    }
+}
+
+fn transport_config(limits: &Limits) -> Result<TransportConfig, BindError> {
+    let mut tc = TransportConfig::default();
+    tc.max_concurrent_bidi_streams(limits.max_streams.into());
+    tc.max_concurrent_uni_streams(0u32.into());
+    tc.max_idle_timeout(Some(
+        limits.idle_timeout.try_into().map_err(|e| BindError::Quic(format!("idle_timeout: {e}")))?,
+    ));
+    Ok(tc)
+}
+
+/// Classifies a failed handshake for metrics.
+fn handshake_failure_reason(err: &quinn::ConnectionError) -> &'static str {
+    let text = err.to_string();
+    if text.contains("PeerIdMismatch") || text.contains("peer id mismatch") {
+        return "peer_id_mismatch";
+    }
+    match err {
+        quinn::ConnectionError::TransportError(te) => classify_code(u64::from(te.code)),
+        quinn::ConnectionError::ConnectionClosed(close) => classify_code(u64::from(close.error_code)),
+        quinn::ConnectionError::TimedOut => "timeout",
+        quinn::ConnectionError::Reset => "reset",
+        _ => "other",
+    }
+}
+
+fn classify_code(code: u64) -> &'static str {
+    // TLS alerts are carried as QUIC CRYPTO_ERROR 0x100 + alert.
+    match code.checked_sub(0x100) {
+        Some(120) => "alpn",
+        Some(42 | 43 | 44 | 45 | 46 | 48) => "bad_certificate",
+        Some(40) => "handshake_failure",
+        Some(_) => "tls",
+        None => "transport",
+    }
+}
+
+impl Transport {
+    /// Binds the endpoint and starts accepting connections; inbound requests go to `handler`.
+    pub fn bind(
+        identity: &Identity,
+        addr: SocketAddr,
+        limits: Limits,
+        metrics: Metrics,
+        handler: Arc<dyn Inbound>,
+        cancel: CancellationToken,
+    ) -> Result<Self, BindError> {
+        let tc = Arc::new(transport_config(&limits)?);
+        let server_crypto = QuicServerConfig::try_from(tls::server_config(identity)?)
+            .map_err(|e| BindError::Quic(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(tc.clone());
+        let client_crypto = QuicClientConfig::try_from(tls::client_config(identity)?)
+            .map_err(|e| BindError::Quic(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(tc);
+
+        let socket = bind_udp(addr).map_err(|source| BindError::Socket { addr, source })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| BindError::Quic("no async runtime found".into()))?;
+        let mut endpoint =
+            Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+                .map_err(|source| BindError::Socket { addr, source })?;
+        endpoint.set_default_client_config(client);
+
+        let inner = Arc::new(Inner {
+            endpoint,
+            local_id: identity.peer_id(),
+            pool: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            limits,
+            metrics,
+            tasks: TaskTracker::new(),
+            cancel,
+            handler,
+        });
+        let transport = Transport { inner };
+        let t = transport.clone();
+        transport.inner.tasks.spawn(async move { t.accept_loop().await });
+        Ok(transport)
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// This node's peer id.
+    pub fn local_id(&self) -> PeerId {
+        self.inner.local_id
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The metrics this transport records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Connections currently pooled.
+    pub fn connection_count(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// The pooled connection to `peer`, if one is open.
+    pub fn pooled(&self, peer: &PeerId) -> Option<Connection> {
+        let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.get(peer).filter(|p| p.conn.close_reason().is_none()).map(|p| p.conn.clone())
+    }
+
+    /// Connects to `addr`, insisting on `expected` when given; reuses a pooled connection.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<(PeerId, Connection), DialError> {
+        if let Some(id) = expected {
+            if let Some(conn) = self.pooled(&id) {
+                return Ok((id, conn));
+            }
+        }
+        let max = self.inner.limits.max_connections;
+        if self.connection_count() >= max {
+            return Err(DialError::TooManyConnections(max));
+        }
+        let start = Instant::now();
+        let name = tls::server_name_for(expected);
+        let connecting = self
+            .inner
+            .endpoint
+            .connect(addr, &name)
+            .map_err(|source| DialError::Connect { addr, source })?;
+        let result = timeout(self.inner.limits.handshake_timeout, connecting).await;
+        let conn = match result {
+            Err(_) => {
+                self.record(Event::HandshakeFailed { direction: Direction::Outbound, reason: "timeout" });
+                return Err(DialError::Timeout(addr));
+            }
+            Ok(Err(source)) => {
+                let reason = handshake_failure_reason(&source);
+                self.record(Event::HandshakeFailed { direction: Direction::Outbound, reason });
+                if let (Some(expected), "peer_id_mismatch") = (expected, reason) {
+                    return Err(DialError::WrongPeer { addr, expected, detail: source.to_string() });
+                }
+                return Err(DialError::Connection { addr, source });
+            }
+            Ok(Ok(conn)) => conn,
+        };
+        let id = peer_id_of_connection(&conn).ok_or(DialError::NoIdentity)?;
+        self.record(Event::HandshakeSucceeded {
+            direction: Direction::Outbound,
+            duration: start.elapsed(),
+        });
+        self.adopt(id, conn.clone(), Direction::Outbound);
+        Ok((id, conn))
+    }
+
+    /// Sends one request on `conn` and waits for the reply, all within the request deadline.
+    pub async fn request_on(
+        &self,
+        conn: &Connection,
+        request: &Request,
+        body: Bytes,
+    ) -> Result<(Response, Bytes), RequestError> {
+        let limits = &self.inner.limits;
+        let deadline = limits.request_timeout;
+        let fut = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let frame = wire::encode_frame(request, limits.max_frame)?;
+            let sent = (frame.len() + body.len()) as u64;
+            send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+            if !body.is_empty() {
+                send.write_chunk(body).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+            }
+            send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
+            self.record(Event::BytesSent(sent));
+            let (response, header_len) = read_header::<Response>(&mut recv, limits.max_frame)
+                .await
+                .map_err(|e| match e {
+                    ReadError::Frame(f) => RequestError::Frame(f),
+                    ReadError::Stream(s) => RequestError::Stream(s),
+                })?;
+            let body = recv
+                .read_to_end(limits.max_body)
+                .await
+                .map_err(|e| RequestError::Stream(e.to_string()))?;
+            self.record(Event::BytesReceived((header_len + body.len()) as u64));
+            if let Response::Error { code, message } = response {
+                return Err(RequestError::Remote { code, message });
+            }
+            Ok((response, Bytes::from(body)))
+        };
+        match timeout(deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RequestError::Timeout(deadline)),
+        }
+    }
+
+    /// Closes every connection and the endpoint, then waits (bounded) for tasks to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.cancel.cancel();
+        self.inner.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
+        self.inner.tasks.close();
+        let _ = timeout(grace, async {
+            self.inner.endpoint.wait_idle().await;
+            self.inner.tasks.wait().await;
+        })
+        .await;
+    }
+
+    fn record(&self, event: Event) {
+        self.inner.metrics.record(&event);
+    }
+
+    /// Puts a fresh connection in the pool and serves the streams the peer opens on it.
+    fn adopt(&self, id: PeerId, conn: Connection, direction: Direction) {
+        {
+            let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.insert(id, Pooled { conn: conn.clone() });
+        }
+        self.inner.open.fetch_add(1, Ordering::Relaxed);
+        self.record(Event::ConnectionOpened);
+        let t = self.clone();
+        let span = info_span!("conn", peer = %id.short(), remote = %conn.remote_address(), dir = ?direction);
+        self.inner.tasks.spawn(
+            async move {
+                debug!("connection open");
+                t.serve_connection(id, &conn).await;
+                let reason = conn.closed().await;
+                debug!(%reason, "connection closed");
+                {
+                    let mut pool = t.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+                    if pool.get(&id).is_some_and(|p| p.conn.stable_id() == conn.stable_id()) {
+                        pool.remove(&id);
+                    }
+                }
+                t.inner.open.fetch_sub(1, Ordering::Relaxed);
+                t.record(Event::ConnectionClosed);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn accept_loop(self) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.inner.cancel.cancelled() => break,
+                i = self.inner.endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            if self.connection_count() >= self.inner.limits.max_connections {
+                self.record(Event::HandshakeFailed {
+                    direction: Direction::Inbound,
+                    reason: "connection_limit",
+                });
+                incoming.refuse();
+                continue;
+            }
+            let t = self.clone();
+            self.inner.tasks.spawn(async move {
+                let start = Instant::now();
+                let remote = incoming.remote_address();
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        debug!(%remote, error = %e, "refused incoming connection");
+                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "refused" });
+                        return;
+                    }
+                };
+                match timeout(t.inner.limits.handshake_timeout, connecting).await {
+                    Ok(Ok(conn)) => {
+                        let Some(id) = peer_id_of_connection(&conn) else {
+                            conn.close(STOP_REFUSED, b"no identity");
+                            t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "bad_certificate" });
+                            return;
+                        };
+                        t.record(Event::HandshakeSucceeded {
+                            direction: Direction::Inbound,
+                            duration: start.elapsed(),
+                        });
+                        t.adopt(id, conn, Direction::Inbound);
+                    }
+                    Ok(Err(e)) => {
+                        let reason = handshake_failure_reason(&e);
+                        debug!(%remote, error = %e, reason, "inbound handshake failed");
+                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason });
+                    }
+                    Err(_) => {
+                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "timeout" });
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_connection(&self, id: PeerId, conn: &Connection) {
+        let handler = self.inner.handler.clone();
+        loop {
+            let (send, recv) = tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+            };
+            let t = self.clone();
+            let handler = handler.clone();
+            let from = Remote { id, addr: conn.remote_address() };
+            self.inner.tasks.spawn(async move { t.serve_stream(from, send, recv, handler).await });
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        from: Remote,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        handler: Arc<dyn Inbound>,
+    ) {
+        let limits = self.inner.limits.clone();
+        let start = Instant::now();
+        let read = async {
+            let (request, header_len) = read_header::<Request>(&mut recv, limits.max_frame).await?;
+            let body = recv.read_to_end(limits.max_body).await.map_err(|e| match e {
+                quinn::ReadToEndError::TooLong => ReadError::Frame(FrameError::TooLarge {
+                    len: limits.max_body + 1,
+                    max: limits.max_body,
+                }),
+                other => ReadError::Stream(other.to_string()),
+            })?;
+            self.record(Event::BytesReceived((header_len + body.len()) as u64));
+            Ok::<_, ReadError>((request, Bytes::from(body)))
+        };
+        let (response, body, kind) = match timeout(limits.request_timeout, read).await {
+            Err(_) => {
+                self.record(Event::Rejected { reason: "read_timeout" });
+                let _ = recv.stop(STOP_REFUSED);
+                send.reset(STOP_REFUSED).ok();
+                return;
+            }
+            Ok(Err(ReadError::Stream(e))) => {
+                debug!(peer = %from.id.short(), error = %e, "stream failed while reading request");
+                return;
+            }
+            Ok(Err(ReadError::Frame(e))) => {
+                let code = e.code();
+                warn!(peer = %from.id.short(), error = %e, "refused request");
+                self.record(Event::Rejected { reason: code.as_str() });
+                let _ = recv.stop(STOP_REFUSED);
+                (Response::Error { code, message: e.to_string() }, Bytes::new(), "invalid".to_string())
+            }
+            Ok(Ok((request, body))) => {
+                let kind = request_kind(&request);
+                match timeout(limits.request_timeout, handler.handle(from, request, body)).await {
+                    Ok((resp, body)) => (resp, body, kind),
+                    Err(_) => (
+                        Response::Error { code: ErrorCode::Busy, message: "handler timed out".into() },
+                        Bytes::new(),
+                        kind,
+                    ),
+                }
+            }
+        };
+        let outcome = match &response {
+            Response::Error { code, .. } => code.as_str(),
+            _ => "ok",
+        };
+        // Never label by a name the peer made up: unknown names are one series.
+        let kind = if outcome == ErrorCode::UnknownName.as_str() { "unknown".to_string() } else { kind };
+        let frame = match wire::encode_frame(&response, limits.max_frame) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "reply does not fit a frame");
+                send.reset(STOP_REFUSED).ok();
+                return;
+            }
+        };
+        let sent = (frame.len() + body.len()) as u64;
+        let write = async {
+            send.write_all(&frame).await?;
+            if !body.is_empty() {
+                send.write_chunk(body).await?;
+            }
+            send.finish().map_err(|_| quinn::WriteError::ClosedStream)?;
+            Ok::<_, quinn::WriteError>(())
+        };
+        if timeout(limits.request_timeout, write).await.is_ok_and(|r| r.is_ok()) {
+            self.record(Event::BytesSent(sent));
+        }
+        self.record(Event::Request {
+            direction: Direction::Inbound,
+            kind,
+            outcome,
+            duration: start.elapsed(),
+        });
+    }
+}
+
+/// Kind label of a request for metrics.
+pub fn request_kind(request: &Request) -> String {
+    match request {
+        Request::Ping { .. } => "ping".into(),
+        Request::PingReq { .. } => "ping_req".into(),
+        Request::Hello { .. } => "hello".into(),
+        Request::Behaviour { name } => name.clone(),
+        Request::Overlay { name } => format!("overlay:{name}"),
+        _ => "other".into(),
+    }
+}
+
+enum ReadError {
+    Frame(FrameError),
+    Stream(String),
+}
+
+impl From<FrameError> for ReadError {
+    fn from(e: FrameError) -> Self {
+        ReadError::Frame(e)
+    }
+}
+
+/// Reads one header frame, checking the announced length before buffering anything.
+async fn read_header<T: Message>(recv: &mut RecvStream, max: usize) -> Result<(T, usize), ReadError> {
+    let mut prefix = [0u8; wire::LEN_PREFIX];
+    recv.read_exact(&mut prefix).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    let len = wire::frame_len(prefix, max)?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    Ok((wire::decode_payload(&payload)?, len + wire::LEN_PREFIX))
+}
+
+/// The peer id proven by a connection's TLS certificate.
+pub fn peer_id_of_connection(conn: &Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    peer_id_of_certificate(certs.first()?)
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    // Larger buffers keep bulk transfers from dropping packets; the kernel may clamp them.
+    socket.set_recv_buffer_size(4 << 20).ok();
+    socket.set_send_buffer_size(4 << 20).ok();
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
