@@ -1,0 +1,137 @@
+//! `butter-node`: the Butter node daemon.
+//!
+//! `butter-node run` starts a node with a QUIC endpoint and an HTTP listener for `/metrics`,
+//! `/health`, `/ready`, `/peers` and `/status`. Configuration comes from a TOML file, `BUTTER_*`
+//! environment variables and flags, in that order of precedence (flags win).
+
+mod config;
+mod http;
+mod telemetry;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+
+/// A Butter peer-to-peer node.
+#[derive(Parser, Debug)]
+#[command(name = "butter-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node until SIGTERM or SIGINT.
+    Run(config::RunArgs),
+    /// Print the peer id stored in a data directory (creating the key if there is none).
+    Id {
+        /// The node's data directory.
+        #[arg(long, env = "BUTTER_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Print a config file with every key at its default.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Id { data_dir } => match butter::identity::Identity::load_or_generate(&data_dir) {
+            Ok(id) => {
+                println!("{}", id.peer_id());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Config => match toml::to_string_pretty(&config::FileConfig::default()) {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn run(args: config::RunArgs) -> ExitCode {
+    let cfg = match config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("hint: `butter-node config` prints every key with its default");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(cfg: config::FileConfig) -> anyhow::Result<()> {
+    let _telemetry = telemetry::init(&cfg.log, "butter-node")?;
+    let node = butter::NodeBuilder::new(cfg.node.clone()).build().await.context("starting the node")?;
+    let span = tracing::info_span!("node", id = %node.id().short());
+    let _enter = span.enter();
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| {
+        format!("binding HTTP on {}; is the port in use? pick another with --http", cfg.http.listen)
+    })?;
+    info!(http = %listener.local_addr()?, quic = %node.local_addr()?, id = %node.id(), "serving");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http_stop = stop.clone();
+    let app = http::router(node.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }).await
+    });
+    shutdown_signal().await;
+    info!("shutting down");
+    stop.cancel();
+    node.shutdown(Duration::from_secs(3)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), http_task).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
