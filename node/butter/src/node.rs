@@ -216,6 +216,12 @@ impl Node {
         membership::introduce(self, addr, None, membership::Source::Bootstrap).await
     }
 
+    /// Connects to `addr` insisting that the peer there is `expected`; fails with
+    /// [`DialError::WrongPeer`] if it presents another key.
+    pub async fn connect_expecting(&self, addr: SocketAddr, expected: PeerId) -> Result<PeerId, RequestError> {
+        membership::introduce(self, addr, Some(expected), membership::Source::Bootstrap).await
+    }
+
     /// Calls behaviour `name` on `peer` with `body` and returns its reply body.
     pub async fn request(
         &self,

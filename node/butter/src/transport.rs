@@ -452,8 +452,9 @@ impl Transport {
                 let connecting = match incoming.accept() {
                     Ok(c) => c,
                     Err(e) => {
-                        debug!(%remote, error = %e, "refused incoming connection");
-                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "refused" });
+                        let reason = handshake_failure_reason(&e);
+                        debug!(%remote, error = %e, reason, "refused incoming connection");
+                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason });
                         return;
                     }
                 };
