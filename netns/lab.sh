@@ -66,10 +66,10 @@ Commands:
   status                           table: namespace, address, pid, alive, /ready, peer count
   hosts                            one line per host: namespace address site http-url
   exec HOST CMD...                 run CMD inside a host namespace (HOST: s1h2 or ${PREFIX}s1h2)
-  start [HOST...]                  start nodes that are not running (all hosts by default)
+  start [--wait S] [HOST...]       start nodes that are not running (all by default), keeping their data
   stop [HOST...]                   SIGTERM nodes (all by default), SIGKILL after 5 s
   kill HOST [SIGNAL]               send SIGNAL (default KILL) to one node
-  restart                          stop all nodes, wipe their data, start them all at one instant
+  restart [--wait S]               stop all nodes, wipe their data, start them all at one instant
   loss HOST|sN|all PCT             set packet loss on host links now (0 removes it)
   peers HOST                       print the node's /peers JSON
 
@@ -391,6 +391,7 @@ launch_node() {
 	# exclusive lock) and fd 8 (the lab lock) must not be inherited, or the node would hold the
 	# lock it waits for, and every later lab command would wait for the node.
 	ip netns exec "$ns" env \
+		NO_COLOR=1 \
 		BUTTER_LISTEN="$addr:$QUIC_PORT" \
 		BUTTER_HTTP="$addr:$HTTP_PORT" \
 		BUTTER_DATA_DIR="$dir/data" \
@@ -574,6 +575,19 @@ cmd_hosts() {
 	done < <(all_hosts)
 }
 
+# Takes "--wait SECS" out of the arguments (into WAIT_SECS); the rest are left in ARGS.
+ARGS=()
+parse_wait() {
+	ARGS=()
+	while (($#)); do
+		case $1 in
+		--wait) WAIT_SECS=${2:?}; shift 2 ;;
+		*) ARGS+=("$1"); shift ;;
+		esac
+	done
+	is_uint "$WAIT_SECS" 0 3600 || die "--wait takes whole seconds"
+}
+
 # The named hosts as "s h" lines, or every host when none is named.
 hosts_or_all() {
 	local n
@@ -622,6 +636,8 @@ main() {
 		;;
 	start)
 		load_config
+		parse_wait "$@"
+		set -- "${ARGS[@]}"
 		targets=$(hosts_or_all "$@")
 		start_nodes <<<"$targets"
 		;;
@@ -640,6 +656,8 @@ main() {
 		;;
 	restart)
 		load_config
+		parse_wait "$@"
+		((${#ARGS[@]} == 0)) || die "usage: restart [--wait SECS]"
 		stop_nodes < <(all_hosts)
 		WIPE=yes start_nodes < <(all_hosts)
 		;;

@@ -1,0 +1,246 @@
+//! `bench-discovery`: discovery and failure-detection figures in the netns lab (GOALS T6–T8).
+//!
+//! Scenarios, each repeated and summarised as p50/p99 (nearest rank; a timed-out run ranks last):
+//! - `lan`: N nodes (default 30) on one bridge, started at one instant: time until every node
+//!   knows all N−1 others (T6: ≤ 2 s in 20 of 20 runs).
+//! - `cross`: 3 subnets × 10 nodes, host 1 of each subnet bootstrapping from the next subnet:
+//!   time until every node knows a host in each other subnet (T7: ≤ 10 s).
+//! - `fail`: N nodes on one bridge, converged; SIGKILL a random node (seeded): time until it left
+//!   every live table (T8: ≤ 8 s p99). The killed node is then started again (same id) and the
+//!   time until every node knows it again is reported as `rejoin` (T6's late joiner: ≤ 1 s).
+//!
+//! Times count from the instant the lab released the start barrier (or sent the kill), polling
+//! every node's `/peers` in parallel every 50 ms, so they carry up to ~50 ms of polling error.
+//!
+//! Usage: `sudo target/release/bench-discovery [--runs N] [--only lan,cross,fail] [--nodes N]
+//! [--seed S] [--timeout SECS]`. Needs root and a built butter-node (`BUTTER_NODE_BIN`).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use butter_netns_tests::lab::{Bootstrap, Config, Environment, Lab};
+use butter_netns_tests::observe::Poll;
+use butter_netns_tests::stats::{self, Series};
+
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+struct Options {
+    runs: usize,
+    only: Vec<String>,
+    nodes: u32,
+    seed: u64,
+    timeout: Duration,
+}
+
+fn parse_args() -> Result<Options> {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut o = Options {
+        runs: 20,
+        only: vec!["lan".into(), "cross".into(), "fail".into()],
+        nodes: 30,
+        seed,
+        timeout: Duration::from_secs(30),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--runs" => o.runs = value()?.parse()?,
+            "--only" => o.only = value()?.split(',').map(str::to_owned).collect(),
+            "--nodes" => o.nodes = value()?.parse()?,
+            "--seed" => o.seed = value()?.parse()?,
+            "--timeout" => o.timeout = Duration::from_secs(value()?.parse()?),
+            "-h" | "--help" => {
+                println!(
+                    "bench-discovery [--runs N (20)] [--only lan,cross,fail] [--nodes N (30)] [--seed S] [--timeout SECS (30)]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (see --help)"),
+        }
+    }
+    Ok(o)
+}
+
+/// splitmix64: a seeded choice of victims without pulling in a RNG crate.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n as u64) as usize
+    }
+}
+
+/// Polls `hosts` until `laggards` is empty; `None` on timeout.
+fn time_until(
+    lab: &Lab,
+    hosts: &[usize],
+    since: Instant,
+    timeout: Duration,
+    laggards: impl Fn(&Poll) -> Vec<usize>,
+) -> Option<Duration> {
+    loop {
+        let poll = Poll::take(lab, hosts);
+        if laggards(&poll).is_empty() {
+            return Some(since.elapsed());
+        }
+        if since.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+fn record(series: &mut Series, outcome: Option<Duration>, target: Duration, run: usize) {
+    match outcome {
+        Some(took) => {
+            eprintln!(
+                "  {} run {run}: {:.0} ms",
+                series.name,
+                took.as_secs_f64() * 1000.0
+            );
+            if took <= target {
+                series.within_target += 1;
+            }
+            series.samples.push(took);
+        }
+        None => {
+            eprintln!("  {} run {run}: timeout", series.name);
+            series.timeouts += 1;
+        }
+    }
+}
+
+fn bench_lan(env: &Environment, o: &Options) -> Result<Series> {
+    let mut series = Series::new(
+        format!("lan convergence, {} nodes", o.nodes),
+        "≤ 2 s, 20/20 runs",
+    );
+    let mut lab = Lab::up(
+        env,
+        &Config {
+            wait_secs: 0,
+            ..Config::new(1, o.nodes)
+        },
+    )?;
+    let hosts: Vec<usize> = (0..lab.hosts().len()).collect();
+    for run in 0..o.runs {
+        if run > 0 {
+            lab.restart(0)?;
+        }
+        let took = time_until(&lab, &hosts, lab.started(), o.timeout, |p| {
+            p.lan_laggards(&lab)
+        });
+        record(&mut series, took, Duration::from_secs(2), run);
+    }
+    Ok(series)
+}
+
+fn bench_cross(env: &Environment, o: &Options) -> Result<Series> {
+    let mut series = Series::new("cross-subnet reach, 3 x 10 nodes", "≤ 10 s");
+    let config = Config {
+        wait_secs: 0,
+        ..Config::new(3, 10).bootstrap(Bootstrap::OnePerSubnet)
+    };
+    let mut lab = Lab::up(env, &config)?;
+    let hosts: Vec<usize> = (0..lab.hosts().len()).collect();
+    for run in 0..o.runs {
+        if run > 0 {
+            lab.restart(0)?;
+        }
+        let took = time_until(&lab, &hosts, lab.started(), o.timeout, |p| {
+            p.cross_laggards(&lab)
+        });
+        record(&mut series, took, Duration::from_secs(10), run);
+    }
+    Ok(series)
+}
+
+fn bench_fail(env: &Environment, o: &Options, rng: &mut Rng) -> Result<Vec<Series>> {
+    let mut detect = Series::new(format!("failure detection, {} nodes", o.nodes), "≤ 8 s p99");
+    let mut rejoin = Series::new(
+        format!("rejoin after kill, {} nodes", o.nodes),
+        "≤ 1 s (late joiner)",
+    );
+    let mut lab = Lab::up(
+        env,
+        &Config {
+            wait_secs: 0,
+            ..Config::new(1, o.nodes)
+        },
+    )?;
+    let hosts: Vec<usize> = (0..lab.hosts().len()).collect();
+    for run in 0..o.runs {
+        if run > 0 {
+            lab.restart(0)?;
+        }
+        if time_until(&lab, &hosts, lab.started(), o.timeout, |p| {
+            p.lan_laggards(&lab)
+        })
+        .is_none()
+        {
+            eprintln!("  run {run}: the lab never converged; skipped");
+            detect.timeouts += 1;
+            continue;
+        }
+        lab.identify()?;
+        let victim = rng.below(hosts.len());
+        let live: Vec<usize> = hosts.iter().copied().filter(|&i| i != victim).collect();
+        lab.kill(victim)?;
+        let killed = Instant::now();
+        eprintln!("  run {run}: killed {}", lab.hosts()[victim].name);
+        let took = time_until(&lab, &live, killed, o.timeout, |p| {
+            p.holders_of(&lab, victim)
+        });
+        record(&mut detect, took, Duration::from_secs(8), run);
+        let released = lab.start(victim)?;
+        let took = time_until(&lab, &live, released, o.timeout, |p| {
+            let holders = p.holders_of(&lab, victim);
+            live.iter()
+                .copied()
+                .filter(|i| !holders.contains(i))
+                .collect()
+        });
+        record(&mut rejoin, took, Duration::from_secs(1), run);
+    }
+    Ok(vec![detect, rejoin])
+}
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    let Some(env) = Environment::detect_or_skip("bench-discovery") else {
+        return Ok(());
+    };
+    eprintln!(
+        "bench-discovery: {} runs per scenario, seed {}, binary {}",
+        o.runs,
+        o.seed,
+        env.bin.display()
+    );
+    let mut rng = Rng(o.seed);
+    let mut all = Vec::new();
+    for scenario in &o.only {
+        eprintln!("scenario {scenario}");
+        match scenario.as_str() {
+            "lan" => all.push(bench_lan(&env, &o)?),
+            "cross" => all.push(bench_cross(&env, &o)?),
+            "fail" => all.extend(bench_fail(&env, &o, &mut rng)?),
+            other => bail!("unknown scenario {other} (lan, cross, fail)"),
+        }
+    }
+    println!(
+        "\nbench-discovery: seed {}, {} runs per scenario, {}",
+        o.seed,
+        o.runs,
+        env.bin.display()
+    );
+    print!("{}", stats::table(&all));
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Acceptance tests and benchmarks of butter-node's discovery and liveness in the netns lab.
+//!
+//! # Layout
+//! - [`lab`]: drives `netns/lab.sh` (up, hosts, kill, restart, loss, down) under a file lock.
+//! - [`node_api`]: the node's HTTP API (`/peers`, `/status`, `/ready`) as typed calls.
+//! - [`http`]: a minimal blocking HTTP GET over `TcpStream`.
+//! - [`observe`]: questions over one poll of every table (who lags, who knows a foreign host).
+//! - [`stats`]: percentiles and the benchmark summary table.
+//! - `tests/discovery.rs`: the issue-3 acceptance scenarios.
+//! - `src/bin/bench_discovery.rs`: T6–T8 figures (`bench-discovery`).
+//!
+//! # Concepts
+//! The lab is machine-wide state (namespaces named `bt-*`), so one lab exists at a time: a
+//! [`lab::Lab`] holds a file lock from `up` until it is dropped, which takes the lab down. Everything
+//! here needs root and a built `butter-node`; without them, tests print `SKIPPED …` and pass,
+//! unless `BUTTER_NETNS_REQUIRE=1`.
+//!
+//! The root namespace reaches every node's HTTP API through the lab's admin link to the router;
+//! that link carries no node traffic and is exempt from injected loss.
+//!
+//! # Example
+//! ```no_run
+//! use butter_netns_tests::lab::{Config, Environment, Lab};
+//! # fn main() -> anyhow::Result<()> {
+//! let Some(env) = Environment::detect_or_skip("example") else { return Ok(()) };
+//! let lab = Lab::up(&env, &Config::new(1, 3))?;
+//! let tables = lab.poll(&[0, 1, 2]);
+//! println!("{tables:?}");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod http;
+pub mod lab;
+pub mod node_api;
+pub mod observe;
+pub mod stats;

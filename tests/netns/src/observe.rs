@@ -1,0 +1,109 @@
+//! Questions about what the nodes know, asked over one poll of every `/peers` table.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::lab::Lab;
+use crate::node_api::Peer;
+
+/// One poll: `tables[k]` is the table of host `hosts[k]` (`None`: the node did not answer).
+#[derive(Debug, Clone)]
+pub struct Poll {
+    /// Host indices polled.
+    pub hosts: Vec<usize>,
+    /// Their tables.
+    pub tables: Vec<Option<Vec<Peer>>>,
+}
+
+impl Poll {
+    /// Polls `hosts` in parallel.
+    pub fn take(lab: &Lab, hosts: &[usize]) -> Self {
+        Self {
+            hosts: hosts.to_vec(),
+            tables: lab.poll(hosts),
+        }
+    }
+
+    /// Lab hosts in each polled table (peers the lab cannot place are left out).
+    pub fn known(&self, lab: &Lab) -> Vec<Option<BTreeSet<usize>>> {
+        self.tables
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .map(|peers| peers.iter().filter_map(|p| lab.host_of(p)).collect())
+            })
+            .collect()
+    }
+
+    /// Hosts (of those polled) that do not yet know every other polled host of their own subnet.
+    pub fn lan_laggards(&self, lab: &Lab) -> Vec<usize> {
+        let known = self.known(lab);
+        let hosts = lab.hosts();
+        self.hosts
+            .iter()
+            .zip(&known)
+            .filter(|(i, k)| {
+                let Some(k) = k else { return true };
+                self.hosts
+                    .iter()
+                    .any(|j| j != *i && hosts[*j].subnet == hosts[**i].subnet && !k.contains(j))
+            })
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// Hosts (of those polled) that do not yet know a host in every other subnet of the lab.
+    pub fn cross_laggards(&self, lab: &Lab) -> Vec<usize> {
+        let known = self.known(lab);
+        let hosts = lab.hosts();
+        let subnets: BTreeSet<u32> = hosts.iter().map(|h| h.subnet).collect();
+        self.hosts
+            .iter()
+            .zip(&known)
+            .filter(|(i, k)| {
+                let Some(k) = k else { return true };
+                let mine = hosts[**i].subnet;
+                let reached: BTreeSet<u32> = k.iter().map(|j| hosts[*j].subnet).collect();
+                subnets.iter().any(|s| *s != mine && !reached.contains(s))
+            })
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// `(host, peer)` pairs where a host knows a peer outside its own subnet, including peers
+    /// the lab cannot place whose address is not in the host's subnet.
+    pub fn cross_subnet_entries(&self, lab: &Lab) -> Vec<(usize, Peer)> {
+        let hosts = lab.hosts();
+        let mut out = Vec::new();
+        for (i, table) in self.hosts.iter().zip(&self.tables) {
+            let mine = hosts[*i].subnet;
+            for peer in table.iter().flatten() {
+                // Placed peers by their host; others by an address in another lab subnet.
+                let foreign = match lab.host_of(peer) {
+                    Some(j) => hosts[j].subnet != mine,
+                    None => peer.ips().any(|ip| match ip {
+                        IpAddr::V4(v4) => {
+                            let [a, b, ..] = v4.octets();
+                            a == 10 && u32::from(b) != mine && b != 255
+                        }
+                        IpAddr::V6(_) => false,
+                    }),
+                };
+                if foreign {
+                    out.push((*i, peer.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Polled hosts whose table lists host `victim` (by id or address).
+    pub fn holders_of(&self, lab: &Lab, victim: usize) -> Vec<usize> {
+        self.hosts
+            .iter()
+            .zip(&self.tables)
+            .filter(|(_, t)| t.iter().flatten().any(|p| lab.host_of(p) == Some(victim)))
+            .map(|(i, _)| *i)
+            .collect()
+    }
+}
