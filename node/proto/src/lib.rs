@@ -28,7 +28,10 @@
 
 pub mod beacon;
 pub mod id;
+pub mod item;
+pub mod pcg;
 pub mod peers;
+pub mod rbfs;
 pub mod swim;
 pub mod time;
 pub mod wire;

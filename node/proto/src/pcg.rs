@@ -1,0 +1,2022 @@
+//! Peer Content Groups: each item is kept by a small group of diverse nodes that watch each other,
+//! repair when short of `r` members and trim when over.
+//!
+//! ## Concepts
+//! - **View**: the group's membership, `(version, author, members)`. Views travel on heartbeats and
+//!   in [`Message::ViewUpdate`]; a node adopts a view that is newer by `(version, author)`, so all
+//!   members converge on one view without global consensus (the author breaks version ties
+//!   deterministically). Only the leader writes new views.
+//! - **Leader**: the highest-ranked member, among those this node believes live and holding, by a
+//!   per-item hash of the peer id (rendezvous hashing), so leadership spreads over nodes and every
+//!   member computes the same answer from the same facts.
+//! - **Heartbeats are aggregated per peer pair**: once per interval a node sends one
+//!   [`Heartbeat`] to at most [`Config::heartbeat_fanout`] co-members (round robin), carrying the
+//!   state of *every* group the two share and a few possession [`Challenge`]s; the peer answers with
+//!   one heartbeat carrying its state and the [`Proof`]s. Messages per node per second therefore do
+//!   not depend on the number of items (goal T13). Liveness itself comes from the membership layer
+//!   ([`HostView::is_live`]) plus unanswered heartbeats.
+//! - **Possession**: a challenge names an item and a nonce; the answer is a hash of the nonce and a
+//!   block the nonce picks ([`Item::prove`]). The challenger checks it against its own copy; a wrong
+//!   or missing answer marks the member as not holding, and the leader pushes the data again.
+//! - **Repair** (leader only): when fewer than `r` members are live, recruit the most diverse
+//!   candidates ([`HostView::most_diverse`], different sites first) and push them the data
+//!   ([`Message::Replicate`]). A single absent member is replaced only after [`Config::grace`], so a
+//!   node that restarts quickly with its data is not replaced; with two or more absent, repair is
+//!   immediate. **Trim**: when more than `r` members are live and at least `r` hold the data, the
+//!   leader drops pending recruits first, then holders that share a site, then the lowest-ranked.
+//! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
+//!   [`GroupState::Hot`] (> r).
+//! - **Graceful shutdown**: [`Node::begin_shutdown`] hands every group this node holds to a
+//!   replacement and waits (bounded) for the replacements to confirm.
+//!
+//! ## Driving a node
+//! Create it with [`Node::new`], store items with [`Node::store_item`], feed it
+//! [`Node::handle_message`] for every PCG message received, [`Node::handle_peer_down`] when the
+//! membership layer declares a peer dead, and [`Node::handle_timeout`] when [`Node::poll_timeout`]
+//! is reached. After each call, drain [`Node::poll_transmit`] (messages to send) and
+//! [`Node::poll_event`] (for metrics and persistence).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::id::PeerId;
+use crate::item::{self, Assembler, Challenge, Item, ItemId, Manifest, Proof, Store, StoreError};
+use crate::time::Time;
+
+/// What PCG and RBFS need to know about other nodes. The real node implements it over its
+/// known-host table and liveness layer; the simulator over its own model.
+pub trait HostView {
+    /// Known hosts the membership layer currently believes are up (never this node itself).
+    fn live_hosts(&self) -> Vec<PeerId>;
+    /// Whether `id` is believed up. Peers the membership layer does not track count as up (PCG's
+    /// own unanswered heartbeats then decide).
+    fn is_live(&self, id: &PeerId) -> bool;
+    /// The network location (subnet or site name) of `id`, if known.
+    fn site(&self, id: &PeerId) -> Option<&str>;
+    /// Up to `k` live hosts not in `exclude`, most diverse first (different sites from `exclude`
+    /// first, then by the known-host table's diversity score).
+    fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId>;
+}
+
+/// PCG settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Target group size `r`. Default 3.
+    pub replicas: usize,
+    /// Heartbeat period. Default 2 s.
+    pub heartbeat_interval: Duration,
+    /// Every timer is drawn uniformly within ± this fraction of its period. Default 0.2.
+    pub jitter: f64,
+    /// Co-members sent a heartbeat per period (round robin over all co-members). Default 8.
+    pub heartbeat_fanout: usize,
+    /// Possession challenges per heartbeat. Default 4.
+    pub challenges_per_beat: usize,
+    /// Heartbeats a member may leave unanswered in a row before it counts as absent. Default 2.
+    pub missed_beats: u32,
+    /// How long a single absent member keeps its place before it is replaced. Default 4 s.
+    pub grace: Duration,
+    /// A recruit that does not hold the data after this long is pushed again or replaced.
+    /// Default 10 s.
+    pub fetch_timeout: Duration,
+    /// How long a holder excluded from its group's view waits to be re-admitted before dropping its
+    /// copy. Default 20 s.
+    pub orphan_timeout: Duration,
+    /// How long a deleted item is refused. Default 10 min.
+    pub tombstone_ttl: Duration,
+    /// Longest graceful shutdown. Default 5 s.
+    pub handoff_timeout: Duration,
+    /// Item size limits and block size.
+    pub item: item::Config,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            replicas: 3,
+            heartbeat_interval: Duration::from_secs(2),
+            jitter: 0.2,
+            heartbeat_fanout: 8,
+            challenges_per_beat: 4,
+            missed_beats: 2,
+            grace: Duration::from_secs(4),
+            fetch_timeout: Duration::from_secs(10),
+            orphan_timeout: Duration::from_secs(20),
+            tombstone_ttl: Duration::from_secs(600),
+            handoff_timeout: Duration::from_secs(5),
+            item: item::Config::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks the settings can work.
+    pub fn validate(&self) -> Result<(), item::ConfigError> {
+        use item::ConfigError::Invalid;
+        if self.replicas == 0 {
+            return Err(Invalid {
+                field: "replicas",
+                reason: "must be at least 1",
+            });
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Invalid {
+                field: "heartbeat_interval",
+                reason: "must be > 0",
+            });
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Invalid {
+                field: "jitter",
+                reason: "must be in [0, 1)",
+            });
+        }
+        if self.heartbeat_fanout == 0 {
+            return Err(Invalid {
+                field: "heartbeat_fanout",
+                reason: "must be at least 1",
+            });
+        }
+        if self.missed_beats == 0 {
+            return Err(Invalid {
+                field: "missed_beats",
+                reason: "must be at least 1",
+            });
+        }
+        self.item.validate()
+    }
+}
+
+/// A group's membership as agreed by its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The item the group keeps.
+    pub item: ItemId,
+    /// Bumped by every change.
+    pub version: u64,
+    /// The leader that wrote this view (breaks version ties).
+    pub author: PeerId,
+    /// The members, sorted.
+    pub members: Vec<PeerId>,
+}
+
+impl View {
+    fn new(item: ItemId, version: u64, author: PeerId, mut members: Vec<PeerId>) -> Self {
+        members.sort_unstable();
+        members.dedup();
+        View {
+            item,
+            version,
+            author,
+            members,
+        }
+    }
+
+    /// The ordering key: a higher key wins.
+    pub fn key(&self) -> (u64, PeerId) {
+        (self.version, self.author)
+    }
+
+    /// Whether `id` is a member.
+    pub fn contains(&self, id: &PeerId) -> bool {
+        self.members.binary_search(id).is_ok()
+    }
+}
+
+/// A group's state, by the number of live members known to hold the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum GroupState {
+    /// Fewer than `r` holders: repair under way.
+    Cold,
+    /// Exactly `r` holders.
+    Goldilocks,
+    /// More than `r` holders: a trim is due.
+    Hot,
+}
+
+impl GroupState {
+    /// A stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Cold => "cold",
+            GroupState::Goldilocks => "goldilocks",
+            GroupState::Hot => "hot",
+        }
+    }
+}
+
+/// One group's entry in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBeat {
+    /// The item.
+    pub item: ItemId,
+    /// The sender's view version (0: the sender does not know the group).
+    pub version: u64,
+    /// The sender's view author.
+    pub author: PeerId,
+    /// Whether the sender holds the data.
+    pub holding: bool,
+    /// The full view, when the sender believes the receiver's differs.
+    pub view: Option<View>,
+}
+
+/// The aggregated heartbeat between two nodes: every group they share in one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Whether this answers a heartbeat (answers are not answered).
+    pub reply: bool,
+    /// One entry per shared group.
+    pub groups: Vec<GroupBeat>,
+    /// Possession challenges for the receiver.
+    pub challenges: Vec<Challenge>,
+    /// Answers to the challenges of the heartbeat being answered.
+    pub proofs: Vec<Proof>,
+}
+
+/// PCG messages, carried in `wire::Request::Overlay { name: "pcg" }` bodies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message {
+    /// Aggregated group state, challenges and proofs.
+    Heartbeat(Heartbeat),
+    /// The leader changed the view.
+    ViewUpdate(View),
+    /// "You are a member of `view`; here is the data" (inline if small, else a manifest).
+    Replicate {
+        /// The view that includes the receiver.
+        view: View,
+        /// The whole content, for items of one block.
+        content: Option<Vec<u8>>,
+        /// The manifest, for larger items (blocks follow by [`Message::Fetch`]).
+        manifest: Option<Manifest>,
+    },
+    /// The sender now holds the item (answer to [`Message::Replicate`]).
+    Holding {
+        /// The item.
+        item: ItemId,
+    },
+    /// The sender refuses to join (full, leaving or item deleted).
+    Decline {
+        /// The item.
+        item: ItemId,
+    },
+    /// Ask a holder for one block.
+    Fetch {
+        /// The item.
+        item: ItemId,
+        /// Block index.
+        index: u32,
+    },
+    /// One block of an item.
+    Block {
+        /// The item.
+        item: ItemId,
+        /// Block index.
+        index: u32,
+        /// The block.
+        bytes: Vec<u8>,
+    },
+    /// A holder outside the view asks to be re-admitted.
+    Join {
+        /// The item.
+        item: ItemId,
+    },
+    /// "You are out of the group; drop your copy" (the view shows who stays).
+    Trim(View),
+    /// The sender is leaving gracefully.
+    Leave {
+        /// The item.
+        item: ItemId,
+    },
+    /// The item is deleted: drop it and refuse it for a while.
+    Delete {
+        /// The item.
+        item: ItemId,
+    },
+}
+
+impl Message {
+    /// A stable label for metrics and message counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Heartbeat(_) => "heartbeat",
+            Message::ViewUpdate(_) => "view_update",
+            Message::Replicate { .. } => "replicate",
+            Message::Holding { .. } => "holding",
+            Message::Decline { .. } => "decline",
+            Message::Fetch { .. } => "fetch",
+            Message::Block { .. } => "block",
+            Message::Join { .. } => "join",
+            Message::Trim(_) => "trim",
+            Message::Leave { .. } => "leave",
+            Message::Delete { .. } => "delete",
+        }
+    }
+
+    /// Bytes of item data this message carries (repair traffic accounting).
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            Message::Replicate {
+                content: Some(c), ..
+            } => c.len(),
+            Message::Block { bytes, .. } => bytes.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The destination.
+    pub to: PeerId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Things that happened, for metrics, logs and persistence of views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This node's view of a group changed (persist it to survive a restart).
+    ViewChanged(View),
+    /// This node now holds the item.
+    Holding(ItemId),
+    /// This node dropped its copy (trimmed, deleted or orphaned).
+    Dropped(ItemId),
+    /// As leader, recruited new members.
+    Recruited {
+        /// The item.
+        item: ItemId,
+        /// The recruits.
+        peers: Vec<PeerId>,
+    },
+    /// As leader, trimmed members.
+    Trimmed {
+        /// The item.
+        item: ItemId,
+        /// Who was removed.
+        peers: Vec<PeerId>,
+    },
+    /// A member failed a possession check.
+    ProofFailed {
+        /// The item.
+        item: ItemId,
+        /// The member.
+        peer: PeerId,
+    },
+    /// A group is short and no candidate is available.
+    NoCandidates(ItemId),
+    /// Received data that does not match its id (dropped).
+    Corrupt {
+        /// The item.
+        item: ItemId,
+        /// Who sent it.
+        from: PeerId,
+    },
+    /// Graceful shutdown finished (every hand-off confirmed or timed out).
+    Drained,
+}
+
+/// Why storing an item failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutError {
+    /// The local store refused it.
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// A member as one node sees it, for the API (`GET /items/{id}/group`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The member.
+    pub id: PeerId,
+    /// Its site, if known.
+    pub site: Option<String>,
+    /// Whether it is believed live.
+    pub live: bool,
+    /// Whether it reports (or, for this node, is) holding the data.
+    pub holding: bool,
+}
+
+/// A group as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The current view.
+    pub view: View,
+    /// The members with their status.
+    pub members: Vec<MemberInfo>,
+    /// The leader by this node's facts.
+    pub leader: Option<PeerId>,
+    /// Cold, goldilocks or hot.
+    pub state: GroupState,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    id: PeerId,
+    /// What the member last reported (None: not heard yet).
+    holding: Option<bool>,
+    /// The member's view key as it last reported it.
+    seen: Option<(u64, PeerId)>,
+    absent_since: Option<Time>,
+    /// When the data was last pushed to it.
+    pushed_at: Option<Time>,
+    /// When it joined this view (recruits must hold within the fetch timeout).
+    joined_at: Time,
+    /// It declined the item or announced it is leaving: out without a grace window.
+    gone: bool,
+}
+
+impl Member {
+    fn new(id: PeerId, now: Time) -> Self {
+        Member {
+            id,
+            holding: None,
+            seen: None,
+            absent_since: None,
+            pushed_at: None,
+            joined_at: now,
+            gone: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Fetching {
+    None,
+    Blocks {
+        assembler: Box<Assembler>,
+        from: PeerId,
+        asked_at: Time,
+    },
+}
+
+#[derive(Debug)]
+struct Group {
+    view: View,
+    members: Vec<Member>,
+    fetching: Fetching,
+    orphan_since: Option<Time>,
+    /// Peers that declined or failed to take the item: not asked again for a while.
+    avoid: BTreeSet<PeerId>,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    shared: BTreeSet<ItemId>,
+    unacked: u32,
+    challenges: Vec<Challenge>,
+    cursor: usize,
+}
+
+#[derive(Debug)]
+struct Leaving {
+    deadline: Time,
+    waiting: BTreeSet<ItemId>,
+}
+
+/// Blocks requested at once while assembling a large item.
+const FETCH_WINDOW: usize = 8;
+
+/// One node's PCG state machine. See the module docs for the call order.
+#[derive(Debug)]
+pub struct Node<S: Store> {
+    me: PeerId,
+    config: Config,
+    store: S,
+    rng: SmallRng,
+    groups: BTreeMap<ItemId, Group>,
+    peers: BTreeMap<PeerId, Peer>,
+    beat_cursor: Option<PeerId>,
+    next_tick: Time,
+    started: bool,
+    tombstones: BTreeMap<ItemId, Time>,
+    leaving: Option<Leaving>,
+    outbox: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+/// Cheap, well-mixed 64-bit hash (splitmix64 finaliser).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The rank of `peer` for `item`: the highest-ranked live holder leads.
+pub fn rank(item: &ItemId, peer: &PeerId) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&peer.0[..8]);
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&peer.0[24..32]);
+    mix(item.word(0) ^ u64::from_le_bytes(w)) ^ mix(item.word(1) ^ u64::from_le_bytes(v))
+}
+
+impl<S: Store> Node<S> {
+    /// A node `me` keeping its items in `store`; `seed` seeds its RNG (nonces, jitter, choices).
+    pub fn new(me: PeerId, config: Config, store: S, seed: u64) -> Result<Self, item::ConfigError> {
+        config.validate()?;
+        Ok(Node {
+            me,
+            config,
+            store,
+            rng: SmallRng::seed_from_u64(seed),
+            groups: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            beat_cursor: None,
+            next_tick: Time::ZERO,
+            started: false,
+            tombstones: BTreeMap::new(),
+            leaving: None,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> PeerId {
+        self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The local store, mutably (test hooks; use [`Node::store_item`] to add items).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Stores `content` here and starts its group: recruits `r - 1` diverse members at once.
+    pub fn store_item(
+        &mut self,
+        now: Time,
+        content: Vec<u8>,
+        hosts: &dyn HostView,
+    ) -> Result<ItemId, PutError> {
+        if self.leaving.is_some() {
+            return Err(PutError::ShuttingDown);
+        }
+        let max = self.config.item.max_item_size;
+        if content.len() > max {
+            return Err(StoreError::TooLarge {
+                size: content.len() as u64,
+                max: max as u64,
+            }
+            .into());
+        }
+        let item = Item::new(content);
+        let id = item.id();
+        self.store.insert(item)?;
+        self.tombstones.remove(&id);
+        if !self.groups.contains_key(&id) {
+            let view = View::new(id, 1, self.me, vec![self.me]);
+            self.install_view(now, view);
+        }
+        self.maintain(now, id, hosts);
+        self.ensure_started(now);
+        Ok(id)
+    }
+
+    /// Rebuilds a group after a restart from a persisted view (the store must still hold the data
+    /// for this node to count as a holder). Within the grace window the group keeps this node.
+    pub fn restore(&mut self, now: Time, view: View) {
+        if view.contains(&self.me) && !self.groups.contains_key(&view.item) {
+            self.install_view(now, view);
+            self.ensure_started(now);
+        }
+    }
+
+    /// Deletes an item everywhere: drops it here and tells the other members.
+    pub fn delete(&mut self, now: Time, item: ItemId) {
+        if let Some(g) = self.groups.get(&item) {
+            for m in g.view.members.clone() {
+                if m != self.me {
+                    self.send(m, Message::Delete { item });
+                }
+            }
+        }
+        self.forget(now, item, true);
+    }
+
+    /// When the next call to [`Node::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        if !self.started {
+            return None;
+        }
+        match &self.leaving {
+            Some(l) if !l.waiting.is_empty() => Some(l.deadline.min(self.next_tick)),
+            Some(_) => None,
+            None => Some(self.next_tick),
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Items this node is a member of a group for.
+    pub fn items(&self) -> impl Iterator<Item = &ItemId> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.orphan_since.is_none())
+            .map(|(id, _)| id)
+    }
+
+    /// Peers this node shares at least one group with.
+    pub fn co_members(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// The group of `item` as this node sees it.
+    pub fn group(&self, item: &ItemId, hosts: &dyn HostView) -> Option<GroupInfo> {
+        let g = self.groups.get(item)?;
+        let members = g
+            .view
+            .members
+            .iter()
+            .map(|id| MemberInfo {
+                id: *id,
+                site: hosts.site(id).map(str::to_owned),
+                live: self.member_live(g, id, hosts),
+                holding: self.member_holding(g, id),
+            })
+            .collect::<Vec<_>>();
+        let holders = members.iter().filter(|m| m.live && m.holding).count();
+        Some(GroupInfo {
+            view: g.view.clone(),
+            leader: self.leader(g, hosts),
+            state: self.state_for(holders),
+            members,
+        })
+    }
+
+    /// How many groups this node is in, by state (cold, goldilocks, hot), as it sees them.
+    pub fn states(&self, hosts: &dyn HostView) -> [usize; 3] {
+        let mut out = [0; 3];
+        for g in self.groups.values().filter(|g| g.orphan_since.is_none()) {
+            let holders = g
+                .view
+                .members
+                .iter()
+                .filter(|m| self.member_live(g, m, hosts) && self.member_holding(g, m))
+                .count();
+            out[self.state_for(holders) as usize] += 1;
+        }
+        out
+    }
+
+    fn state_for(&self, holders: usize) -> GroupState {
+        match holders.cmp(&self.config.replicas) {
+            std::cmp::Ordering::Less => GroupState::Cold,
+            std::cmp::Ordering::Equal => GroupState::Goldilocks,
+            std::cmp::Ordering::Greater => GroupState::Hot,
+        }
+    }
+
+    /// Starts a graceful shutdown: every group this node holds gets a replacement member, which
+    /// receives the data from here. [`Event::Drained`] follows once all confirmed or the hand-off
+    /// timeout passed; then the driver may stop.
+    pub fn begin_shutdown(&mut self, now: Time, hosts: &dyn HostView) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let mut waiting = BTreeSet::new();
+        let items: Vec<ItemId> = self.items().copied().collect();
+        for id in items {
+            let Some(g) = self.groups.get(&id) else {
+                continue;
+            };
+            let Some(content) = self.store.get(&id) else {
+                continue;
+            };
+            let current = g.view.clone();
+            let mut exclude: BTreeSet<PeerId> = current.members.iter().copied().collect();
+            exclude.extend(g.avoid.iter().copied());
+            let others: Vec<PeerId> = current
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != self.me)
+                .collect();
+            let Some(recruit) = self.pick_diverse(1, &exclude, &others, hosts).pop() else {
+                continue;
+            };
+            let mut members = others;
+            members.push(recruit);
+            let view = View::new(id, current.version + 1, self.me, members);
+            for m in &view.members {
+                if *m != recruit {
+                    self.send(*m, Message::ViewUpdate(view.clone()));
+                }
+            }
+            self.push_data(now, recruit, &view, &content);
+            waiting.insert(id);
+        }
+        let deadline = now + self.config.handoff_timeout;
+        let done = waiting.is_empty();
+        self.leaving = Some(Leaving { deadline, waiting });
+        if done {
+            self.events.push_back(Event::Drained);
+        }
+    }
+
+    /// Whether a graceful shutdown has finished.
+    pub fn is_drained(&self) -> bool {
+        self.leaving.as_ref().is_some_and(|l| l.waiting.is_empty())
+    }
+
+    /// The membership layer declared `peer` dead: repair the groups it was in now instead of at the
+    /// next heartbeat.
+    pub fn handle_peer_down(&mut self, now: Time, peer: PeerId, hosts: &dyn HostView) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let items: Vec<ItemId> = p.shared.iter().copied().collect();
+        for id in items {
+            self.maintain(now, id, hosts);
+        }
+    }
+
+    /// The transport could not deliver to `peer` (connection refused, timed out).
+    pub fn handle_unreachable(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.unacked = p.unacked.saturating_add(1);
+        }
+    }
+
+    /// Timers: heartbeats, repair and trim checks, stalled fetches, hand-off deadline.
+    pub fn handle_timeout(&mut self, now: Time, hosts: &dyn HostView) {
+        if let Some(l) = &mut self.leaving {
+            if !l.waiting.is_empty() && now >= l.deadline {
+                l.waiting.clear();
+                self.events.push_back(Event::Drained);
+            }
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.jittered(self.config.heartbeat_interval);
+        self.tombstones.retain(|_, until| *until > now);
+        let items: Vec<ItemId> = self.groups.keys().copied().collect();
+        for id in items {
+            self.maintain(now, id, hosts);
+            self.retry_fetch(now, id, hosts);
+        }
+        self.send_heartbeats();
+    }
+
+    /// A PCG message from `from`.
+    pub fn handle_message(&mut self, now: Time, from: PeerId, msg: Message, hosts: &dyn HostView) {
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.unacked = 0;
+        }
+        match msg {
+            Message::Heartbeat(hb) => self.on_heartbeat(now, from, hb, hosts),
+            Message::ViewUpdate(view) => {
+                self.adopt(now, view, hosts);
+            }
+            Message::Replicate {
+                view,
+                content,
+                manifest,
+            } => self.on_replicate(now, from, view, content, manifest, hosts),
+            Message::Holding { item } => {
+                if let Some(g) = self.groups.get_mut(&item) {
+                    if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
+                        m.holding = Some(true);
+                    }
+                }
+                if let Some(l) = &mut self.leaving {
+                    if l.waiting.remove(&item) && l.waiting.is_empty() {
+                        self.events.push_back(Event::Drained);
+                    }
+                }
+            }
+            Message::Decline { item } => {
+                if let Some(g) = self.groups.get_mut(&item) {
+                    g.avoid.insert(from);
+                    if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
+                        m.holding = Some(false);
+                        m.gone = true;
+                    }
+                }
+                self.maintain(now, item, hosts);
+            }
+            Message::Fetch { item, index } => self.on_fetch(from, item, index),
+            Message::Block { item, index, bytes } => self.on_block(now, from, item, index, bytes),
+            Message::Join { item } => self.on_join(now, from, item, hosts),
+            Message::Trim(view) => {
+                let item = view.item;
+                if !view.contains(&self.me) {
+                    let newer = self
+                        .groups
+                        .get(&item)
+                        .is_none_or(|g| view.key() >= g.view.key());
+                    if newer {
+                        self.forget(now, item, false);
+                    }
+                }
+            }
+            Message::Leave { item } => {
+                if let Some(g) = self.groups.get_mut(&item) {
+                    if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
+                        // Leaving members need no grace window.
+                        m.gone = true;
+                        m.holding = Some(false);
+                    }
+                }
+                self.maintain(now, item, hosts);
+            }
+            Message::Delete { item } => {
+                if let Some(g) = self.groups.get(&item) {
+                    for m in g.view.members.clone() {
+                        if m != self.me && m != from {
+                            self.send(m, Message::Delete { item });
+                        }
+                    }
+                }
+                self.forget(now, item, true);
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    fn ensure_started(&mut self, now: Time) {
+        if !self.started {
+            self.started = true;
+            self.next_tick = now + self.jittered(self.config.heartbeat_interval);
+        }
+    }
+
+    fn jittered(&mut self, d: Duration) -> Duration {
+        let j = self.config.jitter;
+        if j == 0.0 {
+            return d;
+        }
+        d.mul_f64(1.0 + self.rng.random_range(-j..j))
+    }
+
+    fn send(&mut self, to: PeerId, msg: Message) {
+        if to != self.me {
+            self.outbox.push_back(Transmit { to, msg });
+        }
+    }
+
+    fn member_holding(&self, g: &Group, id: &PeerId) -> bool {
+        if *id == self.me {
+            return self.store.contains(&g.view.item);
+        }
+        g.members
+            .iter()
+            .find(|m| m.id == *id)
+            .is_some_and(|m| m.holding == Some(true))
+    }
+
+    fn member_live(&self, g: &Group, id: &PeerId, hosts: &dyn HostView) -> bool {
+        if *id == self.me {
+            return self.leaving.is_none();
+        }
+        let unanswered = self
+            .peers
+            .get(id)
+            .is_some_and(|p| p.unacked >= self.config.missed_beats);
+        let gone = g.members.iter().any(|m| m.id == *id && m.gone);
+        hosts.is_live(id) && !unanswered && !gone
+    }
+
+    fn leader(&self, g: &Group, hosts: &dyn HostView) -> Option<PeerId> {
+        g.view
+            .members
+            .iter()
+            .filter(|m| self.member_live(g, m, hosts) && self.member_holding(g, m))
+            .max_by_key(|m| rank(&g.view.item, m))
+            .copied()
+    }
+
+    /// Installs `view` as this node's view of its group, updating the per-peer index.
+    fn install_view(&mut self, now: Time, view: View) {
+        let item = view.item;
+        let me = self.me;
+        let old_members: Vec<PeerId> = self
+            .groups
+            .get(&item)
+            .map(|g| g.view.members.clone())
+            .unwrap_or_default();
+        let was_member = old_members.contains(&me);
+        let is_member = view.contains(&me);
+        if was_member {
+            for p in &old_members {
+                if *p != me && (!is_member || !view.contains(p)) {
+                    self.unshare(*p, &item);
+                }
+            }
+        }
+        if is_member {
+            for p in &view.members {
+                if *p != me {
+                    self.peers.entry(*p).or_default().shared.insert(item);
+                }
+            }
+        }
+        let g = self.groups.entry(item).or_insert_with(|| Group {
+            view: view.clone(),
+            members: Vec::new(),
+            fetching: Fetching::None,
+            orphan_since: None,
+            avoid: BTreeSet::new(),
+        });
+        let mut members = Vec::with_capacity(view.members.len());
+        for id in &view.members {
+            let m = g
+                .members
+                .iter()
+                .find(|m| m.id == *id)
+                .cloned()
+                .unwrap_or_else(|| Member::new(*id, now));
+            members.push(m);
+        }
+        g.members = members;
+        g.view = view.clone();
+        g.orphan_since = if is_member {
+            None
+        } else {
+            g.orphan_since.or(Some(now))
+        };
+        self.events.push_back(Event::ViewChanged(view));
+        self.ensure_started(now);
+    }
+
+    fn unshare(&mut self, p: PeerId, item: &ItemId) {
+        if let Some(peer) = self.peers.get_mut(&p) {
+            peer.shared.remove(item);
+            if peer.shared.is_empty() {
+                self.peers.remove(&p);
+            }
+        }
+    }
+
+    /// Drops the group and the data (trimmed, orphaned too long, deleted).
+    fn forget(&mut self, now: Time, item: ItemId, tombstone: bool) {
+        if let Some(g) = self.groups.remove(&item) {
+            if g.view.contains(&self.me) {
+                for p in g.view.members {
+                    if p != self.me {
+                        self.unshare(p, &item);
+                    }
+                }
+            }
+        }
+        if self.store.remove(&item) {
+            self.events.push_back(Event::Dropped(item));
+        }
+        if tombstone {
+            self.tombstones
+                .insert(item, now + self.config.tombstone_ttl);
+        }
+    }
+
+    /// Adopts `view` if it is newer. Returns whether it did.
+    fn adopt(&mut self, now: Time, view: View, hosts: &dyn HostView) -> bool {
+        let item = view.item;
+        if self.tombstones.contains_key(&item) {
+            return false;
+        }
+        match self.groups.get(&item) {
+            Some(g) if view.key() <= g.view.key() => return false,
+            None if !view.contains(&self.me) => return false,
+            _ => {}
+        }
+        self.install_view(now, view.clone());
+        if !view.contains(&self.me) {
+            if self.store.contains(&item) {
+                // Excluded while holding: ask to be re-admitted; the leader decides.
+                for m in &view.members {
+                    self.send(*m, Message::Join { item });
+                }
+            } else {
+                self.forget(now, item, false);
+            }
+        } else {
+            self.maintain(now, item, hosts);
+        }
+        true
+    }
+
+    /// Leader duties for one group: repair when short, trim when over, push data to members that
+    /// lack it. Also drops orphaned copies that were not re-admitted in time.
+    fn maintain(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) {
+        let r = self.config.replicas;
+        let grace = self.config.grace;
+        let fetch_timeout = self.config.fetch_timeout;
+        let Some(g) = self.groups.get(&item) else {
+            return;
+        };
+        if let Some(since) = g.orphan_since {
+            if now.saturating_since(since) >= self.config.orphan_timeout {
+                self.forget(now, item, false);
+            }
+            return;
+        }
+        if self.leaving.is_some() {
+            return;
+        }
+        // Refresh absence marks.
+        let live: Vec<bool> = g
+            .members
+            .iter()
+            .map(|m| self.member_live(g, &m.id, hosts))
+            .collect();
+        let g = self.groups.get_mut(&item).expect("group exists");
+        for (m, l) in g.members.iter_mut().zip(&live) {
+            if *l {
+                m.absent_since = None;
+            } else if m.gone {
+                m.absent_since = Some(Time::ZERO);
+            } else if m.absent_since.is_none() {
+                m.absent_since = Some(now);
+            }
+        }
+        let g = &self.groups[&item];
+        let current = g.view.clone();
+        let avoid = g.avoid.clone();
+        if self.leader(g, hosts) != Some(self.me) {
+            return;
+        }
+        let Some(content) = self.store.get(&item) else {
+            return;
+        };
+        // Classify members.
+        let mut holders = Vec::new();
+        let mut pending = Vec::new();
+        let mut absent = Vec::new();
+        for m in &g.members {
+            let stalled = m.holding != Some(true)
+                && m.id != self.me
+                && now.saturating_since(m.joined_at) > fetch_timeout
+                && m.pushed_at
+                    .is_some_and(|t| now.saturating_since(t) > fetch_timeout);
+            if m.absent_since.is_some() || stalled {
+                absent.push(m.clone());
+            } else if self.member_holding(g, &m.id) {
+                holders.push(m.id);
+            } else {
+                pending.push(m.clone());
+            }
+        }
+        let live_count = holders.len() + pending.len();
+        let mut members: Vec<PeerId> = holders
+            .iter()
+            .copied()
+            .chain(pending.iter().map(|m| m.id))
+            .collect();
+        if live_count < r {
+            let urgent = holders.len() + 1 < r;
+            let oldest = absent.iter().filter_map(|m| m.absent_since).min();
+            let waited = oldest.is_none_or(|t| now.saturating_since(t) >= grace);
+            if !(urgent || waited) {
+                self.push_to_pending(now, item, &pending, &content);
+                return;
+            }
+            let mut exclude: BTreeSet<PeerId> = current.members.iter().copied().collect();
+            exclude.extend(avoid.iter().copied());
+            let recruits = self.pick_diverse(r - live_count, &exclude, &members, hosts);
+            if recruits.is_empty() {
+                self.events.push_back(Event::NoCandidates(item));
+                self.push_to_pending(now, item, &pending, &content);
+                return;
+            }
+            members.extend(recruits.iter().copied());
+            let view = View::new(item, current.version + 1, self.me, members);
+            let removed: Vec<PeerId> = current
+                .members
+                .iter()
+                .copied()
+                .filter(|m| !view.contains(m))
+                .collect();
+            self.install_view(now, view.clone());
+            for m in &view.members {
+                if !recruits.contains(m) {
+                    self.send(*m, Message::ViewUpdate(view.clone()));
+                }
+            }
+            for p in removed {
+                // A replaced member that comes back learns it is out (and may ask to rejoin).
+                self.send(p, Message::ViewUpdate(view.clone()));
+            }
+            for p in &recruits {
+                self.push_data(now, *p, &view, &content);
+            }
+            self.events.push_back(Event::Recruited {
+                item,
+                peers: recruits,
+            });
+            return;
+        }
+        if live_count > r || (!absent.is_empty() && holders.len() >= r) {
+            // Trim: absent members go first, then pending recruits (if enough hold), then holders
+            // sharing a site, then the lowest-ranked.
+            let mut remove: Vec<PeerId> = absent.iter().map(|m| m.id).collect();
+            let mut excess = live_count.saturating_sub(r);
+            if holders.len() >= r {
+                for m in &pending {
+                    if excess == 0 {
+                        break;
+                    }
+                    remove.push(m.id);
+                    excess -= 1;
+                }
+            }
+            let mut keep: Vec<PeerId> = holders.clone();
+            while excess > 0 && keep.len() > r {
+                let victim = self.trim_victim(item, &keep, hosts);
+                keep.retain(|p| *p != victim);
+                remove.push(victim);
+                excess -= 1;
+            }
+            if remove.is_empty() {
+                return;
+            }
+            let members: Vec<PeerId> = current
+                .members
+                .iter()
+                .copied()
+                .filter(|m| !remove.contains(m))
+                .collect();
+            let view = View::new(item, current.version + 1, self.me, members);
+            let trimmed: Vec<PeerId> = remove
+                .iter()
+                .copied()
+                .filter(|p| !absent.iter().any(|a| a.id == *p))
+                .collect();
+            self.install_view(now, view.clone());
+            for m in &view.members {
+                self.send(*m, Message::ViewUpdate(view.clone()));
+            }
+            for p in &remove {
+                self.send(*p, Message::Trim(view.clone()));
+            }
+            if !trimmed.is_empty() {
+                self.events.push_back(Event::Trimmed {
+                    item,
+                    peers: trimmed.clone(),
+                });
+            }
+            if trimmed.contains(&self.me) {
+                self.forget(now, item, false);
+            }
+            return;
+        }
+        self.push_to_pending(now, item, &pending, &content);
+    }
+
+    /// Pushes data again to live members that do not hold it (lost it, failed a proof, missed the
+    /// first push), at most once per fetch timeout each.
+    fn push_to_pending(&mut self, now: Time, item: ItemId, pending: &[Member], content: &Item) {
+        let every = self.config.fetch_timeout / 2;
+        let view = self.groups[&item].view.clone();
+        for m in pending {
+            let due = m.pushed_at.is_none_or(|t| now.saturating_since(t) >= every);
+            // Members not heard from yet get time to answer the first push.
+            if m.holding == Some(false) && due {
+                self.push_data(now, m.id, &view, content);
+            }
+        }
+    }
+
+    fn push_data(&mut self, now: Time, to: PeerId, view: &View, content: &Item) {
+        let msg = match content.manifest(&self.config.item) {
+            None => Message::Replicate {
+                view: view.clone(),
+                content: Some(content.content().to_vec()),
+                manifest: None,
+            },
+            Some(m) => Message::Replicate {
+                view: view.clone(),
+                content: None,
+                manifest: Some(m),
+            },
+        };
+        self.send(to, msg);
+        if let Some(g) = self.groups.get_mut(&view.item) {
+            if let Some(m) = g.members.iter_mut().find(|m| m.id == to) {
+                m.pushed_at = Some(now);
+            }
+        }
+    }
+
+    /// `k` candidates, different sites from `current` first, random among equals.
+    fn pick_diverse(
+        &mut self,
+        k: usize,
+        exclude: &BTreeSet<PeerId>,
+        current: &[PeerId],
+        hosts: &dyn HostView,
+    ) -> Vec<PeerId> {
+        let mut cands = hosts.most_diverse(k * 3 + 2, exclude);
+        cands.retain(|c| *c != self.me && !exclude.contains(c));
+        cands.shuffle(&mut self.rng);
+        let mut sites: BTreeSet<String> = current
+            .iter()
+            .filter_map(|p| hosts.site(p).map(str::to_owned))
+            .collect();
+        let mut out = Vec::with_capacity(k);
+        // First pass: new sites only; second pass: anyone.
+        for pass in 0..2 {
+            for c in &cands {
+                if out.len() == k {
+                    return out;
+                }
+                if out.contains(c) {
+                    continue;
+                }
+                let site = hosts.site(c);
+                if pass == 0 && site.is_some_and(|s| sites.contains(s)) {
+                    continue;
+                }
+                if let Some(s) = site {
+                    sites.insert(s.to_owned());
+                }
+                out.push(*c);
+            }
+        }
+        out
+    }
+
+    /// The holder whose removal costs least diversity: one sharing a site, else the lowest rank.
+    fn trim_victim(&self, item: ItemId, keep: &[PeerId], hosts: &dyn HostView) -> PeerId {
+        let site_count = |p: &PeerId| {
+            let s = hosts.site(p);
+            keep.iter()
+                .filter(|q| s.is_some() && hosts.site(q) == s)
+                .count()
+        };
+        *keep
+            .iter()
+            .min_by_key(|p| (std::cmp::Reverse(site_count(p)), rank(&item, p)))
+            .expect("keep is not empty")
+    }
+
+    fn on_replicate(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        view: View,
+        content: Option<Vec<u8>>,
+        manifest: Option<Manifest>,
+        hosts: &dyn HostView,
+    ) {
+        let item = view.item;
+        if self.leaving.is_some() || self.tombstones.contains_key(&item) || !view.contains(&self.me)
+        {
+            self.send(from, Message::Decline { item });
+            return;
+        }
+        if let Some(c) = content {
+            match Item::verified(item, c) {
+                Ok(it) => {
+                    // A corrupt local copy has the right id but wrong bytes: replace it.
+                    self.store.remove(&item);
+                    if self.store.insert(it).is_err() {
+                        self.send(from, Message::Decline { item });
+                        return;
+                    }
+                    self.adopt(now, view, hosts);
+                    self.events.push_back(Event::Holding(item));
+                    self.send(from, Message::Holding { item });
+                }
+                Err(_) => self.events.push_back(Event::Corrupt { item, from }),
+            }
+            return;
+        }
+        let Some(m) = manifest else { return };
+        if m.item != item {
+            self.events.push_back(Event::Corrupt { item, from });
+            return;
+        }
+        if self
+            .store
+            .usage()
+            .limit
+            .saturating_sub(self.store.usage().used)
+            < m.size
+        {
+            self.send(from, Message::Decline { item });
+            return;
+        }
+        let Ok(asm) = Assembler::new(m, &self.config.item) else {
+            self.events.push_back(Event::Corrupt { item, from });
+            return;
+        };
+        self.adopt(now, view, hosts);
+        let missing = asm.missing();
+        if let Some(g) = self.groups.get_mut(&item) {
+            g.fetching = Fetching::Blocks {
+                assembler: Box::new(asm),
+                from,
+                asked_at: now,
+            };
+        }
+        for index in missing.into_iter().take(FETCH_WINDOW) {
+            self.send(from, Message::Fetch { item, index });
+        }
+    }
+
+    fn on_fetch(&mut self, from: PeerId, item: ItemId, index: u32) {
+        let Some(content) = self.store.get(&item) else {
+            return;
+        };
+        let Some(m) = content.manifest(&self.config.item) else {
+            return;
+        };
+        if let Some(b) = content.block(&m, index) {
+            self.send(
+                from,
+                Message::Block {
+                    item,
+                    index,
+                    bytes: b.to_vec(),
+                },
+            );
+        }
+    }
+
+    fn on_block(&mut self, now: Time, from: PeerId, item: ItemId, index: u32, bytes: Vec<u8>) {
+        let Some(g) = self.groups.get_mut(&item) else {
+            return;
+        };
+        let Fetching::Blocks {
+            assembler,
+            asked_at,
+            ..
+        } = &mut g.fetching
+        else {
+            return;
+        };
+        if assembler.add(index, bytes).is_err() {
+            self.events.push_back(Event::Corrupt { item, from });
+            return;
+        }
+        *asked_at = now;
+        if !assembler.is_complete() {
+            let missing = assembler.missing();
+            // Keep the window full: ask for the block `FETCH_WINDOW` places past the one received.
+            if let Some(next) = missing.get(FETCH_WINDOW - 1) {
+                self.send(from, Message::Fetch { item, index: *next });
+            }
+            return;
+        }
+        let Fetching::Blocks { assembler, .. } = std::mem::replace(&mut g.fetching, Fetching::None)
+        else {
+            return;
+        };
+        match assembler.finish() {
+            Ok(it) => {
+                self.store.remove(&item);
+                if self.store.insert(it).is_ok() {
+                    self.events.push_back(Event::Holding(item));
+                    let author = self.groups.get(&item).map(|g| g.view.author);
+                    self.send(from, Message::Holding { item });
+                    if let Some(a) = author {
+                        if a != from {
+                            self.send(a, Message::Holding { item });
+                        }
+                    }
+                }
+            }
+            Err(_) => self.events.push_back(Event::Corrupt { item, from }),
+        }
+    }
+
+    fn retry_fetch(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) {
+        let timeout = self.config.fetch_timeout / 2;
+        let me = self.me;
+        let Some(g) = self.groups.get(&item) else {
+            return;
+        };
+        let Fetching::Blocks {
+            assembler,
+            from,
+            asked_at,
+        } = &g.fetching
+        else {
+            return;
+        };
+        if now.saturating_since(*asked_at) < timeout {
+            return;
+        }
+        // Ask another live holder.
+        let alt = g
+            .members
+            .iter()
+            .filter(|m| m.id != me && m.id != *from && m.holding == Some(true))
+            .find(|m| hosts.is_live(&m.id))
+            .map(|m| m.id)
+            .unwrap_or(*from);
+        let missing = assembler.missing();
+        if let Some(g) = self.groups.get_mut(&item) {
+            if let Fetching::Blocks { from, asked_at, .. } = &mut g.fetching {
+                *from = alt;
+                *asked_at = now;
+            }
+        }
+        for index in missing.into_iter().take(FETCH_WINDOW) {
+            self.send(alt, Message::Fetch { item, index });
+        }
+    }
+
+    fn on_join(&mut self, now: Time, from: PeerId, item: ItemId, hosts: &dyn HostView) {
+        let Some(g) = self.groups.get(&item) else {
+            return;
+        };
+        if g.orphan_since.is_some() || self.leader(g, hosts) != Some(self.me) {
+            return;
+        }
+        if g.view.contains(&from) {
+            return;
+        }
+        let holders = g
+            .view
+            .members
+            .iter()
+            .filter(|m| self.member_live(g, m, hosts) && self.member_holding(g, m))
+            .count();
+        if holders >= self.config.replicas {
+            self.send(from, Message::Trim(g.view.clone()));
+            return;
+        }
+        let mut members = g.view.members.clone();
+        members.push(from);
+        let view = View::new(item, g.view.version + 1, self.me, members);
+        self.install_view(now, view.clone());
+        if let Some(g) = self.groups.get_mut(&item) {
+            if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
+                m.holding = Some(true);
+            }
+        }
+        for m in &view.members {
+            self.send(*m, Message::ViewUpdate(view.clone()));
+        }
+        self.maintain(now, item, hosts);
+    }
+
+    fn beat_entry(&self, item: &ItemId, their: Option<(u64, PeerId)>) -> GroupBeat {
+        match self.groups.get(item) {
+            Some(g) => GroupBeat {
+                item: *item,
+                version: g.view.version,
+                author: g.view.author,
+                holding: self.store.contains(item),
+                view: (their != Some(g.view.key())).then(|| g.view.clone()),
+            },
+            None => GroupBeat {
+                item: *item,
+                version: 0,
+                author: self.me,
+                holding: false,
+                view: None,
+            },
+        }
+    }
+
+    fn send_heartbeats(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let fanout = self.config.heartbeat_fanout.min(self.peers.len());
+        let start = self.beat_cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut targets: Vec<PeerId> = self
+            .peers
+            .range((start, Bound::Unbounded))
+            .map(|(p, _)| *p)
+            .take(fanout)
+            .collect();
+        if targets.len() < fanout {
+            let more: Vec<PeerId> = self
+                .peers
+                .keys()
+                .copied()
+                .filter(|p| !targets.contains(p))
+                .take(fanout - targets.len())
+                .collect();
+            targets.extend(more);
+        }
+        self.beat_cursor = targets.last().copied();
+        for p in targets {
+            let shared: Vec<ItemId> = self.peers[&p].shared.iter().copied().collect();
+            let groups: Vec<GroupBeat> = shared
+                .iter()
+                .map(|item| {
+                    let their = self
+                        .groups
+                        .get(item)
+                        .and_then(|g| g.members.iter().find(|m| m.id == p).and_then(|m| m.seen));
+                    self.beat_entry(item, their)
+                })
+                .collect();
+            // Challenge the peer on groups where we hold the data and it claims to.
+            let mut challenges = Vec::new();
+            let n = shared.len();
+            let cursor = self.peers[&p].cursor;
+            for k in 0..n {
+                if challenges.len() >= self.config.challenges_per_beat {
+                    break;
+                }
+                let item = shared[(cursor + k) % n];
+                let claims = self.groups.get(&item).is_some_and(|g| {
+                    g.members
+                        .iter()
+                        .any(|m| m.id == p && m.holding == Some(true))
+                });
+                if claims && self.store.contains(&item) {
+                    challenges.push(Challenge {
+                        item,
+                        nonce: self.rng.random(),
+                    });
+                }
+            }
+            if let Some(peer) = self.peers.get_mut(&p) {
+                peer.cursor = (cursor + self.config.challenges_per_beat) % n.max(1);
+                peer.unacked = peer.unacked.saturating_add(1);
+                peer.challenges = challenges.clone();
+            }
+            let hb = Heartbeat {
+                reply: false,
+                groups,
+                challenges,
+                proofs: Vec::new(),
+            };
+            self.send(p, Message::Heartbeat(hb));
+        }
+    }
+
+    /// A member answered a challenge wrongly (or not at all). Whoever noticed repairs it: first
+    /// check our own copy (a corrupt challenger must not spread its doubt), then push the data.
+    fn on_proof_failed(&mut self, now: Time, peer: PeerId, item: ItemId, hosts: &dyn HostView) {
+        let Some(mine) = self.store.get(&item) else {
+            return;
+        };
+        if ItemId::of(mine.content()) != item {
+            // Our own copy is the bad one: drop it; the others will push us a good one.
+            self.store.remove(&item);
+            self.events.push_back(Event::Corrupt {
+                item,
+                from: self.me,
+            });
+            return;
+        }
+        self.events.push_back(Event::ProofFailed { item, peer });
+        let Some(g) = self.groups.get_mut(&item) else {
+            return;
+        };
+        if let Some(m) = g.members.iter_mut().find(|m| m.id == peer) {
+            m.holding = Some(false);
+        }
+        let view = g.view.clone();
+        if view.contains(&peer) && self.member_live(&self.groups[&item], &peer, hosts) {
+            self.push_data(now, peer, &view, &mine);
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Time, from: PeerId, hb: Heartbeat, hosts: &dyn HostView) {
+        let mut reply_groups = Vec::new();
+        for gb in hb.groups {
+            let item = gb.item;
+            if self.tombstones.contains_key(&item) {
+                self.send(from, Message::Delete { item });
+                continue;
+            }
+            if let Some(view) = gb.view.clone() {
+                self.adopt(now, view, hosts);
+            }
+            if let Some(g) = self.groups.get_mut(&item) {
+                if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
+                    m.holding = Some(gb.holding);
+                    m.seen = (gb.version > 0).then_some((gb.version, gb.author));
+                }
+            }
+            if !hb.reply {
+                let sender_key = (gb.version > 0).then_some((gb.version, gb.author));
+                reply_groups.push(self.beat_entry(&item, sender_key));
+            }
+        }
+        // Proofs for our challenges.
+        if hb.reply {
+            let asked = self
+                .peers
+                .get_mut(&from)
+                .map(|p| std::mem::take(&mut p.challenges));
+            for ch in asked.unwrap_or_default() {
+                let ok = hb
+                    .proofs
+                    .iter()
+                    .find(|p| p.item == ch.item && p.nonce == ch.nonce)
+                    .is_some_and(|p| {
+                        self.store
+                            .get(&ch.item)
+                            .is_some_and(|it| it.prove(ch.nonce, &self.config.item) == p.hash)
+                    });
+                if !ok {
+                    self.on_proof_failed(now, from, ch.item, hosts);
+                }
+            }
+            return;
+        }
+        let proofs = hb
+            .challenges
+            .iter()
+            .filter_map(|c| {
+                self.store.get(&c.item).map(|it| Proof {
+                    item: c.item,
+                    nonce: c.nonce,
+                    hash: it.prove(c.nonce, &self.config.item),
+                })
+            })
+            .collect();
+        let reply = Heartbeat {
+            reply: true,
+            groups: reply_groups,
+            challenges: Vec::new(),
+            proofs,
+        };
+        self.send(from, Message::Heartbeat(reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A small deterministic harness: a handful of nodes, instant delivery, a shared liveness map.
+    use super::*;
+    use crate::item::MemoryStore;
+
+    struct Hosts {
+        me: PeerId,
+        all: Vec<(PeerId, String)>,
+        dead: BTreeSet<PeerId>,
+    }
+
+    impl HostView for Hosts {
+        fn live_hosts(&self) -> Vec<PeerId> {
+            self.all
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| *p != self.me && !self.dead.contains(p))
+                .collect()
+        }
+        fn is_live(&self, id: &PeerId) -> bool {
+            !self.dead.contains(id)
+        }
+        fn site(&self, id: &PeerId) -> Option<&str> {
+            self.all
+                .iter()
+                .find(|(p, _)| p == id)
+                .map(|(_, s)| s.as_str())
+        }
+        fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
+            self.live_hosts()
+                .into_iter()
+                .filter(|p| !exclude.contains(p))
+                .take(k)
+                .collect()
+        }
+    }
+
+    struct Net {
+        nodes: Vec<Node<MemoryStore>>,
+        sites: Vec<(PeerId, String)>,
+        dead: BTreeSet<PeerId>,
+        now: Time,
+        sent: BTreeMap<&'static str, usize>,
+    }
+
+    impl Net {
+        fn new(n: usize, sites: usize, config: Config) -> Self {
+            let ids: Vec<PeerId> = (0..n)
+                .map(|i| PeerId::from_public_key(&(i as u64).to_le_bytes()))
+                .collect();
+            let nodes = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    Node::new(*id, config.clone(), MemoryStore::new(1 << 20), i as u64).unwrap()
+                })
+                .collect();
+            let sites = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, format!("s{}", i % sites)))
+                .collect();
+            Net {
+                nodes,
+                sites,
+                dead: BTreeSet::new(),
+                now: Time::ZERO,
+                sent: BTreeMap::new(),
+            }
+        }
+        fn hosts(&self, i: usize) -> Hosts {
+            Hosts {
+                me: self.nodes[i].id(),
+                all: self.sites.clone(),
+                dead: self.dead.clone(),
+            }
+        }
+        fn idx(&self, id: &PeerId) -> usize {
+            self.nodes.iter().position(|n| n.id() == *id).unwrap()
+        }
+        fn deliver(&mut self) {
+            for _ in 0..10_000 {
+                let mut any = false;
+                for i in 0..self.nodes.len() {
+                    while let Some(t) = self.nodes[i].poll_transmit() {
+                        any = true;
+                        *self.sent.entry(t.msg.kind()).or_default() += 1;
+                        if self.dead.contains(&t.to) || self.dead.contains(&self.nodes[i].id()) {
+                            continue;
+                        }
+                        let j = self.idx(&t.to);
+                        let h = self.hosts(j);
+                        let from = self.nodes[i].id();
+                        let now = self.now;
+                        self.nodes[j].handle_message(now, from, t.msg, &h);
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+            panic!("message storm");
+        }
+        fn run_for(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now = self.now + Duration::from_millis(100);
+                for i in 0..self.nodes.len() {
+                    if self.dead.contains(&self.nodes[i].id()) {
+                        continue;
+                    }
+                    if self.nodes[i].poll_timeout().is_some_and(|t| t <= self.now) {
+                        let h = self.hosts(i);
+                        let now = self.now;
+                        self.nodes[i].handle_timeout(now, &h);
+                    }
+                }
+                self.deliver();
+            }
+        }
+        fn holders(&self, item: &ItemId) -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|i| {
+                    !self.dead.contains(&self.nodes[*i].id())
+                        && self.nodes[*i].store().contains(item)
+                })
+                .collect()
+        }
+        fn put(&mut self, at: usize, content: &[u8]) -> ItemId {
+            let h = self.hosts(at);
+            let now = self.now;
+            let id = self.nodes[at]
+                .store_item(now, content.to_vec(), &h)
+                .unwrap();
+            self.deliver();
+            id
+        }
+    }
+
+    #[test]
+    fn a_stored_item_reaches_r_diverse_holders_with_one_agreed_view() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"hello");
+        net.run_for(Duration::from_secs(5));
+        let holders = net.holders(&id);
+        assert_eq!(holders.len(), 3, "holders {holders:?}");
+        let sites: BTreeSet<&str> = holders.iter().map(|i| net.sites[*i].1.as_str()).collect();
+        assert_eq!(sites.len(), 3, "members on distinct sites");
+        let views: BTreeSet<(u64, PeerId, Vec<PeerId>)> = holders
+            .iter()
+            .map(|i| {
+                let v = &net.nodes[*i].groups[&id].view;
+                (v.version, v.author, v.members.clone())
+            })
+            .collect();
+        assert_eq!(views.len(), 1, "one agreed view: {views:?}");
+        let h = net.hosts(holders[0]);
+        let info = net.nodes[holders[0]].group(&id, &h).unwrap();
+        assert_eq!(info.state, GroupState::Goldilocks);
+        assert!(info.leader.is_some());
+    }
+
+    #[test]
+    fn a_dead_member_is_replaced_after_the_grace_window_and_not_before() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        net.dead.insert(net.nodes[victim].id());
+        net.run_for(Duration::from_secs(2));
+        assert_eq!(net.holders(&id).len(), 2, "grace window: not replaced yet");
+        net.run_for(Duration::from_secs(8));
+        assert_eq!(net.holders(&id).len(), 3, "replaced after the grace window");
+        assert!(net.sent.get("replicate").copied().unwrap_or(0) >= 3);
+    }
+
+    #[test]
+    fn a_member_back_within_grace_keeps_its_place_without_new_transfers() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        let replicates = net.sent["replicate"];
+        let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        let vid = net.nodes[victim].id();
+        net.dead.insert(vid);
+        net.run_for(Duration::from_secs(2));
+        net.dead.remove(&vid);
+        net.run_for(Duration::from_secs(10));
+        assert_eq!(net.sent["replicate"], replicates, "no re-replication");
+        assert!(net.holders(&id).contains(&victim));
+        assert_eq!(net.holders(&id).len(), 3);
+    }
+
+    #[test]
+    fn two_members_lost_at_once_are_repaired_immediately() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        for i in net.holders(&id).into_iter().filter(|i| *i != 0) {
+            net.dead.insert(net.nodes[i].id());
+        }
+        // Well within the grace window plus one heartbeat.
+        net.run_for(Duration::from_millis(2500));
+        assert_eq!(net.holders(&id).len(), 3);
+    }
+
+    #[test]
+    fn corrupted_replica_fails_the_proof_and_is_replaced() {
+        let mut net = Net::new(6, 3, Config::default());
+        let id = net.put(0, b"precious");
+        net.run_for(Duration::from_secs(3));
+        let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        assert!(
+            net.nodes[victim]
+                .store_mut()
+                .corrupt(&id, b"garbage!".to_vec())
+        );
+        let mut failed = false;
+        for _ in 0..40 {
+            net.run_for(Duration::from_millis(500));
+            for n in &mut net.nodes {
+                while let Some(e) = n.poll_event() {
+                    failed |= matches!(e, Event::ProofFailed { item, .. } if item == id);
+                }
+            }
+        }
+        assert!(failed, "proof failure detected");
+        let good = net
+            .holders(&id)
+            .iter()
+            .filter(|i| {
+                net.nodes[**i]
+                    .store()
+                    .get(&id)
+                    .is_some_and(|it| ItemId::of(it.content()) == id)
+            })
+            .count();
+        assert_eq!(good, 3, "corrupt copy replaced");
+    }
+
+    #[test]
+    fn graceful_shutdown_hands_off_before_leaving() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        let leaver = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        let h = net.hosts(leaver);
+        let now = net.now;
+        net.nodes[leaver].begin_shutdown(now, &h);
+        net.deliver();
+        assert!(net.nodes[leaver].is_drained());
+        net.dead.insert(net.nodes[leaver].id());
+        assert_eq!(
+            net.holders(&id).len(),
+            3,
+            "replacement holds before the leaver goes"
+        );
+    }
+
+    #[test]
+    fn a_replaced_member_returning_with_data_is_trimmed_back_to_r() {
+        let mut net = Net::new(
+            9,
+            3,
+            Config {
+                grace: Duration::ZERO,
+                ..Config::default()
+            },
+        );
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        let vid = net.nodes[victim].id();
+        net.dead.insert(vid);
+        net.run_for(Duration::from_secs(5));
+        net.dead.remove(&vid);
+        net.run_for(Duration::from_secs(30));
+        assert_eq!(net.holders(&id).len(), 3, "never more than r for long");
+    }
+
+    #[test]
+    fn heartbeat_messages_per_node_do_not_grow_with_items() {
+        let count = |items: usize| {
+            let mut net = Net::new(12, 3, Config::default());
+            for k in 0..items {
+                net.put(k % 12, &(k as u64).to_le_bytes());
+            }
+            net.run_for(Duration::from_secs(10));
+            let before = net.sent["heartbeat"];
+            net.run_for(Duration::from_secs(20));
+            net.sent["heartbeat"] - before
+        };
+        let few = count(40);
+        let many = count(800);
+        assert!(
+            many <= few * 12 / 10,
+            "heartbeats grew with items: {few} vs {many}"
+        );
+    }
+
+    #[test]
+    fn delete_removes_every_copy_and_refuses_it_afterwards() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"secret");
+        net.run_for(Duration::from_secs(3));
+        let now = net.now;
+        net.nodes[0].delete(now, id);
+        net.deliver();
+        net.run_for(Duration::from_secs(5));
+        assert!(net.holders(&id).is_empty());
+    }
+
+    #[test]
+    fn large_items_are_replicated_block_by_block() {
+        let config = Config {
+            item: item::Config {
+                block_size: 16,
+                max_item_size: 4096,
+            },
+            ..Config::default()
+        };
+        let mut net = Net::new(6, 3, config);
+        let content: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let id = net.put(0, &content);
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.holders(&id).len(), 3);
+        assert!(net.sent["block"] >= 2 * 63);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(Config::default().validate().is_ok());
+        assert!(
+            Config {
+                replicas: 0,
+                ..Config::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Config {
+                jitter: 1.5,
+                ..Config::default()
+            }
+            .validate()
+            .is_err()
+        );
+    }
+}
