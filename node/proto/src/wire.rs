@@ -80,6 +80,35 @@ pub enum Request {
         /// The overlay's registered name.
         name: String,
     },
+    /// SWIM dissemination: membership updates (suspicions, refutations, deaths). Answered with
+    /// [`Response::Ok`].
+    Gossip {
+        /// The updates, at most a few dozen.
+        updates: Vec<MemberUpdate>,
+    },
+}
+
+/// One membership update carried by [`Request::Gossip`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    /// The member the update is about.
+    pub id: PeerId,
+    /// The member's incarnation the update refers to; only the member itself raises it.
+    pub incarnation: u64,
+    /// What is claimed.
+    pub state: MemberState,
+}
+
+/// What a [`MemberUpdate`] claims about a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberState {
+    /// Alive at this incarnation (a refutation when the incarnation is new).
+    Alive,
+    /// Suspected of having failed at this incarnation.
+    Suspect,
+    /// Declared failed at this incarnation.
+    Dead,
 }
 
 /// Messages a node answers a request with.
@@ -237,7 +266,7 @@ pub trait Message: Serialize + DeserializeOwned {
 }
 
 impl Message for Request {
-    const VARIANTS: u32 = 5;
+    const VARIANTS: u32 = 6;
 }
 
 impl Message for Response {
@@ -265,8 +294,8 @@ pub fn decode_payload<T: Message>(payload: &[u8]) -> Result<T, FrameError> {
     if leading_varint(body).is_some_and(|v| v >= T::VARIANTS) {
         return Err(FrameError::UnknownMessage);
     }
-    let (msg, rest) = postcard::take_from_bytes::<T>(body)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::Trailing(rest.len()));
     }
@@ -276,14 +305,20 @@ pub fn decode_payload<T: Message>(payload: &[u8]) -> Result<T, FrameError> {
 /// Decodes a whole frame (prefix included) that must fill `buf` exactly.
 pub fn decode_frame<T: Message>(buf: &[u8], max: usize) -> Result<T, FrameError> {
     if buf.len() < LEN_PREFIX {
-        return Err(FrameError::Truncated { need: LEN_PREFIX, have: buf.len() });
+        return Err(FrameError::Truncated {
+            need: LEN_PREFIX,
+            have: buf.len(),
+        });
     }
     let mut prefix = [0u8; LEN_PREFIX];
     prefix.copy_from_slice(&buf[..LEN_PREFIX]);
     let len = frame_len(prefix, max)?;
     let payload = &buf[LEN_PREFIX..];
     if payload.len() < len {
-        return Err(FrameError::Truncated { need: len + LEN_PREFIX, have: buf.len() });
+        return Err(FrameError::Truncated {
+            need: len + LEN_PREFIX,
+            have: buf.len(),
+        });
     }
     if payload.len() > len {
         return Err(FrameError::Trailing(payload.len() - len));
@@ -312,10 +347,27 @@ mod tests {
     fn round_trip_every_request() {
         let reqs = [
             Request::Ping { seq: 7 },
-            Request::PingReq { seq: 8, target: record().id, addrs: record().addrs },
-            Request::Hello { record: record(), network: "n".into(), sample: 16 },
-            Request::Behaviour { name: "ohce".into() },
+            Request::PingReq {
+                seq: 8,
+                target: record().id,
+                addrs: record().addrs,
+            },
+            Request::Hello {
+                record: record(),
+                network: "n".into(),
+                sample: 16,
+            },
+            Request::Behaviour {
+                name: "ohce".into(),
+            },
             Request::Overlay { name: "pcg".into() },
+            Request::Gossip {
+                updates: vec![MemberUpdate {
+                    id: record().id,
+                    incarnation: 3,
+                    state: MemberState::Suspect,
+                }],
+            },
         ];
         for r in reqs {
             let f = encode_frame(&r, DEFAULT_MAX_FRAME).unwrap();
@@ -327,16 +379,22 @@ mod tests {
     fn unknown_variant_is_reported_as_unknown_message() {
         // Version byte, then variant index 200 (a varint).
         let payload = [PROTOCOL_VERSION, 200, 1];
-        assert_eq!(decode_payload::<Request>(&payload), Err(FrameError::UnknownMessage));
+        assert_eq!(
+            decode_payload::<Request>(&payload),
+            Err(FrameError::UnknownMessage)
+        );
         assert_eq!(FrameError::UnknownMessage.code(), ErrorCode::UnknownMessage);
     }
 
     #[test]
     fn variant_counts_match_the_enums() {
         // The last known variant decodes; one past it is unknown.
-        let last_req = encode_frame(&Request::Overlay { name: String::new() }, 64).unwrap();
+        let last_req = encode_frame(&Request::Gossip { updates: vec![] }, 64).unwrap();
         assert_eq!(last_req[LEN_PREFIX + 1] as u32, Request::VARIANTS - 1);
-        let err = Response::Error { code: ErrorCode::Busy, message: String::new() };
+        let err = Response::Error {
+            code: ErrorCode::Busy,
+            message: String::new(),
+        };
         let last_resp = encode_frame(&err, 64).unwrap();
         assert_eq!(last_resp[LEN_PREFIX + 1] as u32, Response::VARIANTS - 1);
     }
@@ -345,24 +403,41 @@ mod tests {
     fn wrong_version_is_reported() {
         let mut f = encode_frame(&Request::Ping { seq: 1 }, 100).unwrap();
         f[LEN_PREFIX] = 99;
-        assert_eq!(decode_frame::<Request>(&f, 100), Err(FrameError::UnsupportedVersion(99)));
+        assert_eq!(
+            decode_frame::<Request>(&f, 100),
+            Err(FrameError::UnsupportedVersion(99))
+        );
     }
 
     #[test]
     fn oversized_prefix_is_refused_before_reading() {
-        assert!(matches!(frame_len([0xff; 4], 1024), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            frame_len([0xff; 4], 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert_eq!(frame_len([0; 4], 1024), Err(FrameError::Empty));
-        let big = Request::Behaviour { name: "x".repeat(2000) };
-        assert!(matches!(encode_frame(&big, 1000), Err(FrameError::TooLarge { .. })));
+        let big = Request::Behaviour {
+            name: "x".repeat(2000),
+        };
+        assert!(matches!(
+            encode_frame(&big, 1000),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn trailing_and_truncated_frames_are_refused() {
         let mut f = encode_frame(&Request::Ping { seq: 1 }, 100).unwrap();
         f.push(0);
-        assert!(matches!(decode_frame::<Request>(&f, 100), Err(FrameError::Trailing(1))));
+        assert!(matches!(
+            decode_frame::<Request>(&f, 100),
+            Err(FrameError::Trailing(1))
+        ));
         f.truncate(f.len() - 2);
-        assert!(matches!(decode_frame::<Request>(&f, 100), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            decode_frame::<Request>(&f, 100),
+            Err(FrameError::Truncated { .. })
+        ));
     }
 
     proptest! {
