@@ -7,6 +7,16 @@
 #                                  ──s2── [bt-sw2: br0] ──h1..hH── bt-s2h1 … bt-s2hH   10.2.0.0/24
 #                                  …
 #
+# Topology nat (--topology nat, issue 5): a public segment (subnet 0, 198.51.100.0/24, hosts
+# bt-s0h1 …) and one gateway namespace per LAN (bt-gw1 …) that masquerades the LAN behind its
+# public address (198.51.100.200+N), endpoint-independent (Linux keeps the source port) or
+# symmetric (`masquerade random`: a new port per destination), optionally forwarding the QUIC port
+# to host 1 (--forward sN). The gateways forward nothing unsolicited from the public side.
+#
+#   root ns ──bt-admin── [bt-sw0: br0] ── bt-s0h1 … (public)
+#                                       ── wan: bt-gw1 (NAT) :lan ── [bt-sw1: br0] ── bt-s1h1 …
+#   root ns ──bt-adm1── bt-gw1 (admin only: the root reaches LAN HTTP ports, nothing is NATed)
+#
 # Every object lives in a namespace whose name starts with $PREFIX; the only object in the root
 # namespace is the admin veth (also prefixed), which dies with the router namespace. So `down`
 # finds everything by name, even after a crash or a half-finished `up`.
@@ -28,6 +38,12 @@ readonly ROUTER=${PREFIX}router
 readonly ADMIN_IF=${PREFIX}admin
 readonly ADMIN_ROOT_ADDR=10.255.255.1
 readonly ADMIN_ROUTER_ADDR=10.255.255.2
+# Admin traffic (root namespace <-> node HTTP) is exempt from injected loss. NAT gateway N's
+# admin link is 10.255.N.0/30; the root's address on the public segment is PUBLIC_ADMIN_ADDR.
+readonly PUBLIC_NET=198.51.100
+readonly PUBLIC_ADMIN_ADDR=$PUBLIC_NET.254
+readonly ADMIN_SET="{ 10.255.0.0/16, $PUBLIC_ADMIN_ADDR }"
+readonly MAX_NAT_SUBNETS=50
 readonly QUIC_PORT=7000
 readonly HTTP_PORT=7100
 readonly HOST_BASE=10 # host M of subnet N is 10.N.0.(HOST_BASE+M)
@@ -44,6 +60,10 @@ RUN_DIR=${BUTTER_LAB_RUN_DIR:-$LAB_DIR/run}
 # Lab configuration; `up` writes it to $RUN_DIR/lab.env, other commands read it back.
 SUBNETS=2
 HOSTS=3
+TOPOLOGY=routed
+PUBLIC=0
+NAT_SPECS=()
+FORWARDS=()
 BOOTSTRAP=none
 BIN=
 START=yes
@@ -76,9 +96,15 @@ Commands:
 Options of up:
   --subnets S          number of subnets (default $SUBNETS, max $MAX_SUBNETS)
   --hosts H            hosts per subnet (default $HOSTS, max $MAX_HOSTS)
-  --bootstrap MODE     none | one-per-subnet | all (default $BOOTSTRAP)
+  --bootstrap MODE     none | one-per-subnet | all | public (default $BOOTSTRAP)
                          one-per-subnet: host 1 of subnet N bootstraps from host 1 of subnet N+1
                          all: every host bootstraps from host 1 of every other subnet
+                         public (nat): every LAN host bootstraps from public host s0h1
+  --topology T         routed (default: one router, no NAT) | nat (a public segment, one NAT
+                         gateway per LAN)
+  --public P           nat: public hosts on the public segment, subnet 0 (default 1 with nat)
+  --nat [sN=]TYPE      nat: eim (endpoint-independent mapping, default) | symmetric; repeatable
+  --forward sN         nat: gateway of LAN N forwards UDP $QUIC_PORT to host 1; repeatable
   --loss [WHERE=]PCT   drop PCT % of packets each way on host links (nftables in the host);
                          WHERE is a host (s1h2), a subnet (s1) or all (default); repeatable
   --rate [WHERE=]RATE  limit each direction of host links to RATE (tbf, e.g. 10mbit); repeatable
@@ -125,15 +151,21 @@ need_tools() {
 
 host_ns() { echo "${PREFIX}s${1}h${2}"; }
 switch_ns() { echo "${PREFIX}sw${1}"; }
-host_addr() { echo "10.${1}.0.$((HOST_BASE + $2))"; }
+host_addr() {
+	if (($1 == 0)); then echo "$PUBLIC_NET.$((HOST_BASE + $2))"; else echo "10.${1}.0.$((HOST_BASE + $2))"; fi
+}
 router_addr() { echo "10.${1}.0.1"; }
+gateway_ns() { echo "${PREFIX}gw${1}"; }
+gateway_wan_addr() { echo "$PUBLIC_NET.$((200 + $1))"; }
+# Hosts in subnet S (subnet 0 is the public segment of the nat topology).
+hosts_in() { if (($1 == 0)); then echo "$PUBLIC"; else echo "$HOSTS"; fi; }
 
 # Normalise "s1h2" / "bt-s1h2" to the namespace name and check it is a host of this lab.
 resolve_host() {
 	local name=${1#"$PREFIX"}
 	[[ $name =~ ^s([0-9]+)h([0-9]+)$ ]] || die "not a host name: $1 (expected s<subnet>h<host>)"
 	local s=${BASH_REMATCH[1]} h=${BASH_REMATCH[2]}
-	((s >= 1 && s <= SUBNETS && h >= 1 && h <= HOSTS)) || die "no host $1 in a lab of $SUBNETS x $HOSTS"
+	((s <= SUBNETS && h >= 1 && h <= $(hosts_in "$s"))) || die "no host $1 in a lab of $SUBNETS x $HOSTS (+$PUBLIC public)"
 	echo "$s $h"
 }
 
@@ -144,6 +176,7 @@ all_hosts() {
 			echo "$s $h"
 		done
 	done
+	for ((h = 1; h <= PUBLIC; h++)); do echo "0 $h"; done
 }
 
 lab_namespaces() {
@@ -155,7 +188,8 @@ lab_namespaces() {
 save_config() {
 	mkdir -p "$RUN_DIR"
 	# -g: the file is sourced inside a function, where a plain declare would make locals.
-	declare -p SUBNETS HOSTS BOOTSTRAP BIN LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS |
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP BIN \
+		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS |
 		sed -E 's/^declare -(-?)([a-zA-Z]*) /declare -g\2 /' >"$RUN_DIR/lab.env"
 }
 
@@ -167,7 +201,8 @@ load_config() {
 
 # The topology part of the config: if it matches, `up` keeps the lab and only starts what is missing.
 config_fingerprint() {
-	declare -p SUBNETS HOSTS BOOTSTRAP BIN LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS | md5sum | cut -d' ' -f1
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP BIN \
+		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS | md5sum | cut -d' ' -f1
 }
 
 # --- topology -----------------------------------------------------------------------------------
@@ -179,7 +214,8 @@ make_ns() {
 
 make_router() {
 	make_ns "$ROUTER"
-	ip netns exec "$ROUTER" sysctl -qw net.ipv4.ip_forward=1
+	# /proc/sys/net is per namespace: this turns forwarding on in the router only.
+	ip netns exec "$ROUTER" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
 	# Admin link: the root namespace reaches every host's HTTP port through the router, and
 	# nothing else. The router has no default route, so the lab cannot reach the outside.
 	ip link add "$ADMIN_IF" type veth peer name admin netns "$ROUTER"
@@ -189,12 +225,20 @@ make_router() {
 	ip -n "$ROUTER" link set admin up
 }
 
-make_subnet() {
-	local s=$1 sw
-	sw=$(switch_ns "$s")
+# A switch: a namespace holding one bridge, no addresses.
+make_switch() {
+	local sw
+	sw=$(switch_ns "$1")
 	make_ns "$sw"
 	ip -n "$sw" link add br0 type bridge mcast_snooping 0 stp_state 0 forward_delay 0
 	ip -n "$sw" link set br0 up
+}
+
+# routed: subnet S's switch, plugged into the router.
+make_subnet() {
+	local s=$1 sw
+	sw=$(switch_ns "$s")
+	make_switch "$s"
 	ip link add "s$s" netns "$ROUTER" type veth peer name rt netns "$sw"
 	ip -n "$sw" link set rt master br0 up
 	ip -n "$ROUTER" addr add "$(router_addr "$s")/24" dev "s$s"
@@ -211,7 +255,8 @@ make_host() {
 	ip -n "$sw" link set "h$h" master br0 up
 	ip -n "$ns" addr add "$(host_addr "$s" "$h")/24" dev eth0
 	ip -n "$ns" link set eth0 up multicast on
-	ip -n "$ns" route add default via "$(router_addr "$s")"
+	# Public hosts (subnet 0) have no gateway: the public segment is the whole "internet".
+	if ((s > 0)); then ip -n "$ns" route add default via "$(router_addr "$s")"; fi
 	# Multicast leaves through the LAN interface explicitly, not through whatever the default is.
 	ip -n "$ns" route add 224.0.0.0/4 dev eth0
 }
@@ -246,12 +291,12 @@ set_loss() {
 table inet $NFT_TABLE {
 	chain pre {
 		type filter hook prerouting priority raw; policy accept;
-		ip saddr $ADMIN_ROOT_ADDR accept
+		ip saddr $ADMIN_SET accept
 		iifname "eth0" numgen random mod 100 < $pct counter drop
 	}
 	chain out {
 		type filter hook output priority raw; policy accept;
-		ip daddr $ADMIN_ROOT_ADDR accept
+		ip daddr $ADMIN_SET accept
 		oifname "eth0" numgen random mod 100 < $pct counter drop
 	}
 }
@@ -316,17 +361,98 @@ apply_link_conditions() {
 	fi
 }
 
+# nat: the public segment (switch 0), with the root namespace's admin port on it.
+make_public_segment() {
+	make_switch 0
+	ip link add "$ADMIN_IF" type veth peer name admin netns "$(switch_ns 0)"
+	ip -n "$(switch_ns 0)" link set admin master br0 up
+	ip addr add "$PUBLIC_ADMIN_ADDR/24" dev "$ADMIN_IF"
+	ip link set "$ADMIN_IF" up
+}
+
+nat_type_of() {
+	local spec type=eim
+	for spec in "${NAT_SPECS[@]}"; do
+		case $spec in
+		"s$1="*) type=${spec#*=} ;;
+		*=*) ;;
+		*) type=$spec ;;
+		esac
+	done
+	echo "$type"
+}
+
+# nat: LAN S behind gateway bt-gwS (masquerade), plus an admin link from the root namespace.
+make_nat_subnet() {
+	local s=$1 gw sw mode="" forward=""
+	gw=$(gateway_ns "$s")
+	sw=$(switch_ns "$s")
+	make_switch "$s"
+	make_ns "$gw"
+	ip netns exec "$gw" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+	ip link add lan netns "$gw" type veth peer name rt netns "$sw"
+	ip -n "$sw" link set rt master br0 up
+	ip -n "$gw" addr add "$(router_addr "$s")/24" dev lan
+	ip -n "$gw" link set lan up
+	ip link add wan netns "$gw" type veth peer name "gw$s" netns "$(switch_ns 0)"
+	ip -n "$(switch_ns 0)" link set "gw$s" master br0 up
+	ip -n "$gw" addr add "$(gateway_wan_addr "$s")/24" dev wan
+	ip -n "$gw" link set wan up
+	ip link add "${PREFIX}adm$s" type veth peer name admin netns "$gw"
+	ip addr add "10.255.$s.1/30" dev "${PREFIX}adm$s"
+	ip link set "${PREFIX}adm$s" up
+	ip -n "$gw" addr add "10.255.$s.2/30" dev admin
+	ip -n "$gw" link set admin up
+	ip route replace "10.$s.0.0/24" via "10.255.$s.2" dev "${PREFIX}adm$s"
+	if [[ $(nat_type_of "$s") == symmetric ]]; then mode=" random"; fi
+	if [[ " ${FORWARDS[*]} " == *" s$s "* ]]; then
+		forward="iifname \"wan\" udp dport $QUIC_PORT dnat to $(host_addr "$s" 1):$QUIC_PORT"
+	fi
+	# A home router: anything out, only replies (and the forwarded port) in.
+	ip netns exec "$gw" nft -f - <<EOF
+table ip bt_nat {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		$forward
+	}
+	chain post {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan" masquerade$mode
+	}
+	chain gate {
+		type filter hook forward priority filter; policy drop;
+		iifname "admin" accept
+		oifname "admin" accept
+		iifname "lan" oifname "wan" accept
+		iifname "wan" oifname "lan" ct state established,related accept
+		iifname "wan" oifname "lan" ct status dnat accept
+	}
+}
+EOF
+}
+
 build_topology() {
 	local s h
-	make_router
-	for ((s = 1; s <= SUBNETS; s++)); do make_subnet "$s"; done
+	if [[ $TOPOLOGY == nat ]]; then
+		make_public_segment
+		for ((s = 1; s <= SUBNETS; s++)); do make_nat_subnet "$s"; done
+	else
+		make_router
+		for ((s = 1; s <= SUBNETS; s++)); do make_subnet "$s"; done
+	fi
 	while read -r s h; do make_host "$s" "$h"; done < <(all_hosts)
 	apply_link_conditions
 }
 
 topology_intact() {
 	local s h
-	ip netns pids "$ROUTER" >/dev/null 2>&1 || return 1
+	if [[ $TOPOLOGY == nat ]]; then
+		for ((s = 1; s <= SUBNETS; s++)); do
+			ip netns pids "$(gateway_ns "$s")" >/dev/null 2>&1 || return 1
+		done
+	else
+		ip netns pids "$ROUTER" >/dev/null 2>&1 || return 1
+	fi
 	ip link show "$ADMIN_IF" >/dev/null 2>&1 || return 1
 	while read -r s h; do
 		ip netns pids "$(host_ns "$s" "$h")" >/dev/null 2>&1 || return 1
@@ -360,6 +486,9 @@ bootstrap_of() {
 		for ((o = 1; o <= SUBNETS; o++)); do
 			((o == s)) || peers+=("$(host_addr "$o" 1):$QUIC_PORT")
 		done
+		;;
+	public)
+		if ((s > 0)); then peers+=("$(host_addr 0 1):$QUIC_PORT"); fi
 		;;
 	esac
 	local IFS=,
@@ -500,12 +629,42 @@ teardown() {
 	rm -f "$RUN_DIR/lab.env" "$RUN_DIR/started_at_ms" "$RUN_DIR/.start-barrier"
 }
 
+validate_topology() {
+	local public_set=$1 spec
+	[[ $TOPOLOGY =~ ^(routed|nat)$ ]] || die "--topology must be routed or nat"
+	is_uint "$PUBLIC" 0 "$MAX_HOSTS" || die "--public must be 0..$MAX_HOSTS"
+	if [[ $TOPOLOGY == routed ]]; then
+		[[ $BOOTSTRAP =~ ^(none|one-per-subnet|all)$ ]] || die "--bootstrap must be none, one-per-subnet or all"
+		((PUBLIC == 0 && ${#NAT_SPECS[@]} == 0 && ${#FORWARDS[@]} == 0)) ||
+			die "--public, --nat and --forward need --topology nat"
+		return 0
+	fi
+	[[ -n $public_set ]] || PUBLIC=1
+	((SUBNETS <= MAX_NAT_SUBNETS)) || die "--topology nat takes at most $MAX_NAT_SUBNETS subnets"
+	# Private addresses are not routable from another LAN: bootstrap through the public segment.
+	[[ $BOOTSTRAP =~ ^(none|public)$ ]] || die "with --topology nat, --bootstrap must be none or public"
+	[[ $BOOTSTRAP == none ]] || ((PUBLIC > 0)) || die "--bootstrap public needs --public 1 or more"
+	for spec in "${NAT_SPECS[@]}"; do
+		[[ $spec =~ ^((s[0-9]+)=)?(eim|symmetric)$ ]] || die "--nat takes [sN=]eim|symmetric: $spec"
+		[[ -z ${BASH_REMATCH[2]} ]] || spec_hosts "${BASH_REMATCH[2]}" >/dev/null
+	done
+	for spec in "${FORWARDS[@]}"; do
+		[[ $spec =~ ^s([0-9]+)$ ]] || die "--forward takes a LAN subnet sN: $spec"
+		is_uint "${BASH_REMATCH[1]}" 1 "$SUBNETS" || die "--forward: no LAN $spec"
+	done
+}
+
 cmd_up() {
+	local public_set=""
 	while (($#)); do
 		case $1 in
 		--subnets) SUBNETS=${2:?}; shift 2 ;;
 		--hosts) HOSTS=${2:?}; shift 2 ;;
 		--bootstrap) BOOTSTRAP=${2:?}; shift 2 ;;
+		--topology) TOPOLOGY=${2:?}; shift 2 ;;
+		--public) PUBLIC=${2:?}; public_set=yes; shift 2 ;;
+		--nat) NAT_SPECS+=("${2:?}"); shift 2 ;;
+		--forward) FORWARDS+=("${2:?}"); shift 2 ;;
 		--loss) LOSS_SPECS+=("${2:?}"); shift 2 ;;
 		--rate) RATE_SPECS+=("${2:?}"); shift 2 ;;
 		--delay) DELAY_SPECS+=("${2:?}"); shift 2 ;;
@@ -519,7 +678,7 @@ cmd_up() {
 	done
 	is_uint "$SUBNETS" 1 "$MAX_SUBNETS" || die "--subnets must be 1..$MAX_SUBNETS"
 	is_uint "$HOSTS" 1 "$MAX_HOSTS" || die "--hosts must be 1..$MAX_HOSTS"
-	[[ $BOOTSTRAP =~ ^(none|one-per-subnet|all)$ ]] || die "--bootstrap must be none, one-per-subnet or all"
+	validate_topology "$public_set"
 	is_uint "$WAIT_SECS" 0 3600 || die "--wait takes whole seconds"
 	validate_specs
 	if [[ $START == yes ]]; then resolve_bin; fi
@@ -542,7 +701,7 @@ cmd_up() {
 		save_config
 		trap - EXIT
 		WIPE=yes
-		log "built $SUBNETS subnet(s) x $HOSTS host(s), bootstrap $BOOTSTRAP"
+		log "built $TOPOLOGY: $SUBNETS subnet(s) x $HOSTS host(s), $PUBLIC public, bootstrap $BOOTSTRAP"
 	fi
 	if [[ $START == yes ]]; then start_nodes < <(all_hosts); fi
 }
