@@ -621,10 +621,11 @@ teardown() {
 		[[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
 		ip netns del "$ns" 2>/dev/null || true
 	done
-	ip link del "$ADMIN_IF" 2>/dev/null || true
-	# Routes via the admin link went with it; anything left in the 10.x lab range is ours.
-	ip route show | awk -v dev="$ADMIN_IF" '$0 ~ "dev " dev {print $1}' | while read -r net; do
-		ip route del "$net" 2>/dev/null || true
+	# Namespaces are destroyed asynchronously: delete the root ends of admin links now, so a
+	# following `up` does not race the kernel for their names. Their routes go with them.
+	local link
+	for link in $(ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep "^${PREFIX}" || true); do
+		ip link del "$link" 2>/dev/null || true
 	done
 	rm -f "$RUN_DIR/lab.env" "$RUN_DIR/started_at_ms" "$RUN_DIR/.start-barrier"
 }
@@ -694,7 +695,7 @@ cmd_up() {
 	if [[ $want == "$have" ]] && topology_intact; then
 		log "lab already up ($SUBNETS subnet(s) x $HOSTS host(s))"
 	else
-		[[ -z $(lab_namespaces) ]] || teardown
+		teardown # whatever a crashed or different lab left
 		# A failed build leaves nothing behind.
 		trap 'log "up failed; cleaning up"; teardown' EXIT
 		build_topology
