@@ -29,6 +29,7 @@
 pub mod beacon;
 pub mod id;
 pub mod item;
+pub mod membership;
 pub mod pcg;
 pub mod peers;
 pub mod rbfs;

@@ -1,0 +1,771 @@
+//! A deterministic in-process harness: several [`Membership`] instances on a fake network with
+//! latency, per-message loss, LANs (multicast reaches only the sender's site) and killable nodes.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use rand::SeedableRng;
+
+use super::*;
+use crate::wire::MemberUpdate;
+
+const LATENCY: Duration = Duration::from_micros(500);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Time {
+    Time::from_duration(Duration::from_secs(n))
+}
+
+#[derive(Debug)]
+enum Msg {
+    Beacon {
+        datagram: Vec<u8>,
+        from: SocketAddr,
+    },
+    HelloReq {
+        dialer: usize,
+        addr: SocketAddr,
+        source: Source,
+    },
+    HelloResp {
+        addr: SocketAddr,
+        record: PeerRecord,
+        sample: Vec<PeerRecord>,
+        source: Source,
+    },
+    DialFailed {
+        addrs: Vec<SocketAddr>,
+        expected: Option<PeerId>,
+        source: Source,
+    },
+    Ping {
+        from: usize,
+        seq: u64,
+    },
+    ProbeResult {
+        from: PeerId,
+        seq: u64,
+        outcome: ProbeOutcome,
+    },
+    PingReq {
+        from: usize,
+        seq: u64,
+        target: PeerId,
+    },
+    Gossip {
+        from: PeerId,
+        updates: Vec<MemberUpdate>,
+    },
+}
+
+struct Node {
+    m: Membership,
+    addr: SocketAddr,
+    site: String,
+    alive: bool,
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    queue: BTreeMap<(Time, u64), (usize, Msg)>,
+    seq: u64,
+    rng: SmallRng,
+    loss: f64,
+    now: Time,
+    events: Vec<(Time, usize, Event)>,
+    beacons: Vec<Time>,
+}
+
+fn record(n: usize, site: &str, addr: SocketAddr) -> PeerRecord {
+    PeerRecord {
+        id: PeerId::from_public_key(format!("node-{n}").as_bytes()),
+        addrs: vec![addr],
+        site: site.into(),
+        uptime_secs: 0,
+        storage_free: 1 << 30,
+        known_hosts: 0,
+        public: false,
+    }
+}
+
+impl Net {
+    fn new(seed: u64, loss: f64) -> Self {
+        Net {
+            nodes: Vec::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng: SmallRng::seed_from_u64(seed),
+            loss,
+            now: Time::ZERO,
+            events: Vec::new(),
+            beacons: Vec::new(),
+        }
+    }
+
+    /// Adds (starts) a node on LAN `site` at the current time.
+    fn add(&mut self, site_no: u8, site: &str) -> usize {
+        let n = self.nodes.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, site_no, n as u8 + 1)), 7000);
+        let seed = self.rng.random::<u64>();
+        let m = Membership::new(
+            Config::default(),
+            record(n, site, addr),
+            self.now,
+            SmallRng::seed_from_u64(seed),
+        )
+        .unwrap();
+        self.nodes.push(Node {
+            m,
+            addr,
+            site: site.into(),
+            alive: true,
+        });
+        self.drain(n);
+        n
+    }
+
+    /// Restarts a killed node with the same identity and address.
+    fn restart(&mut self, n: usize) {
+        let seed = self.rng.random::<u64>();
+        let node = &self.nodes[n];
+        let m = Membership::new(
+            Config::default(),
+            record(n, &node.site, node.addr),
+            self.now,
+            SmallRng::seed_from_u64(seed),
+        )
+        .unwrap();
+        self.nodes[n].m = m;
+        self.nodes[n].alive = true;
+        self.drain(n);
+    }
+
+    fn id(&self, n: usize) -> PeerId {
+        self.nodes[n].m.local_id()
+    }
+
+    fn by_addr(&self, addr: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|x| x.addr == addr)
+    }
+
+    fn by_id(&self, id: PeerId) -> Option<usize> {
+        self.nodes.iter().position(|x| x.m.local_id() == id)
+    }
+
+    fn lost(&mut self) -> bool {
+        self.loss > 0.0 && self.rng.random_bool(self.loss)
+    }
+
+    fn send(&mut self, at: Time, to: usize, msg: Msg) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), (to, msg));
+    }
+
+    /// Sends over the lossy network: one message, dropped with probability `loss`.
+    fn send_lossy(&mut self, at: Time, to: usize, msg: Msg) {
+        if !self.lost() {
+            self.send(at, to, msg);
+        }
+    }
+
+    fn drain(&mut self, n: usize) {
+        let now = self.now;
+        while let Some(e) = self.nodes[n].m.poll_event() {
+            self.events.push((now, n, e));
+        }
+        while let Some(a) = self.nodes[n].m.poll_action() {
+            let at = now + LATENCY;
+            match a {
+                Action::SendBeacon { datagram } => {
+                    self.beacons.push(now);
+                    let from = self.nodes[n].addr;
+                    let site = self.nodes[n].site.clone();
+                    for to in 0..self.nodes.len() {
+                        if self.nodes[to].site == site {
+                            self.send_lossy(
+                                at,
+                                to,
+                                Msg::Beacon {
+                                    datagram: datagram.clone(),
+                                    from,
+                                },
+                            );
+                        }
+                    }
+                }
+                Action::Dial {
+                    addrs,
+                    expected_id,
+                    source,
+                } => {
+                    let target = addrs.iter().find_map(|a| self.by_addr(*a).map(|t| (t, *a)));
+                    let reachable = target.filter(|(t, _)| {
+                        self.nodes[*t].alive && expected_id.is_none_or(|id| id == self.id(*t))
+                    });
+                    match reachable {
+                        Some((t, addr)) if !self.lost() => {
+                            self.send(
+                                at,
+                                t,
+                                Msg::HelloReq {
+                                    dialer: n,
+                                    addr,
+                                    source,
+                                },
+                            );
+                        }
+                        _ => self.send(
+                            now + ms(1000),
+                            n,
+                            Msg::DialFailed {
+                                addrs,
+                                expected: expected_id,
+                                source,
+                            },
+                        ),
+                    }
+                }
+                Action::Ping { to, seq, .. } => {
+                    if let Some(t) = self.by_id(to) {
+                        self.send_lossy(at, t, Msg::Ping { from: n, seq });
+                    }
+                }
+                Action::PingReq {
+                    via, target, seq, ..
+                } => {
+                    if let Some(v) = self.by_id(via) {
+                        self.send_lossy(
+                            at,
+                            v,
+                            Msg::PingReq {
+                                from: n,
+                                seq,
+                                target,
+                            },
+                        );
+                    }
+                }
+                Action::Gossip { to, updates, .. } => {
+                    let from = self.id(n);
+                    if let Some(t) = self.by_id(to) {
+                        self.send_lossy(at, t, Msg::Gossip { from, updates });
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: usize, msg: Msg) {
+        if !self.nodes[to].alive {
+            return;
+        }
+        let now = self.now;
+        let at = now + LATENCY;
+        match msg {
+            Msg::Beacon { datagram, from } => self.nodes[to].m.handle_beacon(now, &datagram, from),
+            Msg::HelloReq {
+                dialer,
+                addr,
+                source,
+            } => {
+                let rec = self.nodes[dialer].m.local_record(now);
+                let observed = self.nodes[dialer].addr;
+                let network = self.nodes[dialer].m.config().network.clone();
+                let sample = self.nodes[dialer].m.config().sample_size;
+                match self.nodes[to]
+                    .m
+                    .handle_inbound_hello(now, observed, rec, &network, sample)
+                {
+                    Ok(reply) if !self.lost() => self.send(
+                        at,
+                        dialer,
+                        Msg::HelloResp {
+                            addr,
+                            record: reply.record,
+                            sample: reply.sample,
+                            source,
+                        },
+                    ),
+                    _ => {
+                        let expected = Some(self.id(to));
+                        self.send(
+                            now + ms(1000),
+                            dialer,
+                            Msg::DialFailed {
+                                addrs: vec![addr],
+                                expected,
+                                source,
+                            },
+                        )
+                    }
+                }
+            }
+            Msg::HelloResp {
+                addr,
+                record,
+                sample,
+                source,
+            } => self.nodes[to]
+                .m
+                .handle_hello(now, addr, record, sample, source),
+            Msg::DialFailed {
+                addrs,
+                expected,
+                source,
+            } => self.nodes[to]
+                .m
+                .handle_dial_failed(now, &addrs, expected, source),
+            Msg::Ping { from, seq } => {
+                let me = self.id(to);
+                let pinger = self.id(from);
+                self.nodes[to].m.handle_contact(now, pinger);
+                self.send_lossy(
+                    at,
+                    from,
+                    Msg::ProbeResult {
+                        from: me,
+                        seq,
+                        outcome: ProbeOutcome::Ack,
+                    },
+                );
+            }
+            Msg::PingReq { from, seq, target } => {
+                // The helper pings the target (two messages) and answers Ack, or Nack on timeout.
+                let me = self.id(to);
+                let t = self.by_id(target);
+                let ok = t.is_some_and(|t| self.nodes[t].alive) && !self.lost() && !self.lost();
+                let timeout = self.nodes[to].m.ping_req_timeout();
+                let (when, outcome) = if ok {
+                    (at + LATENCY * 2, ProbeOutcome::Ack)
+                } else {
+                    (now + timeout, ProbeOutcome::Nack)
+                };
+                self.send_lossy(
+                    when,
+                    from,
+                    Msg::ProbeResult {
+                        from: me,
+                        seq,
+                        outcome,
+                    },
+                );
+            }
+            Msg::ProbeResult { from, seq, outcome } => self.nodes[to]
+                .m
+                .handle_probe_result(now, from, seq, outcome),
+            Msg::Gossip { from, updates } => self.nodes[to].m.handle_gossip(now, from, &updates),
+        }
+        self.drain(to);
+    }
+
+    fn run_until(&mut self, end: Time) {
+        loop {
+            let next_msg = self.queue.keys().next().map(|k| k.0);
+            let next_timer = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.alive)
+                .filter_map(|(i, x)| x.m.poll_timeout().map(|t| (t, i)))
+                .min();
+            let msg_first = match (next_msg, next_timer) {
+                (Some(m), Some((t, _))) => m <= t,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if msg_first {
+                let Some((&key, _)) = self.queue.iter().next() else {
+                    break;
+                };
+                if key.0 > end {
+                    break;
+                }
+                let (to, msg) = self.queue.remove(&key).unwrap();
+                self.now = self.now.max(key.0);
+                self.deliver(to, msg);
+            } else {
+                let (t, i) = next_timer.unwrap();
+                if t > end {
+                    break;
+                }
+                self.now = self.now.max(t);
+                let now = self.now;
+                self.nodes[i].m.handle_timeout(now);
+                self.drain(i);
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn kill(&mut self, n: usize) {
+        self.nodes[n].alive = false;
+    }
+
+    /// Whether every live node knows every other live node.
+    fn converged(&self) -> bool {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect();
+        live.iter().all(|&i| {
+            live.iter()
+                .all(|&j| i == j || self.nodes[i].m.table().contains(&self.id(j)))
+        })
+    }
+
+    /// Runs in 10 ms steps until converged; returns when.
+    fn run_until_converged(&mut self, limit: Time) -> Option<Time> {
+        while self.now < limit {
+            if self.converged() {
+                return Some(self.now);
+            }
+            let next = self.now + ms(10);
+            self.run_until(next);
+        }
+        self.converged().then_some(self.now)
+    }
+
+    fn count(&self, f: impl Fn(&Event) -> bool) -> usize {
+        self.events.iter().filter(|(_, _, e)| f(e)).count()
+    }
+}
+
+#[test]
+fn three_nodes_on_a_lan_converge_by_multicast() {
+    let mut net = Net::new(1, 0.0);
+    for _ in 0..3 {
+        net.add(1, "lan");
+    }
+    let t = net.run_until_converged(secs(2)).expect("converged");
+    assert!(t <= Time::from_duration(ms(500)), "took {t:?}");
+    for i in 0..3 {
+        for h in net.nodes[i].m.table().iter() {
+            assert_ne!(h.source, Source::Bootstrap);
+        }
+    }
+    // Every node announces (its first beacon is unconditional); looped-back own beacons are
+    // ignored and counted.
+    net.run_until(secs(1));
+    assert!(net.beacons.len() >= 3);
+    assert!(
+        net.count(|e| matches!(
+            e,
+            Event::BeaconIgnored {
+                reason: beacon::Ignored::Own
+            }
+        )) >= 3
+    );
+}
+
+#[test]
+fn killed_node_leaves_every_table_within_8_s() {
+    let mut net = Net::new(2, 0.0);
+    for _ in 0..3 {
+        net.add(1, "lan");
+    }
+    net.run_until(secs(5));
+    assert!(net.converged());
+    let victim = net.id(2);
+    net.kill(2);
+    let killed = net.now;
+    net.run_until(killed + Duration::from_secs(8));
+    for i in 0..2 {
+        assert!(
+            !net.nodes[i].m.table().contains(&victim),
+            "node {i} still has the victim"
+        );
+    }
+    let removed: Vec<Time> = net
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::PeerRemoved { id, reason: RemoveReason::Dead } if *id == victim))
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert_eq!(removed.len(), 2);
+    assert!(
+        removed
+            .iter()
+            .all(|t| *t - killed <= Duration::from_secs(8))
+    );
+}
+
+#[test]
+fn no_false_eviction_with_5_percent_loss_over_2_minutes() {
+    let mut net = Net::new(3, 0.05);
+    for _ in 0..3 {
+        net.add(1, "lan");
+    }
+    net.run_until(secs(120));
+    assert!(net.converged(), "not converged under loss");
+    let dead = net.count(|e| {
+        matches!(
+            e,
+            Event::PeerRemoved {
+                reason: RemoveReason::Dead,
+                ..
+            }
+        )
+    });
+    assert_eq!(dead, 0, "false evictions");
+    // Suspicions happen and are refuted. With 3 nodes a probe has one helper, so it fails with
+    // ≈ 0.098 · 0.098 · 0.19 ≈ 1.8 · 10⁻³: about 1.3 expected among 720 probes.
+    let suspicions = net.count(|e| matches!(e, Event::PeerSuspected { local: true, .. }));
+    assert!(
+        suspicions <= 8,
+        "{suspicions} local suspicions in 6 node-minutes"
+    );
+    assert!(net.count(|e| matches!(e, Event::PeerAlive { .. })) >= suspicions);
+}
+
+#[test]
+fn two_nodes_with_loss_keep_each_other() {
+    // With two nodes there is no helper for indirect probes: suspicion and refutation carry it.
+    let mut net = Net::new(4, 0.05);
+    net.add(1, "lan");
+    net.add(1, "lan");
+    net.run_until(secs(120));
+    assert!(net.converged());
+    assert_eq!(net.count(|e| matches!(e, Event::PeerRemoved { .. })), 0);
+}
+
+#[test]
+fn multicast_stays_on_its_lan_and_bootstrap_crosses_sites() {
+    let mut net = Net::new(5, 0.0);
+    let a0 = net.add(1, "a");
+    let a1 = net.add(1, "a");
+    let b0 = net.add(2, "b");
+    let b1 = net.add(2, "b");
+    net.run_until(secs(10));
+    let knows = |net: &Net, i: usize, j: usize| net.nodes[i].m.table().contains(&net.id(j));
+    assert!(knows(&net, a0, a1) && knows(&net, b0, b1));
+    for (i, j) in [(a0, b0), (a0, b1), (a1, b0), (a1, b1)] {
+        assert!(
+            !knows(&net, i, j) && !knows(&net, j, i),
+            "multicast crossed sites"
+        );
+    }
+    // One bootstrap address on one node of b: within 10 s everyone knows everyone.
+    let a0_addr = net.nodes[a0].addr;
+    let now = net.now;
+    net.nodes[b1].m.set_bootstrap(now, [a0_addr]);
+    let started = net.now;
+    let t = net
+        .run_until_converged(started + Duration::from_secs(10))
+        .expect("cross-site convergence");
+    assert!(t - started <= Duration::from_secs(10));
+    assert!(
+        net.nodes[b1]
+            .m
+            .table()
+            .get(&net.id(a0))
+            .is_some_and(|h| h.source == Source::Bootstrap)
+    );
+    // b0 never heard a0's beacon: it learnt a0 by exchange (or a0 dialled it after learning b0).
+    let b0_a0 = net.nodes[b0].m.table().get(&net.id(a0)).map(|h| h.source);
+    assert!(
+        matches!(b0_a0, Some(Source::Exchange | Source::Inbound)),
+        "{b0_a0:?}"
+    );
+}
+
+#[test]
+fn an_emptied_table_restarts_discovery() {
+    let mut net = Net::new(6, 0.0);
+    net.add(1, "lan");
+    net.add(1, "lan");
+    net.run_until(secs(60));
+    assert!(net.converged());
+    let beacons_before = net.beacons.len();
+    net.kill(1);
+    let killed = net.now;
+    net.run_until(killed + Duration::from_secs(10));
+    assert!(net.nodes[0].m.table().is_empty());
+    assert_eq!(net.count(|e| matches!(e, Event::Rediscovery)), 1);
+    // Node 0 beacons quickly again (alone: at most 5 s apart).
+    assert!(net.beacons.len() > beacons_before);
+    // The node comes back (same identity): found again by multicast.
+    net.restart(1);
+    let back = net.now;
+    let t = net
+        .run_until_converged(back + Duration::from_secs(6))
+        .expect("found again");
+    assert!(t - back <= Duration::from_secs(6));
+}
+
+#[test]
+fn bootstrap_is_retried_until_reachable() {
+    let mut net = Net::new(7, 0.0);
+    let a = net.add(1, "a");
+    let b = net.add(2, "b");
+    net.kill(a);
+    let a_addr = net.nodes[a].addr;
+    let now = net.now;
+    net.nodes[b].m.set_bootstrap(now, [a_addr]);
+    net.run_until(secs(20));
+    let failures = net.count(|e| {
+        matches!(
+            e,
+            Event::DialFailed {
+                source: Source::Bootstrap
+            }
+        )
+    });
+    // Backoff 1, 2, 4, 8 s (+ 1 s simulated failure latency each): a handful, not one per tick.
+    assert!((3..=8).contains(&failures), "{failures} bootstrap failures");
+    net.restart(a);
+    let back = net.now;
+    let t = net
+        .run_until_converged(back + Duration::from_secs(35))
+        .expect("reached");
+    assert!(t - back <= Duration::from_secs(35));
+}
+
+#[test]
+fn wrong_network_and_garbage_are_refused() {
+    let mut net = Net::new(8, 0.0);
+    let a = net.add(1, "lan");
+    let stranger = record(99, "lan", "10.0.1.99:7000".parse().unwrap());
+    let now = net.now;
+    let r =
+        net.nodes[a]
+            .m
+            .handle_inbound_hello(now, stranger.addrs[0], stranger.clone(), "other", 16);
+    assert_eq!(r, Err(HelloRefused::WrongNetwork));
+    let other_net = Beacon {
+        id: stranger.id,
+        network: "other".into(),
+        addrs: stranger.addrs.clone(),
+        site: "lan".into(),
+    };
+    net.nodes[a]
+        .m
+        .handle_beacon(now, &other_net.encode().unwrap(), stranger.addrs[0]);
+    net.nodes[a]
+        .m
+        .handle_beacon(now, b"garbage", stranger.addrs[0]);
+    net.drain(a);
+    assert!(net.nodes[a].m.table().is_empty());
+    assert_eq!(
+        net.count(|e| matches!(
+            e,
+            Event::BeaconIgnored {
+                reason: beacon::Ignored::OtherNetwork
+            }
+        )),
+        1
+    );
+    assert_eq!(
+        net.count(|e| matches!(
+            e,
+            Event::BeaconIgnored {
+                reason: beacon::Ignored::Malformed
+            }
+        )),
+        1
+    );
+    assert_eq!(
+        net.count(|e| matches!(
+            e,
+            Event::HelloRefused {
+                reason: HelloRefused::WrongNetwork
+            }
+        )),
+        1
+    );
+}
+
+#[test]
+fn hello_sample_is_bounded_and_excludes_the_requester() {
+    let mut net = Net::new(9, 0.0);
+    for _ in 0..25 {
+        net.add(1, "lan");
+    }
+    net.run_until(secs(5));
+    assert!(net.converged());
+    let requester = net.nodes[1].m.local_record(net.now);
+    let now = net.now;
+    let observed = net.nodes[1].addr;
+    let reply = net.nodes[0]
+        .m
+        .handle_inbound_hello(now, observed, requester.clone(), "butter", 100)
+        .unwrap();
+    assert_eq!(reply.sample.len(), 16);
+    assert!(reply.sample.iter().all(|r| r.id != requester.id));
+    assert_eq!(reply.record.known_hosts, 24);
+}
+
+/// The T6/T8 scenario in simulation: 30 nodes started at the same instant on one LAN.
+#[test]
+fn thirty_nodes_simultaneous_start() {
+    let mut net = Net::new(10, 0.0);
+    for _ in 0..30 {
+        net.add(1, "lan");
+    }
+    let t = net
+        .run_until_converged(secs(2))
+        .expect("30 nodes converge within 2 s");
+    assert!(t <= secs(2));
+    net.run_until(secs(10));
+    let startup = net.beacons.iter().filter(|t| **t <= secs(10)).count();
+    eprintln!(
+        "30 nodes: converged at {:?}, {startup} beacons in 10 s",
+        t.as_duration()
+    );
+    assert!(
+        startup <= 60,
+        "{startup} beacons in the first 10 s (budget 2·N = 60)"
+    );
+    // Steady state: well under 0.5 beacons/s for the whole LAN.
+    net.run_until(secs(400));
+    let steady = net.beacons.iter().filter(|t| **t > secs(100)).count() as f64 / 300.0;
+    assert!(steady <= 0.5, "{steady} beacons/s in steady state");
+    eprintln!("steady state: {steady:.3} beacons/s");
+    // A late joiner is known to all within 1 s.
+    let late = net.add(1, "lan");
+    let joined = net.now;
+    let t = net
+        .run_until_converged(joined + Duration::from_secs(1))
+        .expect("late joiner known within 1 s");
+    assert!(t - joined <= Duration::from_secs(1));
+    // Kill one: gone from every table within 8 s; nobody else is removed.
+    net.run_until(joined + Duration::from_secs(30));
+    let victim = net.id(late);
+    net.kill(late);
+    let killed = net.now;
+    net.run_until(killed + Duration::from_secs(8));
+    for i in 0..30 {
+        assert!(
+            !net.nodes[i].m.table().contains(&victim),
+            "node {i} still has the victim after 8 s"
+        );
+    }
+    let last = net
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, Event::PeerRemoved { id, .. } if *id == victim))
+        .map(|(t, _, _)| *t - killed)
+        .max();
+    eprintln!("victim removed everywhere after {last:?}");
+    assert!(net.converged());
+    let dead_others = net.count(|e| matches!(e, Event::PeerRemoved { id, .. } if *id != victim));
+    assert_eq!(dead_others, 0);
+}
+
+#[test]
+fn same_seed_same_history() {
+    let run = || {
+        let mut net = Net::new(11, 0.05);
+        for _ in 0..3 {
+            net.add(1, "lan");
+        }
+        net.run_until(secs(30));
+        net.events
+            .iter()
+            .map(|(t, n, e)| format!("{t:?} {n} {e:?}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
