@@ -91,6 +91,7 @@ Commands:
   kill HOST [SIGNAL]               send SIGNAL (default KILL) to one node
   restart [--wait S]               stop all nodes, wipe their data, start them all at one instant
   loss HOST|sN|all PCT             set packet loss on host links now (0 removes it)
+  dropped HOST                     packets the loss rules of HOST's link dropped so far
   peers HOST                       print the node's /peers JSON
 
 Options of up:
@@ -105,7 +106,8 @@ Options of up:
   --public P           nat: public hosts on the public segment, subnet 0 (default 1 with nat)
   --nat [sN=]TYPE      nat: eim (endpoint-independent mapping, default) | symmetric; repeatable
   --forward sN         nat: gateway of LAN N forwards UDP $QUIC_PORT to host 1; repeatable
-  --loss [WHERE=]PCT   drop PCT % of packets each way on host links (nftables in the host);
+  --loss [WHERE=]PCT   drop PCT % of packets each way on host links (nftables on the host's
+                         bridge port: silent, like a real lossy link);
                          WHERE is a host (s1h2), a subnet (s1) or all (default); repeatable
   --rate [WHERE=]RATE  limit each direction of host links to RATE (tbf, e.g. 10mbit); repeatable
   --delay [WHERE=]MS   one-way delay in ms each direction (netem; skipped with a warning when the
@@ -280,27 +282,35 @@ split_spec() {
 	if [[ $1 == *=* ]]; then echo "${1%%=*} ${1#*=}"; else echo "all $1"; fi
 }
 
-# Packet loss on one host's link, both directions, for everything but admin traffic.
+# Packet loss on one host's link, both directions, for everything but admin traffic. The rules
+# sit on the host's bridge port in the switch namespace, i.e. on the wire: a dropped packet
+# vanishes silently, as on a real lossy link. (In the host's own output hook, a drop would
+# surface as EPERM from sendmsg, which no real link does and which a node must not need to
+# survive.) Multicast is flooded per port, so each receiver loses its copy independently.
 set_loss() {
-	local s=$1 h=$2 pct=$3 ns
-	ns=$(host_ns "$s" "$h")
+	local s=$1 h=$2 pct=$3 sw table=${NFT_TABLE}_h$2
+	sw=$(switch_ns "$s")
 	is_uint "$pct" 0 100 || die "loss must be an integer percentage: $pct"
-	ip netns exec "$ns" nft "delete table inet $NFT_TABLE" 2>/dev/null || true
+	ip netns exec "$sw" nft "delete table bridge $table" 2>/dev/null || true
 	((pct > 0)) || return 0
-	ip netns exec "$ns" nft -f - <<EOF
-table inet $NFT_TABLE {
-	chain pre {
-		type filter hook prerouting priority raw; policy accept;
+	ip netns exec "$sw" nft -f - <<EOF
+table bridge $table {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
 		ip saddr $ADMIN_SET accept
-		iifname "eth0" numgen random mod 100 < $pct counter drop
-	}
-	chain out {
-		type filter hook output priority raw; policy accept;
 		ip daddr $ADMIN_SET accept
-		oifname "eth0" numgen random mod 100 < $pct counter drop
+		iifname "h$h" numgen random mod 100 < $pct counter drop
+		oifname "h$h" numgen random mod 100 < $pct counter drop
 	}
 }
 EOF
+}
+
+# Packets the loss rules of one host's link dropped so far (both directions).
+dropped_on() {
+	local s=$1 h=$2
+	ip netns exec "$(switch_ns "$s")" nft list table bridge "${NFT_TABLE}_h$h" 2>/dev/null |
+		awk '/counter packets/ {for (i = 1; i < NF; i++) if ($i == "packets") n += $(i + 1)} END {print n + 0}'
 }
 
 # Rate limit both directions of a host link: egress on the host side and on the switch side.
@@ -827,6 +837,12 @@ main() {
 		is_uint "$2" 0 100 || die "loss takes a percentage: $2"
 		targets=$(spec_hosts "$1")
 		while read -r s h; do set_loss "$s" "$h" "$2"; done <<<"$targets"
+		;;
+	dropped)
+		load_config
+		(($# == 1)) || die "usage: dropped HOST"
+		# shellcheck disable=SC2046 # "s h"
+		dropped_on $(resolve_host "$1")
 		;;
 	peers)
 		load_config
