@@ -369,6 +369,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Multicast datagrams sent into subnet `subnet`'s bridge since the lab was built.
+    pub fn multicast_sent(&self, subnet: u32) -> Result<u64> {
+        Ok(self
+            .script(["mcast", &format!("s{subnet}")])?
+            .trim()
+            .parse()?)
+    }
+
     /// Sets packet loss on a host link, a subnet (`s1`) or `all`.
     pub fn set_loss(&self, target: &str, pct: u32) -> Result<()> {
         self.script(["loss", target, &pct.to_string()]).map(drop)
