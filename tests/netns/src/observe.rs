@@ -97,6 +97,20 @@ impl Poll {
         out
     }
 
+    /// Polled hosts whose table lists the host itself (a node that "discovered" itself).
+    pub fn self_listed(&self, lab: &Lab) -> Vec<usize> {
+        self.hosts
+            .iter()
+            .zip(&self.tables)
+            .filter(|(i, t)| {
+                t.iter()
+                    .flatten()
+                    .any(|p| lab.id_of(**i) == Some(p.id.as_str()))
+            })
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     /// Polled hosts whose table lists host `victim` (by id or address).
     pub fn holders_of(&self, lab: &Lab, victim: usize) -> Vec<usize> {
         self.hosts

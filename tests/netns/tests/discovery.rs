@@ -73,8 +73,16 @@ fn wait_until(
     }
 }
 
-/// No table may ever hold a host of another subnet (multicast must not cross the router).
+/// No table may ever hold a host of another subnet (multicast must not cross the router), nor
+/// the node itself (its own beacon looped back).
 fn no_foreign_peers(lab: &Lab, poll: &Poll) -> Result<()> {
+    if let Some(i) = poll.self_listed(lab).first() {
+        bail!(
+            "{} lists itself as a peer; tables:{}",
+            lab.hosts()[*i].name,
+            describe(lab, poll, &poll.hosts)
+        );
+    }
     let foreign = poll.cross_subnet_entries(lab);
     if let Some((i, peer)) = foreign.first() {
         bail!(
