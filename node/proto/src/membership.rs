@@ -65,6 +65,10 @@ pub struct Config {
     pub exchange_min: Duration,
     /// Longest peer-exchange interval. Default 30 s.
     pub exchange_max: Duration,
+    /// How long a host the diversity rule refused is not dialled again (its beacons and sample
+    /// entries are ignored meanwhile). Default 60 s: at capacity, without it every exchange would
+    /// redial the same refused hosts.
+    pub reject_memory: Duration,
 }
 
 impl Default for Config {
@@ -83,6 +87,7 @@ impl Default for Config {
             bootstrap_backoff_max: Duration::from_secs(30),
             exchange_min: Duration::from_secs(1),
             exchange_max: Duration::from_secs(30),
+            reject_memory: Duration::from_secs(60),
         }
     }
 }
@@ -383,6 +388,7 @@ pub struct Membership {
     own_addrs: BTreeSet<SocketAddr>,
     pending: BTreeMap<DialKey, Pending>,
     candidates: BTreeMap<PeerId, PeerRecord>,
+    rejected: BTreeMap<PeerId, Time>,
     next_exchange: Time,
     exchange_interval: Duration,
     actions: VecDeque<Action>,
@@ -413,6 +419,7 @@ impl Membership {
             own_addrs: BTreeSet::new(),
             pending: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             next_exchange: now + exchange_interval,
             exchange_interval,
             actions: VecDeque::new(),
@@ -494,7 +501,9 @@ impl Membership {
     pub fn handle_beacon(&mut self, now: Time, datagram: &[u8], from: SocketAddr) {
         match beacon::accept(datagram, &self.config.network, &self.local.id) {
             Err(reason) => self.events.push_back(Event::BeaconIgnored { reason }),
-            Ok(b) if self.table.contains(&b.id) => self.beacon.heard_known(),
+            Ok(b) if self.table.contains(&b.id) || self.recently_rejected(&b.id, now) => {
+                self.beacon.heard_known()
+            }
             Ok(b) => {
                 self.beacon.heard_new(now, &mut self.rng);
                 let addrs = b.dial_addrs(from);
@@ -538,7 +547,9 @@ impl Membership {
                 || r.id == id
                 || self.table.contains(&r.id)
                 || self.swim.is_recently_dead(&r.id)
+                || self.recently_rejected(&r.id, now)
                 || r.addrs.is_empty()
+                || !self.table.would_admit(now, &r)
             {
                 continue;
             }
@@ -620,7 +631,10 @@ impl Membership {
             .into_iter()
             .filter(|h| h.id() != requester)
             .take(n)
-            .map(|h| h.record.clone())
+            .map(|h| PeerRecord {
+                uptime_secs: h.uptime_at(now).as_secs(),
+                ..h.record.clone()
+            })
             .collect();
         let reply = HelloReply {
             record: self.local_record(now),
@@ -712,6 +726,7 @@ impl Membership {
             }
         }
         self.swim.handle_timeout(now, &mut self.rng);
+        self.rejected.retain(|_, until| *until > now);
         // Dials the driver never reported.
         let expired: Vec<(DialKey, Pending)> = self
             .pending
@@ -788,6 +803,10 @@ impl Membership {
             .count()
     }
 
+    fn recently_rejected(&self, id: &PeerId, now: Time) -> bool {
+        self.rejected.get(id).is_some_and(|until| *until > now)
+    }
+
     fn bootstrap_satisfied(&self, addr: &SocketAddr) -> bool {
         self.own_addrs.contains(addr)
             || self.pending.contains_key(&DialKey::Addr(*addr))
@@ -806,7 +825,13 @@ impl Membership {
             return;
         }
         let key = match expected_id {
-            Some(id) if self.table.contains(&id) || id == self.local.id => return,
+            Some(id)
+                if self.table.contains(&id)
+                    || id == self.local.id
+                    || self.recently_rejected(&id, now) =>
+            {
+                return;
+            }
             Some(id) => DialKey::Id(id),
             None => DialKey::Addr(addrs[0]),
         };
@@ -850,7 +875,19 @@ impl Membership {
             }
             Insert::Updated => self.swim.contact(id),
             Insert::Rejected(peers::Rejected::Crowded) => {
-                self.events.push_back(Event::PeerRejected { id, source })
+                if self.rejected.len() >= 4 * self.table.capacity() {
+                    // Bounded: forget the one whose memory runs out first.
+                    let oldest = self
+                        .rejected
+                        .iter()
+                        .min_by_key(|(_, t)| **t)
+                        .map(|(id, _)| *id);
+                    if let Some(oldest) = oldest {
+                        self.rejected.remove(&oldest);
+                    }
+                }
+                self.rejected.insert(id, now + self.config.reject_memory);
+                self.events.push_back(Event::PeerRejected { id, source });
             }
             Insert::Rejected(_) => {}
         }
@@ -931,7 +968,12 @@ impl Membership {
             let Some((id, record)) = self.candidates.pop_first() else {
                 break;
             };
-            if self.table.contains(&id) || self.swim.is_recently_dead(&id) {
+            // At capacity, dial only those the diversity rule would keep.
+            if self.table.contains(&id)
+                || self.swim.is_recently_dead(&id)
+                || self.recently_rejected(&id, now)
+                || !self.table.would_admit(now, &record)
+            {
                 continue;
             }
             self.dial(now, record.addrs, Some(id), Source::Exchange);

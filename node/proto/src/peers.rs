@@ -468,21 +468,8 @@ impl Table {
             }
         }
         let victim = {
-            let newcomer = Host::new(now, record.clone(), source);
-            let traits: Vec<Traits<'_>> = self
-                .hosts
-                .values()
-                .chain(std::iter::once(&newcomer))
-                .map(|h| traits(h, now))
-                .collect();
-            let census = Census::of(&traits);
-            let crowd: Vec<f64> = traits
-                .iter()
-                .map(|t| census.crowding(t, self.config.site_weight))
-                .collect();
-            let max = crowd.iter().copied().fold(f64::MIN, f64::max);
-            let newcomer_crowd = crowd.last().copied().unwrap_or(f64::MIN);
-            if newcomer_crowd >= max - 1e-9 {
+            let (crowd, max, newcomer_loses) = self.contest(now, &record);
+            if newcomer_loses {
                 return Insert::Rejected(Rejected::Crowded);
             }
             // The most crowded incumbents; among them a suspect first, then the most failures.
@@ -517,6 +504,36 @@ impl Table {
             },
             None => Insert::Added,
         }
+    }
+
+    /// Whether [`Table::insert`] would take `record` now, leaving the random factor aside: it is
+    /// known, or there is room, or it is not (one of) the most crowded. Lets the caller skip
+    /// dialling exchange candidates that would only be rejected.
+    pub fn would_admit(&self, now: Time, record: &PeerRecord) -> bool {
+        record.id != self.local
+            && (self.hosts.contains_key(&record.id)
+                || !self.is_full()
+                || !self.contest(now, record).2)
+    }
+
+    /// Crowding of every incumbent (in id order), the maximum over incumbents and newcomer, and
+    /// whether the newcomer is (one of) the most crowded.
+    fn contest(&self, now: Time, record: &PeerRecord) -> (Vec<f64>, f64, bool) {
+        let newcomer = Host::new(now, record.clone(), Source::Exchange);
+        let traits: Vec<Traits<'_>> = self
+            .hosts
+            .values()
+            .chain(std::iter::once(&newcomer))
+            .map(|h| traits(h, now))
+            .collect();
+        let census = Census::of(&traits);
+        let mut crowd: Vec<f64> = traits
+            .iter()
+            .map(|t| census.crowding(t, self.config.site_weight))
+            .collect();
+        let max = crowd.iter().copied().fold(f64::MIN, f64::max);
+        let newcomer_crowd = crowd.pop().unwrap_or(f64::MIN);
+        (crowd, max, newcomer_crowd >= max - 1e-9)
     }
 
     /// Removes `id`, returning what was known about it.
@@ -1160,7 +1177,11 @@ mod tests {
                         let r = rec(n, &format!("s{site}"), uptime, storage, known);
                         let was_full = t.is_full();
                         let existed = t.contains(&r.id);
+                        let would = t.would_admit(now, &r);
                         let out = t.insert(now, r.clone(), Source::Exchange, &mut rng);
+                        if random_factor == 0.0 {
+                            prop_assert_eq!(would, !matches!(out, Insert::Rejected(_)));
+                        }
                         let after: BTreeSet<PeerId> = t.iter().map(Host::id).collect();
                         match out {
                             Insert::Updated => prop_assert!(existed && before == after),

@@ -77,6 +77,8 @@ struct Net {
     now: Time,
     events: Vec<(Time, usize, Event)>,
     beacons: Vec<Time>,
+    dials: Vec<(Time, Source)>,
+    config: Config,
 }
 
 fn record(n: usize, site: &str, addr: SocketAddr) -> PeerRecord {
@@ -102,6 +104,8 @@ impl Net {
             now: Time::ZERO,
             events: Vec::new(),
             beacons: Vec::new(),
+            dials: Vec::new(),
+            config: Config::default(),
         }
     }
 
@@ -111,7 +115,7 @@ impl Net {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, site_no, n as u8 + 1)), 7000);
         let seed = self.rng.random::<u64>();
         let m = Membership::new(
-            Config::default(),
+            self.config.clone(),
             record(n, site, addr),
             self.now,
             SmallRng::seed_from_u64(seed),
@@ -132,7 +136,7 @@ impl Net {
         let seed = self.rng.random::<u64>();
         let node = &self.nodes[n];
         let m = Membership::new(
-            Config::default(),
+            self.config.clone(),
             record(n, &node.site, node.addr),
             self.now,
             SmallRng::seed_from_u64(seed),
@@ -201,6 +205,7 @@ impl Net {
                     expected_id,
                     source,
                 } => {
+                    self.dials.push((now, source));
                     let target = addrs.iter().find_map(|a| self.by_addr(*a).map(|t| (t, *a)));
                     let reachable = target.filter(|(t, _)| {
                         self.nodes[*t].alive && expected_id.is_none_or(|id| id == self.id(*t))
@@ -768,4 +773,64 @@ fn same_seed_same_history() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+/// T8 in simulation: 30 nodes, 5 % loss on every message, 5 simulated minutes (2.5 node-hours):
+/// no live node is removed, and false suspicions stay near the expected ≈ 0.44 per node-hour.
+#[test]
+fn thirty_nodes_with_5_percent_loss_no_false_removal() {
+    let mut net = Net::new(12, 0.05);
+    for _ in 0..30 {
+        net.add(1, "lan");
+    }
+    net.run_until(secs(300));
+    assert!(net.converged());
+    assert_eq!(net.count(|e| matches!(e, Event::PeerRemoved { .. })), 0);
+    let suspicions = net.count(|e| matches!(e, Event::PeerSuspected { local: true, .. }));
+    eprintln!("{suspicions} false suspicions in 2.5 node-hours");
+    assert!(
+        suspicions <= 5,
+        "{suspicions} false suspicions in 2.5 node-hours"
+    );
+}
+
+/// More hosts than the table holds, on 4 sites joined by bootstrap: every table fills up with
+/// several sites, and dialling settles down instead of churning through rejected candidates.
+#[test]
+fn at_capacity_tables_span_sites_and_dialling_settles() {
+    let mut net = Net::new(13, 0.0);
+    net.config.peers.capacity = 8;
+    let sites = ["a", "b", "c", "d"];
+    for (s, name) in sites.iter().enumerate() {
+        for _ in 0..6 {
+            net.add(s as u8 + 1, name);
+        }
+    }
+    let anchor = net.nodes[0].addr;
+    let now = net.now;
+    for s in 1..4 {
+        net.nodes[s * 6].m.set_bootstrap(now, [anchor]);
+    }
+    net.run_until(secs(300));
+    for (i, node) in net.nodes.iter().enumerate() {
+        let t = node.m.table();
+        eprintln!("node {i}: {} hosts, sites {:?}", t.len(), t.site_counts());
+        assert_eq!(t.len(), 8, "node {i}");
+        assert!(
+            t.site_counts().len() >= 3,
+            "node {i} sites {:?}",
+            t.site_counts()
+        );
+    }
+    let late = net.dials.iter().filter(|(t, _)| *t > secs(240)).count() as f64 / 60.0 / 24.0;
+    for src in [Source::Multicast, Source::Bootstrap, Source::Exchange] {
+        let n = net
+            .dials
+            .iter()
+            .filter(|(t, s)| *t > secs(60) && *s == src)
+            .count();
+        eprintln!("{src:?}: {n} dials in the last minute");
+    }
+    eprintln!("{late:.3} dials per node per second in the fifth minute");
+    assert!(late <= 0.5, "{late} dials per node per second");
 }
