@@ -21,16 +21,24 @@ struct Args {
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let mut args = Args { name: "anon".into(), listen: "127.0.0.1:0".parse()?, peers: Vec::new() };
+    let mut args = Args {
+        name: "anon".into(),
+        listen: "127.0.0.1:0".parse()?,
+        peers: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
             "--name" => args.name = value()?,
             "--listen" => args.listen = value()?.parse().context("--listen takes ip:port")?,
-            "--peer" => args.peers.push(value()?.parse().context("--peer takes ip:port")?),
+            "--peer" => args
+                .peers
+                .push(value()?.parse().context("--peer takes ip:port")?),
             "--help" | "-h" => {
-                println!("usage: chat [--name NAME] [--listen ADDR] [--peer ADDR]...\nType lines to send them to every known peer.");
+                println!(
+                    "usage: chat [--name NAME] [--listen ADDR] [--peer ADDR]...\nType lines to send them to every known peer."
+                );
                 std::process::exit(0);
             }
             other => anyhow::bail!("unknown argument {other}; see --help"),
@@ -57,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     println!("chat node {} on {}", node.id().short(), node.local_addr()?);
     for p in &args.peers {
-        node.connect(*p).await.with_context(|| format!("cannot reach chat peer {p}"))?;
+        node.connect(*p)
+            .await
+            .with_context(|| format!("cannot reach chat peer {p}"))?;
     }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {

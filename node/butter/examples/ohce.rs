@@ -23,7 +23,10 @@ async fn build(listen: SocketAddr) -> anyhow::Result<Node> {
         .behaviour(
             "ohce",
             behaviour::from_fn(|ctx, body: Bytes| async move {
-                let text = String::from_utf8_lossy(&body).chars().rev().collect::<String>();
+                let text = String::from_utf8_lossy(&body)
+                    .chars()
+                    .rev()
+                    .collect::<String>();
                 tracing::info!(from = %ctx.peer.short(), "ohce");
                 Ok(Bytes::from(text))
             }),
@@ -45,23 +48,42 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("--help" | "-h") => usage(),
         Some("--serve") => {
-            let addr: SocketAddr = args.get(1).unwrap_or_else(|| usage()).parse().context("ADDR must be ip:port")?;
+            let addr: SocketAddr = args
+                .get(1)
+                .unwrap_or_else(|| usage())
+                .parse()
+                .context("ADDR must be ip:port")?;
             let node = build(addr).await?;
-            println!("ohce node {} listening on {}", node.id().short(), node.local_addr()?);
+            println!(
+                "ohce node {} listening on {}",
+                node.id().short(),
+                node.local_addr()?
+            );
             tokio::signal::ctrl_c().await?;
             node.shutdown(Duration::from_secs(2)).await;
         }
         Some("--call") => {
-            let addr: SocketAddr = args.get(1).unwrap_or_else(|| usage()).parse().context("ADDR must be ip:port")?;
+            let addr: SocketAddr = args
+                .get(1)
+                .unwrap_or_else(|| usage())
+                .parse()
+                .context("ADDR must be ip:port")?;
             let text = args.get(2).cloned().unwrap_or_else(|| usage());
             let client = build("127.0.0.1:0".parse()?).await?;
-            let peer = client.connect(addr).await.with_context(|| format!("is an ohce node running on {addr}?"))?;
+            let peer = client
+                .connect(addr)
+                .await
+                .with_context(|| format!("is an ohce node running on {addr}?"))?;
             let reply = client.request(peer, "ohce", text).await?;
             println!("{}", String::from_utf8_lossy(&reply));
             client.shutdown(Duration::from_secs(1)).await;
         }
         _ => {
-            let text = if args.is_empty() { "hello butter".to_string() } else { args.join(" ") };
+            let text = if args.is_empty() {
+                "hello butter".to_string()
+            } else {
+                args.join(" ")
+            };
             let server = build("127.0.0.1:0".parse()?).await?;
             let client = build("127.0.0.1:0".parse()?).await?;
             let peer = client.connect(server.local_addr()?).await?;

@@ -21,7 +21,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.into() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
 }
 
 /// Everything a node needs to start.
@@ -66,7 +69,10 @@ impl Config {
     pub fn for_tests() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            multicast: MulticastConfig { enabled: false, ..MulticastConfig::default() },
+            multicast: MulticastConfig {
+                enabled: false,
+                ..MulticastConfig::default()
+            },
             ..Config::default()
         }
     }
@@ -80,7 +86,9 @@ impl Config {
             return Err(invalid("site", "must be at most 64 characters"));
         }
         for b in &self.bootstrap {
-            let ok = b.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
                 return Err(invalid("bootstrap", format!("{b:?} is not host:port")));
             }
@@ -115,7 +123,10 @@ impl Default for MulticastConfig {
 impl MulticastConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.group.ip().is_multicast() {
-            return Err(invalid("multicast.group", format!("{} is not a multicast address", self.group.ip())));
+            return Err(invalid(
+                "multicast.group",
+                format!("{} is not a multicast address", self.group.ip()),
+            ));
         }
         Ok(())
     }
@@ -161,7 +172,10 @@ impl Default for Limits {
 impl Limits {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(256..=16 << 20).contains(&self.max_frame) {
-            return Err(invalid("limits.max_frame", "must be between 256 B and 16 MiB"));
+            return Err(invalid(
+                "limits.max_frame",
+                "must be between 256 B and 16 MiB",
+            ));
         }
         if self.max_body == 0 || self.max_body > 1 << 30 {
             return Err(invalid("limits.max_body", "must be between 1 B and 1 GiB"));
@@ -215,12 +229,34 @@ mod tests {
     fn errors_name_the_key() {
         let mut c = Config::default();
         c.limits.max_frame = 10;
-        assert!(c.validate().unwrap_err().to_string().starts_with("limits.max_frame"));
-        let mut c = Config::default();
-        c.bootstrap = vec!["nohost".into()];
-        assert!(c.validate().unwrap_err().to_string().starts_with("bootstrap"));
-        let mut c = Config::default();
-        c.multicast.group = "10.0.0.1:1".parse().unwrap();
-        assert!(c.validate().unwrap_err().to_string().starts_with("multicast.group"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("limits.max_frame")
+        );
+        let c = Config {
+            bootstrap: vec!["nohost".into()],
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("bootstrap")
+        );
+        let c = Config {
+            multicast: MulticastConfig {
+                group: "10.0.0.1:1".parse().unwrap(),
+                ..Default::default()
+            },
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("multicast.group")
+        );
     }
 }

@@ -24,7 +24,9 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The key file does not hold a usable key.
-    #[error("key file {path} is not a valid PKCS#8 key ({source}); move it away to generate a new identity")]
+    #[error(
+        "key file {path} is not a valid PKCS#8 key ({source}); move it away to generate a new identity"
+    )]
     BadKey {
         /// The key file.
         path: PathBuf,
@@ -45,7 +47,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,11 +64,17 @@ impl Identity {
     /// restarted node keeps its peer id.
     pub fn load_or_generate(dir: &Path) -> Result<Self, IdentityError> {
         let path = dir.join(KEY_FILE);
-        let io = |source| IdentityError::Io { path: path.clone(), source };
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
         match fs::read_to_string(&path) {
             Ok(pem) => {
-                let key = rcgen::KeyPair::from_pem(&pem)
-                    .map_err(|source| IdentityError::BadKey { path: path.clone(), source })?;
+                let key =
+                    rcgen::KeyPair::from_pem(&pem).map_err(|source| IdentityError::BadKey {
+                        path: path.clone(),
+                        source,
+                    })?;
                 Self::from_key(&key)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -87,9 +97,15 @@ impl Identity {
         let peer_id = PeerId::from_public_key(&key.public_key_der());
         let mut params = rcgen::CertificateParams::new(vec!["butter".to_string()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, peer_id.to_string());
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, peer_id.to_string());
         let cert = params.self_signed(key)?;
-        Ok(Identity { key_der: key.serialize_der(), cert: cert.der().clone(), peer_id })
+        Ok(Identity {
+            key_der: key.serialize_der(),
+            cert: cert.der().clone(),
+            peer_id,
+        })
     }
 
     /// This node's peer id.
@@ -132,7 +148,10 @@ mod tests {
     #[test]
     fn certificate_carries_the_peer_id() {
         let id = Identity::generate().unwrap();
-        assert_eq!(peer_id_of_certificate(&id.certificate()), Some(id.peer_id()));
+        assert_eq!(
+            peer_id_of_certificate(&id.certificate()),
+            Some(id.peer_id())
+        );
     }
 
     #[test]
@@ -142,7 +161,10 @@ mod tests {
         let b = Identity::load_or_generate(dir.path()).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
         let other = tempfile::tempdir().unwrap();
-        assert_ne!(a.peer_id(), Identity::load_or_generate(other.path()).unwrap().peer_id());
+        assert_ne!(
+            a.peer_id(),
+            Identity::load_or_generate(other.path()).unwrap().peer_id()
+        );
     }
 
     #[test]

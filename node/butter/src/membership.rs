@@ -79,7 +79,16 @@ impl PeerBook {
                 false
             }
             None => {
-                self.hosts.insert(record.id, Entry { record, source, last_seen: now, rtt: None, failures: 0 });
+                self.hosts.insert(
+                    record.id,
+                    Entry {
+                        record,
+                        source,
+                        last_seen: now,
+                        rtt: None,
+                        failures: 0,
+                    },
+                );
                 true
             }
         }
@@ -87,7 +96,10 @@ impl PeerBook {
 
     /// Addresses known for `id`.
     pub fn addrs(&self, id: &PeerId) -> Vec<SocketAddr> {
-        self.hosts.get(id).map(|e| e.record.addrs.clone()).unwrap_or_default()
+        self.hosts
+            .get(id)
+            .map(|e| e.record.addrs.clone())
+            .unwrap_or_default()
     }
 
     /// Whether `id` is known.
@@ -102,7 +114,11 @@ impl PeerBook {
 
     /// A bounded sample of records (most recently seen first), excluding `exclude`.
     pub fn sample(&self, n: usize, exclude: &PeerId) -> Vec<PeerRecord> {
-        let mut v: Vec<&Entry> = self.hosts.values().filter(|e| &e.record.id != exclude).collect();
+        let mut v: Vec<&Entry> = self
+            .hosts
+            .values()
+            .filter(|e| &e.record.id != exclude)
+            .collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
         v.into_iter().take(n).map(|e| e.record.clone()).collect()
     }
@@ -118,7 +134,8 @@ impl PeerBook {
                 site: e.record.site.clone(),
                 source: e.source.as_str(),
                 state: if e.failures > 0 { "suspect" } else { "alive" },
-                last_seen_ms: u64::try_from(now.saturating_duration_since(e.last_seen).as_millis()).unwrap_or(u64::MAX),
+                last_seen_ms: u64::try_from(now.saturating_duration_since(e.last_seen).as_millis())
+                    .unwrap_or(u64::MAX),
                 rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
             })
             .collect();
@@ -176,15 +193,28 @@ pub async fn introduce(
         conn.close(0u32.into(), b"self");
         return Err(RequestError::Unexpected("dialled ourselves".into()));
     }
-    let req = Request::Hello { record: node.record(), network: node.config().network.clone(), sample: SAMPLE };
+    let req = Request::Hello {
+        record: node.record(),
+        network: node.config().network.clone(),
+        sample: SAMPLE,
+    };
     let start = Instant::now();
     let (resp, _) = node.send(id, &req, Bytes::new(), "hello").await?;
-    let Response::Hello { mut record, sample, .. } = resp else {
-        return Err(RequestError::Unexpected("hello answered with another message".into()));
+    let Response::Hello {
+        mut record, sample, ..
+    } = resp
+    else {
+        return Err(RequestError::Unexpected(
+            "hello answered with another message".into(),
+        ));
     };
     if record.id != id {
-        node.metrics().record(&Event::Rejected { reason: "identity_mismatch" });
-        return Err(RequestError::Unexpected("hello record does not match the peer's key".into()));
+        node.metrics().record(&Event::Rejected {
+            reason: "identity_mismatch",
+        });
+        return Err(RequestError::Unexpected(
+            "hello record does not match the peer's key".into(),
+        ));
     }
     if record.addrs.is_empty() {
         record.addrs = vec![addr];
@@ -200,7 +230,10 @@ pub async fn introduce(
     };
     if fresh {
         info!(peer = %id.short(), %addr, via = source.as_str(), "peer discovered");
-        node.metrics().discoveries.with_label_values(&[source.as_str()]).inc();
+        node.metrics()
+            .discoveries
+            .with_label_values(&[source.as_str()])
+            .inc();
     }
     learn_sample(node, sample);
     Ok(id)
@@ -215,7 +248,10 @@ fn learn_sample(node: &Node, sample: Vec<PeerRecord>) {
         let n = node.clone();
         node.inner.tasks.spawn(async move {
             for addr in rec.addrs.iter().take(4) {
-                if introduce(&n, *addr, Some(rec.id), Source::Exchange).await.is_ok() {
+                if introduce(&n, *addr, Some(rec.id), Source::Exchange)
+                    .await
+                    .is_ok()
+                {
                     break;
                 }
             }
@@ -235,21 +271,45 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
             (Response::Ack { seq }, Bytes::new())
         }
         Request::PingReq { seq, target, .. } => {
-            let ok = node.send(target, &Request::Ping { seq }, Bytes::new(), "ping").await.is_ok();
-            (if ok { Response::Ack { seq } } else { Response::Nack { seq } }, Bytes::new())
+            let ok = node
+                .send(target, &Request::Ping { seq }, Bytes::new(), "ping")
+                .await
+                .is_ok();
+            (
+                if ok {
+                    Response::Ack { seq }
+                } else {
+                    Response::Nack { seq }
+                },
+                Bytes::new(),
+            )
         }
-        Request::Hello { mut record, network, sample } => {
+        Request::Hello {
+            mut record,
+            network,
+            sample,
+        } => {
             if network != node.config().network {
-                node.metrics().record(&Event::Rejected { reason: "wrong_network" });
+                node.metrics().record(&Event::Rejected {
+                    reason: "wrong_network",
+                });
                 return (
-                    Response::Error { code: ErrorCode::WrongNetwork, message: format!("this is network {:?}", node.config().network) },
+                    Response::Error {
+                        code: ErrorCode::WrongNetwork,
+                        message: format!("this is network {:?}", node.config().network),
+                    },
                     Bytes::new(),
                 );
             }
             if record.id != from.id {
-                node.metrics().record(&Event::Rejected { reason: "identity_mismatch" });
+                node.metrics().record(&Event::Rejected {
+                    reason: "identity_mismatch",
+                });
                 return (
-                    Response::Error { code: ErrorCode::Malformed, message: "record id does not match your certificate".into() },
+                    Response::Error {
+                        code: ErrorCode::Malformed,
+                        message: "record id does not match your certificate".into(),
+                    },
                     Bytes::new(),
                 );
             }
@@ -261,19 +321,40 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
             let fresh = node.inner.book().upsert(record, Source::Inbound, now);
             if fresh {
                 info!(peer = %from.id.short(), addr = %from.addr, "peer introduced itself");
-                node.metrics().discoveries.with_label_values(&["inbound"]).inc();
+                node.metrics()
+                    .discoveries
+                    .with_label_values(&["inbound"])
+                    .inc();
             }
-            let sample = node.inner.book().sample(usize::from(sample.min(SAMPLE)), &from.id);
-            (Response::Hello { record: node.record(), observed: from.addr, sample }, Bytes::new())
+            let sample = node
+                .inner
+                .book()
+                .sample(usize::from(sample.min(SAMPLE)), &from.id);
+            (
+                Response::Hello {
+                    record: node.record(),
+                    observed: from.addr,
+                    sample,
+                },
+                Bytes::new(),
+            )
         }
-        _ => (Response::Error { code: ErrorCode::UnknownMessage, message: "not a membership message".into() }, Bytes::new()),
+        _ => (
+            Response::Error {
+                code: ErrorCode::UnknownMessage,
+                message: "not a membership message".into(),
+            },
+            Bytes::new(),
+        ),
     }
 }
 
 /// Starts the membership tasks: bootstrap dialling and liveness probing.
 pub(crate) fn start(node: &Node) {
     let n = node.clone();
-    node.inner.tasks.spawn(async move { bootstrap_loop(n).await });
+    node.inner
+        .tasks
+        .spawn(async move { bootstrap_loop(n).await });
     let n = node.clone();
     node.inner.tasks.spawn(async move { probe_loop(n).await });
 }
@@ -299,7 +380,11 @@ async fn bootstrap_loop(node: Node) {
             }
         }
         // Retry quickly while alone, slowly once joined.
-        let wait = if node.inner.book().is_empty() { Duration::from_millis(500) } else { Duration::from_secs(10) };
+        let wait = if node.inner.book().is_empty() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -327,9 +412,14 @@ async fn probe_loop(node: Node) {
         for id in stale {
             seq += 1;
             let start = Instant::now();
-            let ok = node.send(id, &Request::Ping { seq }, Bytes::new(), "ping").await.is_ok();
+            let ok = node
+                .send(id, &Request::Ping { seq }, Bytes::new(), "ping")
+                .await
+                .is_ok();
             let mut book = node.inner.book();
-            let Some(e) = book.hosts.get_mut(&id) else { continue };
+            let Some(e) = book.hosts.get_mut(&id) else {
+                continue;
+            };
             if ok {
                 e.last_seen = Instant::now();
                 e.failures = 0;
@@ -340,7 +430,10 @@ async fn probe_loop(node: Node) {
                 if e.failures >= MAX_FAILURES {
                     book.hosts.remove(&id);
                     info!(peer = %id.short(), "peer removed after failed probes");
-                    node.metrics().membership.with_label_values(&["removed"]).inc();
+                    node.metrics()
+                        .membership
+                        .with_label_values(&["removed"])
+                        .inc();
                 }
             }
         }

@@ -109,14 +109,22 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let build = must(IntGaugeVec::new(
-            Opts::new("butter_build_info", "Build information; the value is always 1"),
+            Opts::new(
+                "butter_build_info",
+                "Build information; the value is always 1",
+            ),
             &["version"],
         ));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let connections_open =
-            must(IntGauge::new("butter_connections_open", "QUIC connections currently pooled"));
+        let connections_open = must(IntGauge::new(
+            "butter_connections_open",
+            "QUIC connections currently pooled",
+        ));
         let handshakes = must(IntCounterVec::new(
-            Opts::new("butter_handshakes_total", "Connection handshakes by direction and outcome"),
+            Opts::new(
+                "butter_handshakes_total",
+                "Connection handshakes by direction and outcome",
+            ),
             &["direction", "outcome"],
         ));
         let handshake_duration = must(Histogram::with_opts(
@@ -124,28 +132,38 @@ impl Metrics {
                 "butter_handshake_duration_seconds",
                 "Time to complete a QUIC + TLS handshake",
             )
-            .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
         ));
         let requests = must(IntCounterVec::new(
-            Opts::new("butter_requests_total", "Requests by direction, kind and outcome"),
+            Opts::new(
+                "butter_requests_total",
+                "Requests by direction, kind and outcome",
+            ),
             &["direction", "kind", "outcome"],
         ));
         let request_duration = must(HistogramVec::new(
-            HistogramOpts::new("butter_request_duration_seconds", "Request duration")
-                .buckets(vec![
+            HistogramOpts::new("butter_request_duration_seconds", "Request duration").buckets(
+                vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0,
-                ]),
+                ],
+            ),
             &["direction"],
         ));
         let rejected = must(IntCounterVec::new(
             Opts::new("butter_rejected_total", "Network input refused, by reason"),
             &["reason"],
         ));
-        let bytes_sent =
-            must(IntCounter::new("butter_sent_bytes_total", "Stream payload bytes sent"));
-        let bytes_received =
-            must(IntCounter::new("butter_received_bytes_total", "Stream payload bytes received"));
+        let bytes_sent = must(IntCounter::new(
+            "butter_sent_bytes_total",
+            "Stream payload bytes sent",
+        ));
+        let bytes_received = must(IntCounter::new(
+            "butter_received_bytes_total",
+            "Stream payload bytes received",
+        ));
         let known_hosts = must(IntGaugeVec::new(
             Opts::new("butter_known_hosts", "Known hosts by site and state"),
             &["site", "state"],
@@ -155,7 +173,10 @@ impl Metrics {
             &["method"],
         ));
         let membership = must(IntCounterVec::new(
-            Opts::new("butter_membership_events_total", "Membership events by kind"),
+            Opts::new(
+                "butter_membership_events_total",
+                "Membership events by kind",
+            ),
             &["kind"],
         ));
         for c in [
@@ -198,18 +219,32 @@ impl Metrics {
     /// Turns one event into series updates.
     pub fn record(&self, event: &Event) {
         match event {
-            Event::HandshakeSucceeded { direction, duration } => {
-                self.handshakes.with_label_values(&[direction.as_str(), "ok"]).inc();
+            Event::HandshakeSucceeded {
+                direction,
+                duration,
+            } => {
+                self.handshakes
+                    .with_label_values(&[direction.as_str(), "ok"])
+                    .inc();
                 self.handshake_duration.observe(duration.as_secs_f64());
             }
             Event::HandshakeFailed { direction, reason } => {
-                self.handshakes.with_label_values(&[direction.as_str(), reason]).inc();
+                self.handshakes
+                    .with_label_values(&[direction.as_str(), reason])
+                    .inc();
                 self.rejected.with_label_values(&[reason]).inc();
             }
             Event::ConnectionOpened => self.connections_open.inc(),
             Event::ConnectionClosed => self.connections_open.dec(),
-            Event::Request { direction, kind, outcome, duration } => {
-                self.requests.with_label_values(&[direction.as_str(), kind, outcome]).inc();
+            Event::Request {
+                direction,
+                kind,
+                outcome,
+                duration,
+            } => {
+                self.requests
+                    .with_label_values(&[direction.as_str(), kind, outcome])
+                    .inc();
                 self.request_duration
                     .with_label_values(&[direction.as_str()])
                     .observe(duration.as_secs_f64());

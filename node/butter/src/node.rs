@@ -51,7 +51,12 @@ pub struct NodeBuilder {
 impl NodeBuilder {
     /// Starts from a configuration.
     pub fn new(config: Config) -> Self {
-        NodeBuilder { config, behaviours: BTreeMap::new(), identity: None, metrics: None }
+        NodeBuilder {
+            config,
+            behaviours: BTreeMap::new(),
+            identity: None,
+            metrics: None,
+        }
     }
 
     /// Registers a behaviour under `name` (replacing any earlier one).
@@ -144,7 +149,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.inner.id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,6 +197,11 @@ impl Node {
         &self.inner.config
     }
 
+    /// The QUIC transport, for advanced use (raw dials, pooled connections).
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -218,7 +230,11 @@ impl Node {
 
     /// Connects to `addr` insisting that the peer there is `expected`; fails with
     /// [`DialError::WrongPeer`] if it presents another key.
-    pub async fn connect_expecting(&self, addr: SocketAddr, expected: PeerId) -> Result<PeerId, RequestError> {
+    pub async fn connect_expecting(
+        &self,
+        addr: SocketAddr,
+        expected: PeerId,
+    ) -> Result<PeerId, RequestError> {
         membership::introduce(self, addr, Some(expected), membership::Source::Bootstrap).await
     }
 
@@ -229,7 +245,9 @@ impl Node {
         name: &str,
         body: impl Into<Bytes>,
     ) -> Result<Bytes, RequestError> {
-        let req = Request::Behaviour { name: name.to_string() };
+        let req = Request::Behaviour {
+            name: name.to_string(),
+        };
         let (resp, body) = self.send(peer, &req, body.into(), name).await?;
         match resp {
             Response::Ok => Ok(body),
@@ -321,7 +339,11 @@ impl Node {
     /// This node's own record, as sent in hellos.
     pub(crate) fn record(&self) -> PeerRecord {
         let addr = self.inner.local_addr;
-        let addrs = if addr.ip().is_unspecified() { Vec::new() } else { vec![addr] };
+        let addrs = if addr.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![addr]
+        };
         PeerRecord {
             id: self.inner.id,
             addrs,
@@ -340,7 +362,13 @@ struct Dispatcher {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> (Response, Bytes) {
-    (Response::Error { code, message: message.into() }, Bytes::new())
+    (
+        Response::Error {
+            code,
+            message: message.into(),
+        },
+        Bytes::new(),
+    )
 }
 
 impl Inbound for Dispatcher {
@@ -353,9 +381,16 @@ impl Inbound for Dispatcher {
             match request {
                 Request::Behaviour { name } => {
                     let Some(b) = node.inner.behaviours.get(&name).cloned() else {
-                        return error(ErrorCode::UnknownName, format!("no behaviour named {name:?}"));
+                        return error(
+                            ErrorCode::UnknownName,
+                            format!("no behaviour named {name:?}"),
+                        );
                     };
-                    let ctx = Context { peer: from.id, remote: from.addr, node: node.clone() };
+                    let ctx = Context {
+                        peer: from.id,
+                        remote: from.addr,
+                        node: node.clone(),
+                    };
                     match b.call(ctx, body).await {
                         Ok(reply) => (Response::Ok, reply),
                         Err(e) => error(ErrorCode::HandlerFailed, e.0),

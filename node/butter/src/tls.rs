@@ -30,7 +30,9 @@ pub fn server_name_for(id: Option<PeerId>) -> String {
 
 fn expected_from_server_name(name: &ServerName<'_>) -> Result<Option<PeerId>, rustls::Error> {
     let ServerName::DnsName(dns) = name else {
-        return Err(rustls::Error::General("butter dials by peer name, not IP".into()));
+        return Err(rustls::Error::General(
+            "butter dials by peer name, not IP".into(),
+        ));
     };
     let s = dns.as_ref();
     if s == ANY_PEER {
@@ -57,10 +59,13 @@ fn check_certificate(
     expected: Option<PeerId>,
 ) -> Result<PeerId, rustls::Error> {
     if !intermediates.is_empty() {
-        return Err(rustls::Error::General("butter peers present exactly one certificate".into()));
+        return Err(rustls::Error::General(
+            "butter peers present exactly one certificate".into(),
+        ));
     }
-    let got = peer_id_of_certificate(end_entity)
-        .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    let got = peer_id_of_certificate(end_entity).ok_or(rustls::Error::InvalidCertificate(
+        rustls::CertificateError::BadEncoding,
+    ))?;
     match expected {
         Some(want) if want != got => Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::Other(rustls::OtherError(Arc::new(PeerIdMismatch {
@@ -118,7 +123,9 @@ impl ServerCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -164,7 +171,9 @@ impl ClientCertVerifier for PeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -182,7 +191,9 @@ impl ClientCertVerifier for PeerVerifier {
 }
 
 fn verifier() -> Arc<PeerVerifier> {
-    Arc::new(PeerVerifier { algorithms: provider().signature_verification_algorithms })
+    Arc::new(PeerVerifier {
+        algorithms: provider().signature_verification_algorithms,
+    })
 }
 
 /// Builds the rustls server configuration for `identity`.

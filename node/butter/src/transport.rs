@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use butter_proto::wire::{self, ErrorCode, FrameError, Message, Request, Response};
 use butter_proto::PeerId;
+use butter_proto::wire::{self, ErrorCode, FrameError, Message, Request, Response};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, TransportConfig, VarInt};
@@ -34,7 +34,9 @@ const CLOSE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 #[non_exhaustive]
 pub enum BindError {
     /// The UDP socket could not be bound.
-    #[error("cannot bind QUIC socket on {addr}: {source}; is the port in use? pick another with --listen")]
+    #[error(
+        "cannot bind QUIC socket on {addr}: {source}; is the port in use? pick another with --listen"
+    )]
     Socket {
         /// The address asked for.
         addr: SocketAddr,
@@ -182,7 +184,9 @@ pub struct Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("local_id", &self.inner.local_id).finish_non_exhaustive()
+        f.debug_struct("Transport")
+            .field("local_id", &self.inner.local_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -191,7 +195,10 @@ fn transport_config(limits: &Limits) -> Result<TransportConfig, BindError> {
     tc.max_concurrent_bidi_streams(limits.max_streams.into());
     tc.max_concurrent_uni_streams(0u32.into());
     tc.max_idle_timeout(Some(
-        limits.idle_timeout.try_into().map_err(|e| BindError::Quic(format!("idle_timeout: {e}")))?,
+        limits
+            .idle_timeout
+            .try_into()
+            .map_err(|e| BindError::Quic(format!("idle_timeout: {e}")))?,
     ));
     Ok(tc)
 }
@@ -204,7 +211,9 @@ fn handshake_failure_reason(err: &quinn::ConnectionError) -> &'static str {
     }
     match err {
         quinn::ConnectionError::TransportError(te) => classify_code(u64::from(te.code)),
-        quinn::ConnectionError::ConnectionClosed(close) => classify_code(u64::from(close.error_code)),
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            classify_code(u64::from(close.error_code))
+        }
         quinn::ConnectionError::TimedOut => "timeout",
         quinn::ConnectionError::Reset => "reset",
         _ => "other",
@@ -245,9 +254,13 @@ impl Transport {
         let socket = bind_udp(addr).map_err(|source| BindError::Socket { addr, source })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| BindError::Quic("no async runtime found".into()))?;
-        let mut endpoint =
-            Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-                .map_err(|source| BindError::Socket { addr, source })?;
+        let mut endpoint = Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| BindError::Socket { addr, source })?;
         endpoint.set_default_client_config(client);
 
         let inner = Arc::new(Inner {
@@ -263,7 +276,10 @@ impl Transport {
         });
         let transport = Transport { inner };
         let t = transport.clone();
-        transport.inner.tasks.spawn(async move { t.accept_loop().await });
+        transport
+            .inner
+            .tasks
+            .spawn(async move { t.accept_loop().await });
         Ok(transport)
     }
 
@@ -295,7 +311,9 @@ impl Transport {
     /// The pooled connection to `peer`, if one is open.
     pub fn pooled(&self, peer: &PeerId) -> Option<Connection> {
         let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.get(peer).filter(|p| p.conn.close_reason().is_none()).map(|p| p.conn.clone())
+        pool.get(peer)
+            .filter(|p| p.conn.close_reason().is_none())
+            .map(|p| p.conn.clone())
     }
 
     /// Connects to `addr`, insisting on `expected` when given; reuses a pooled connection.
@@ -323,14 +341,24 @@ impl Transport {
         let result = timeout(self.inner.limits.handshake_timeout, connecting).await;
         let conn = match result {
             Err(_) => {
-                self.record(Event::HandshakeFailed { direction: Direction::Outbound, reason: "timeout" });
+                self.record(Event::HandshakeFailed {
+                    direction: Direction::Outbound,
+                    reason: "timeout",
+                });
                 return Err(DialError::Timeout(addr));
             }
             Ok(Err(source)) => {
                 let reason = handshake_failure_reason(&source);
-                self.record(Event::HandshakeFailed { direction: Direction::Outbound, reason });
+                self.record(Event::HandshakeFailed {
+                    direction: Direction::Outbound,
+                    reason,
+                });
                 if let (Some(expected), "peer_id_mismatch") = (expected, reason) {
-                    return Err(DialError::WrongPeer { addr, expected, detail: source.to_string() });
+                    return Err(DialError::WrongPeer {
+                        addr,
+                        expected,
+                        detail: source.to_string(),
+                    });
                 }
                 return Err(DialError::Connection { addr, source });
             }
@@ -358,11 +386,16 @@ impl Transport {
             let (mut send, mut recv) = conn.open_bi().await?;
             let frame = wire::encode_frame(request, limits.max_frame)?;
             let sent = (frame.len() + body.len()) as u64;
-            send.write_all(&frame).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+            send.write_all(&frame)
+                .await
+                .map_err(|e| RequestError::Stream(e.to_string()))?;
             if !body.is_empty() {
-                send.write_chunk(body).await.map_err(|e| RequestError::Stream(e.to_string()))?;
+                send.write_chunk(body)
+                    .await
+                    .map_err(|e| RequestError::Stream(e.to_string()))?;
             }
-            send.finish().map_err(|e| RequestError::Stream(e.to_string()))?;
+            send.finish()
+                .map_err(|e| RequestError::Stream(e.to_string()))?;
             self.record(Event::BytesSent(sent));
             let (response, header_len) = read_header::<Response>(&mut recv, limits.max_frame)
                 .await
@@ -420,7 +453,10 @@ impl Transport {
                 debug!(%reason, "connection closed");
                 {
                     let mut pool = t.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-                    if pool.get(&id).is_some_and(|p| p.conn.stable_id() == conn.stable_id()) {
+                    if pool
+                        .get(&id)
+                        .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+                    {
                         pool.remove(&id);
                     }
                 }
@@ -454,7 +490,10 @@ impl Transport {
                     Err(e) => {
                         let reason = handshake_failure_reason(&e);
                         debug!(%remote, error = %e, reason, "refused incoming connection");
-                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason });
+                        t.record(Event::HandshakeFailed {
+                            direction: Direction::Inbound,
+                            reason,
+                        });
                         return;
                     }
                 };
@@ -462,7 +501,10 @@ impl Transport {
                     Ok(Ok(conn)) => {
                         let Some(id) = peer_id_of_connection(&conn) else {
                             conn.close(STOP_REFUSED, b"no identity");
-                            t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "bad_certificate" });
+                            t.record(Event::HandshakeFailed {
+                                direction: Direction::Inbound,
+                                reason: "bad_certificate",
+                            });
                             return;
                         };
                         t.record(Event::HandshakeSucceeded {
@@ -474,10 +516,16 @@ impl Transport {
                     Ok(Err(e)) => {
                         let reason = handshake_failure_reason(&e);
                         debug!(%remote, error = %e, reason, "inbound handshake failed");
-                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason });
+                        t.record(Event::HandshakeFailed {
+                            direction: Direction::Inbound,
+                            reason,
+                        });
                     }
                     Err(_) => {
-                        t.record(Event::HandshakeFailed { direction: Direction::Inbound, reason: "timeout" });
+                        t.record(Event::HandshakeFailed {
+                            direction: Direction::Inbound,
+                            reason: "timeout",
+                        });
                     }
                 }
             });
@@ -493,8 +541,13 @@ impl Transport {
             };
             let t = self.clone();
             let handler = handler.clone();
-            let from = Remote { id, addr: conn.remote_address() };
-            self.inner.tasks.spawn(async move { t.serve_stream(from, send, recv, handler).await });
+            let from = Remote {
+                id,
+                addr: conn.remote_address(),
+            };
+            self.inner
+                .tasks
+                .spawn(async move { t.serve_stream(from, send, recv, handler).await });
         }
     }
 
@@ -509,19 +562,24 @@ impl Transport {
         let start = Instant::now();
         let read = async {
             let (request, header_len) = read_header::<Request>(&mut recv, limits.max_frame).await?;
-            let body = recv.read_to_end(limits.max_body).await.map_err(|e| match e {
-                quinn::ReadToEndError::TooLong => ReadError::Frame(FrameError::TooLarge {
-                    len: limits.max_body + 1,
-                    max: limits.max_body,
-                }),
-                other => ReadError::Stream(other.to_string()),
-            })?;
+            let body = recv
+                .read_to_end(limits.max_body)
+                .await
+                .map_err(|e| match e {
+                    quinn::ReadToEndError::TooLong => ReadError::Frame(FrameError::TooLarge {
+                        len: limits.max_body + 1,
+                        max: limits.max_body,
+                    }),
+                    other => ReadError::Stream(other.to_string()),
+                })?;
             self.record(Event::BytesReceived((header_len + body.len()) as u64));
             Ok::<_, ReadError>((request, Bytes::from(body)))
         };
         let (response, body, kind) = match timeout(limits.request_timeout, read).await {
             Err(_) => {
-                self.record(Event::Rejected { reason: "read_timeout" });
+                self.record(Event::Rejected {
+                    reason: "read_timeout",
+                });
                 let _ = recv.stop(STOP_REFUSED);
                 send.reset(STOP_REFUSED).ok();
                 return;
@@ -533,16 +591,28 @@ impl Transport {
             Ok(Err(ReadError::Frame(e))) => {
                 let code = e.code();
                 warn!(peer = %from.id.short(), error = %e, "refused request");
-                self.record(Event::Rejected { reason: code.as_str() });
+                self.record(Event::Rejected {
+                    reason: code.as_str(),
+                });
                 let _ = recv.stop(STOP_REFUSED);
-                (Response::Error { code, message: e.to_string() }, Bytes::new(), "invalid".to_string())
+                (
+                    Response::Error {
+                        code,
+                        message: e.to_string(),
+                    },
+                    Bytes::new(),
+                    "invalid".to_string(),
+                )
             }
             Ok(Ok((request, body))) => {
                 let kind = request_kind(&request);
                 match timeout(limits.request_timeout, handler.handle(from, request, body)).await {
                     Ok((resp, body)) => (resp, body, kind),
                     Err(_) => (
-                        Response::Error { code: ErrorCode::Busy, message: "handler timed out".into() },
+                        Response::Error {
+                            code: ErrorCode::Busy,
+                            message: "handler timed out".into(),
+                        },
                         Bytes::new(),
                         kind,
                     ),
@@ -554,7 +624,11 @@ impl Transport {
             _ => "ok",
         };
         // Never label by a name the peer made up: unknown names are one series.
-        let kind = if outcome == ErrorCode::UnknownName.as_str() { "unknown".to_string() } else { kind };
+        let kind = if outcome == ErrorCode::UnknownName.as_str() {
+            "unknown".to_string()
+        } else {
+            kind
+        };
         let frame = match wire::encode_frame(&response, limits.max_frame) {
             Ok(f) => f,
             Err(e) => {
@@ -572,7 +646,10 @@ impl Transport {
             send.finish().map_err(|_| quinn::WriteError::ClosedStream)?;
             Ok::<_, quinn::WriteError>(())
         };
-        if timeout(limits.request_timeout, write).await.is_ok_and(|r| r.is_ok()) {
+        if timeout(limits.request_timeout, write)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
             self.record(Event::BytesSent(sent));
         }
         self.record(Event::Request {
@@ -608,12 +685,19 @@ impl From<FrameError> for ReadError {
 }
 
 /// Reads one header frame, checking the announced length before buffering anything.
-async fn read_header<T: Message>(recv: &mut RecvStream, max: usize) -> Result<(T, usize), ReadError> {
+async fn read_header<T: Message>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<(T, usize), ReadError> {
     let mut prefix = [0u8; wire::LEN_PREFIX];
-    recv.read_exact(&mut prefix).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| ReadError::Stream(e.to_string()))?;
     let len = wire::frame_len(prefix, max)?;
     let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await.map_err(|e| ReadError::Stream(e.to_string()))?;
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| ReadError::Stream(e.to_string()))?;
     Ok((wire::decode_payload(&payload)?, len + wire::LEN_PREFIX))
 }
 

@@ -1,5 +1,7 @@
 //! The examples run as users run them: real processes.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,20 +12,40 @@ fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).args(["build", "-q", "-p", "butter", "--examples"]).status().unwrap();
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "butter", "--examples"])
+            .status()
+            .unwrap();
         assert!(status.success(), "building the examples failed");
     });
     // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(dir.exists(), "example {name} not built at {}", dir.display());
+    let dir = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        dir.exists(),
+        "example {name} not built at {}",
+        dir.display()
+    );
     dir
 }
 
 #[test]
 fn ohce_demo_prints_the_reversed_text() {
-    let out = Command::new(example("ohce")).arg("butter rocks").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(example("ohce"))
+        .arg("butter rocks")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "skcor rettub");
 }
 
@@ -31,12 +53,24 @@ fn ohce_demo_prints_the_reversed_text() {
 fn ohce_serve_and_call_across_processes() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = Command::new(example("ohce")).args(["--serve", &addr]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut server = Command::new(example("ohce"))
+        .args(["--serve", &addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().contains("listening"));
-    let out = Command::new(example("ohce")).args(["--call", &addr, "abc"]).output().unwrap();
+    let out = Command::new(example("ohce"))
+        .args(["--call", &addr, "abc"])
+        .output()
+        .unwrap();
     server.kill().ok();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.wait().ok();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cba");
 }
 
@@ -57,14 +91,23 @@ fn chat_line_reaches_the_other_node() {
             let _ = tx.send(line);
         }
     });
-    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap().contains("chat node"));
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .contains("chat node")
+    );
     let mut alice = Command::new(example("chat"))
         .args(["--name", "alice", "--peer", &addr])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    alice.stdin.as_mut().unwrap().write_all(b"hi bob\n").unwrap();
+    alice
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hi bob\n")
+        .unwrap();
     drop(alice.stdin.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut got = false;
@@ -78,9 +121,14 @@ fn chat_line_reaches_the_other_node() {
     }
     let _ = alice.wait();
     bob.kill().ok();
+    bob.wait().ok();
     assert!(got, "bob never printed alice's line");
 }
 
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

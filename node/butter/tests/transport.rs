@@ -1,6 +1,8 @@
 //! Transport behaviour between real nodes on loopback: requests, pooling, identity checks and
 //! hostile input (garbage datagrams, wrong ALPN, wrong peer id, oversized/unknown/malformed frames).
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +33,10 @@ async fn node_with(config: Config) -> Node {
             "fail",
             behaviour::from_fn(|_ctx, _body| async move { Err(BehaviourError::new("on purpose")) }),
         )
-        .behaviour("boom", behaviour::from_fn(|_ctx, _body| async move { panic!("handler panics") }))
+        .behaviour(
+            "boom",
+            behaviour::from_fn(|_ctx, _body| async move { panic!("handler panics") }),
+        )
         .build()
         .await
         .expect("node starts")
@@ -49,14 +54,23 @@ fn metric(node: &Node, line_prefix: &str) -> f64 {
 
 async fn assert_serves(server: &Node) {
     let client = node().await;
-    let id = client.connect(server.local_addr().unwrap()).await.expect("connect after attack");
-    let reply = client.request(id, "ohce", "still here").await.expect("valid request after attack");
+    let id = client
+        .connect(server.local_addr().unwrap())
+        .await
+        .expect("connect after attack");
+    let reply = client
+        .request(id, "ohce", "still here")
+        .await
+        .expect("valid request after attack");
     assert_eq!(&reply[..], b"ereh llits");
     client.shutdown(Duration::from_secs(1)).await;
 }
 
 /// A raw QUIC client speaking butter's TLS (valid identity), for sending hand-made frames.
-async fn raw_connection(server: SocketAddr, alpn: &[u8]) -> Result<quinn::Connection, quinn::ConnectionError> {
+async fn raw_connection(
+    server: SocketAddr,
+    alpn: &[u8],
+) -> Result<quinn::Connection, quinn::ConnectionError> {
     let identity = Identity::generate().unwrap();
     let mut tls = butter::tls::client_config(&identity).unwrap();
     tls.alpn_protocols = vec![alpn.to_vec()];
@@ -95,9 +109,23 @@ async fn request_round_trip_reuses_one_connection() {
         let reply = a.request(id, "ohce", body.clone()).await.unwrap();
         assert_eq!(reply.to_vec(), body.bytes().rev().collect::<Vec<_>>());
     }
-    assert_eq!(metric(&a, "butter_connections_open"), 1.0, "one pooled connection");
-    assert!(metric(&a, "butter_requests_total{direction=\"outbound\",kind=\"ohce\",outcome=\"ok\"}") >= 20.0);
-    assert!(metric(&b, "butter_requests_total{direction=\"inbound\",kind=\"ohce\",outcome=\"ok\"}") >= 20.0);
+    assert_eq!(
+        metric(&a, "butter_connections_open"),
+        1.0,
+        "one pooled connection"
+    );
+    assert!(
+        metric(
+            &a,
+            "butter_requests_total{direction=\"outbound\",kind=\"ohce\",outcome=\"ok\"}"
+        ) >= 20.0
+    );
+    assert!(
+        metric(
+            &b,
+            "butter_requests_total{direction=\"inbound\",kind=\"ohce\",outcome=\"ok\"}"
+        ) >= 20.0
+    );
     // Both sides know each other after the hello exchange.
     assert!(a.peers().iter().any(|p| p.id == b.id().to_string()));
     assert!(b.peers().iter().any(|p| p.id == a.id().to_string()));
@@ -109,12 +137,33 @@ async fn handler_errors_and_unknown_names_are_replies_not_crashes() {
     let b = node().await;
     let id = a.connect(b.local_addr().unwrap()).await.unwrap();
     let err = a.request(id, "nope", "x").await.unwrap_err();
-    assert!(matches!(err, RequestError::Remote { code: ErrorCode::UnknownName, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RequestError::Remote {
+                code: ErrorCode::UnknownName,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = a.request(id, "fail", "x").await.unwrap_err();
-    assert!(matches!(err, RequestError::Remote { code: ErrorCode::HandlerFailed, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RequestError::Remote {
+                code: ErrorCode::HandlerFailed,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("on purpose"));
     let err = a.request(id, "boom", "x").await.unwrap_err();
-    assert!(!matches!(err, RequestError::Timeout(_)), "a panicking handler must not hang the caller: {err}");
+    assert!(
+        !matches!(err, RequestError::Timeout(_)),
+        "a panicking handler must not hang the caller: {err}"
+    );
     assert_serves(&b).await;
 }
 
@@ -126,10 +175,13 @@ async fn dialling_with_the_wrong_peer_id_fails_clearly() {
     let conn = {
         // Reach the transport through a fresh connection attempt that claims another id.
         let t = a.clone();
-        t.connect_expecting(b.local_addr().unwrap(), impostor_id).await
+        t.connect_expecting(b.local_addr().unwrap(), impostor_id)
+            .await
     };
     match conn {
-        Err(RequestError::Dial(DialError::WrongPeer { expected, .. })) => assert_eq!(expected, impostor_id),
+        Err(RequestError::Dial(DialError::WrongPeer { expected, .. })) => {
+            assert_eq!(expected, impostor_id)
+        }
         other => panic!("expected WrongPeer, got {other:?}"),
     }
     assert!(metric(&a, "butter_rejected_total{reason=\"peer_id_mismatch\"}") >= 1.0);
@@ -164,9 +216,15 @@ async fn wrong_alpn_is_refused_and_counted() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let text = b.metrics().encode();
     assert!(
-        metric(&b, "butter_handshakes_total{direction=\"inbound\",outcome=\"alpn\"}") >= 1.0,
+        metric(
+            &b,
+            "butter_handshakes_total{direction=\"inbound\",outcome=\"alpn\"}"
+        ) >= 1.0,
         "{}",
-        text.lines().filter(|l| l.starts_with("butter_handshakes")).collect::<Vec<_>>().join("\n")
+        text.lines()
+            .filter(|l| l.starts_with("butter_handshakes"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_serves(&b).await;
 }
@@ -174,7 +232,9 @@ async fn wrong_alpn_is_refused_and_counted() {
 #[tokio::test]
 async fn bad_frames_get_error_replies_and_are_counted() {
     let b = node().await;
-    let conn = raw_connection(b.local_addr().unwrap(), wire::ALPN).await.expect("authenticated connection");
+    let conn = raw_connection(b.local_addr().unwrap(), wire::ALPN)
+        .await
+        .expect("authenticated connection");
 
     // Oversized: the length prefix alone announces 4 GiB.
     let code = error_code(raw_exchange(&conn, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await);
@@ -183,18 +243,30 @@ async fn bad_frames_get_error_replies_and_are_counted() {
     let code = error_code(raw_exchange(&conn, &[0, 0, 0, 2, wire::PROTOCOL_VERSION, 100]).await);
     assert_eq!(code, ErrorCode::UnknownMessage);
     // Malformed: a Hello (variant 2) cut short.
-    let code = error_code(raw_exchange(&conn, &[0, 0, 0, 3, wire::PROTOCOL_VERSION, 2, 0xff]).await);
+    let code =
+        error_code(raw_exchange(&conn, &[0, 0, 0, 3, wire::PROTOCOL_VERSION, 2, 0xff]).await);
     assert_eq!(code, ErrorCode::Malformed);
     // Unsupported version.
     let code = error_code(raw_exchange(&conn, &[0, 0, 0, 2, 9, 0]).await);
     assert_eq!(code, ErrorCode::UnsupportedVersion);
     // Body above the limit.
-    let mut big = wire::encode_frame(&Request::Behaviour { name: "ohce".into() }, 1024).unwrap();
+    let mut big = wire::encode_frame(
+        &Request::Behaviour {
+            name: "ohce".into(),
+        },
+        1024,
+    )
+    .unwrap();
     big.extend(vec![0u8; b.config().limits.max_body + 10]);
     let code = error_code(raw_exchange(&conn, &big).await);
     assert_eq!(code, ErrorCode::TooLarge);
 
-    for reason in ["too_large", "unknown_message", "malformed", "unsupported_version"] {
+    for reason in [
+        "too_large",
+        "unknown_message",
+        "malformed",
+        "unsupported_version",
+    ] {
         assert!(
             metric(&b, &format!("butter_rejected_total{{reason=\"{reason}\"}}")) >= 1.0,
             "{reason} not counted"
@@ -211,7 +283,9 @@ async fn stalled_request_times_out_and_node_keeps_serving() {
     let mut cfg = Config::for_tests();
     cfg.limits.request_timeout = Duration::from_millis(500);
     let b = node_with(cfg).await;
-    let conn = raw_connection(b.local_addr().unwrap(), wire::ALPN).await.unwrap();
+    let conn = raw_connection(b.local_addr().unwrap(), wire::ALPN)
+        .await
+        .unwrap();
     // Open a stream, send half a prefix and stall.
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     send.write_all(&[0, 0]).await.unwrap();

@@ -30,7 +30,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7100)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+        }
     }
 }
 
@@ -104,16 +106,20 @@ pub enum LoadError {
 
 /// Parses a config file's text.
 pub fn parse(path: &Path, text: &str) -> Result<FileConfig, LoadError> {
-    toml::from_str(text)
-        .map_err(|e| LoadError::Parse { path: path.to_path_buf(), message: e.to_string().trim().to_string() })
+    toml::from_str(text).map_err(|e| LoadError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })
 }
 
 /// Loads the file (if any) and applies environment and flags on top, then validates.
 pub fn load(args: &RunArgs) -> Result<FileConfig, LoadError> {
     let mut cfg = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| LoadError::Read { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
             parse(path, &text)?
         }
         None => FileConfig::default(),
@@ -128,7 +134,12 @@ pub fn load(args: &RunArgs) -> Result<FileConfig, LoadError> {
         cfg.node.data_dir = Some(v.clone());
     }
     if !args.bootstrap.is_empty() {
-        cfg.node.bootstrap = args.bootstrap.iter().filter(|s| !s.trim().is_empty()).map(|s| s.trim().to_string()).collect();
+        cfg.node.bootstrap = args
+            .bootstrap
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().to_string())
+            .collect();
     }
     if let Some(v) = &args.network {
         cfg.node.network = v.clone();
@@ -180,7 +191,10 @@ mod tests {
         "#;
         let cfg = parse(Path::new("x.toml"), text).unwrap();
         assert_eq!(cfg.node.network, "lab");
-        assert_eq!(cfg.node.limits.request_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(
+            cfg.node.limits.request_timeout,
+            std::time::Duration::from_millis(2500)
+        );
         assert_eq!(cfg.log.format, LogFormat::Json);
         assert!(!cfg.node.multicast.enabled);
     }
@@ -198,13 +212,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[node]\nnetwork = \"file\"\n").unwrap();
-        let args = RunArgs { config: Some(path), network: Some("flag".into()), ..RunArgs::default() };
+        let args = RunArgs {
+            config: Some(path),
+            network: Some("flag".into()),
+            ..RunArgs::default()
+        };
         assert_eq!(load(&args).unwrap().node.network, "flag");
     }
 
     #[test]
     fn out_of_range_value_names_the_key() {
-        let args = RunArgs { bootstrap: vec!["no-port".into()], ..RunArgs::default() };
+        let args = RunArgs {
+            bootstrap: vec!["no-port".into()],
+            ..RunArgs::default()
+        };
         let msg = load(&args).unwrap_err().to_string();
         assert!(msg.contains("bootstrap"), "{msg}");
     }

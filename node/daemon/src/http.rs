@@ -21,7 +21,10 @@ pub fn router(node: Node) -> Router {
 
 async fn metrics(State(node): State<Node>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         node.metrics().encode(),
     )
         .into_response()
@@ -35,7 +38,11 @@ async fn ready(State(node): State<Node>) -> Response {
     if node.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no live peer yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no live peer yet\n",
+        )
+            .into_response()
     }
 }
 
@@ -57,7 +64,10 @@ struct Status {
 }
 
 async fn status(State(node): State<Node>) -> Json<Status> {
-    let listen = node.local_addr().map(|a| vec![a.to_string()]).unwrap_or_default();
+    let listen = node
+        .local_addr()
+        .map(|a| vec![a.to_string()])
+        .unwrap_or_default();
     Json(Status {
         id: node.id().to_string(),
         short: node.id().short(),

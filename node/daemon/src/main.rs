@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node until SIGTERM or SIGINT.
-    Run(config::RunArgs),
+    Run(Box<config::RunArgs>),
     /// Print the peer id stored in a data directory (creating the key if there is none).
     Id {
         /// The node's data directory.
@@ -40,7 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Id { data_dir } => match butter::identity::Identity::load_or_generate(&data_dir) {
             Ok(id) => {
                 println!("{}", id.peer_id());
@@ -73,7 +73,10 @@ fn run(args: config::RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -92,18 +95,28 @@ fn run(args: config::RunArgs) -> ExitCode {
 
 async fn serve(cfg: config::FileConfig) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&cfg.log, "butter-node")?;
-    let node = butter::NodeBuilder::new(cfg.node.clone()).build().await.context("starting the node")?;
+    let node = butter::NodeBuilder::new(cfg.node.clone())
+        .build()
+        .await
+        .context("starting the node")?;
     let span = tracing::info_span!("node", id = %node.id().short());
     let _enter = span.enter();
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| {
-        format!("binding HTTP on {}; is the port in use? pick another with --http", cfg.http.listen)
-    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding HTTP on {}; is the port in use? pick another with --http",
+                cfg.http.listen
+            )
+        })?;
     info!(http = %listener.local_addr()?, quic = %node.local_addr()?, id = %node.id(), "serving");
     let stop = tokio_util::sync::CancellationToken::new();
     let http_stop = stop.clone();
     let app = http::router(node.clone());
     let http_task = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
     });
     shutdown_signal().await;
     info!("shutting down");

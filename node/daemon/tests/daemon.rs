@@ -1,6 +1,8 @@
 //! The real `butter-node` binary: config errors, a three-node loopback network, metrics, readiness,
 //! clean shutdown on SIGTERM and a stable identity across restarts.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -22,13 +24,17 @@ fn free_port() -> u16 {
 
 /// A minimal HTTP/1.0 GET: (status, body).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -120,7 +126,10 @@ fn three_nodes_find_each_other_through_bootstrap() {
         for p in &peers {
             assert_eq!(p["id"].as_str().unwrap().len(), 64);
             assert!(p["addrs"].as_array().is_some_and(|a| !a.is_empty()));
-            assert!(["bootstrap", "inbound", "exchange", "multicast"].contains(&p["source"].as_str().unwrap()));
+            assert!(
+                ["bootstrap", "inbound", "exchange", "multicast"]
+                    .contains(&p["source"].as_str().unwrap())
+            );
             assert!(p.get("last_seen_ms").is_some() && p.get("rtt_ms").is_some());
         }
     }
@@ -143,7 +152,12 @@ fn three_nodes_find_each_other_through_bootstrap() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is installed (apt install prometheus)");
-    check.stdin.take().unwrap().write_all(m1.as_bytes()).unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(m1.as_bytes())
+        .unwrap();
     let out = check.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -164,7 +178,10 @@ fn sigterm_stops_within_five_seconds_and_identity_survives_restart() {
     assert_eq!(get(h, "/ready").unwrap().0, 503);
 
     let sent = Instant::now();
-    let ok = Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
     let mut exited = None;
     while sent.elapsed() < Duration::from_secs(5) {
@@ -179,9 +196,17 @@ fn sigterm_stops_within_five_seconds_and_identity_survives_restart() {
 
     let d2 = spawn(dir.path(), d.quic, h, &[]);
     assert!(wait_until(Duration::from_secs(5), || status_id(d2.http).is_some()));
-    assert_eq!(status_id(d2.http).unwrap(), id, "same peer id after restart");
+    assert_eq!(
+        status_id(d2.http).unwrap(),
+        id,
+        "same peer id after restart"
+    );
 
-    let out = Command::new(BIN).args(["id", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["id", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }
 
@@ -190,17 +215,31 @@ fn config_errors_name_the_key_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[node]\nlisten = \"127.0.0.1:0\"\nmax_peers = 3\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_peers") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("max_peers") && err.contains("bad.toml"),
+        "{err}"
+    );
 
     std::fs::write(&path, "[node.limits]\nmax_frame = 1\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_frame"));
 
-    let out = Command::new(BIN).args(["run", "--listen", "not-an-address"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
@@ -217,7 +256,13 @@ fn default_config_printed_by_the_binary_round_trips() {
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&path)
-        .args(["--listen", &format!("127.0.0.1:{q}"), "--http", &format!("127.0.0.1:{h}"), "--no-multicast"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{q}"),
+            "--http",
+            &format!("127.0.0.1:{h}"),
+            "--no-multicast",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
