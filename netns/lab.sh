@@ -92,7 +92,7 @@ Commands:
   restart [--wait S]               stop all nodes, wipe their data, start them all at one instant
   loss HOST|sN|all PCT             set packet loss on host links now (0 removes it)
   dropped HOST                     packets the loss rules of HOST's link dropped so far
-  mcast sN                         multicast datagrams sent into subnet N since \`up\`
+  traffic sN                       "MULTICAST UNICAST" UDP datagrams sent into subnet N since \`up\`
   peers HOST                       print the node's /peers JSON
 
 Options of up:
@@ -235,23 +235,27 @@ make_switch() {
 	make_ns "$sw"
 	ip -n "$sw" link add br0 type bridge mcast_snooping 0 stp_state 0 forward_delay 0
 	ip -n "$sw" link set br0 up
-	# Count multicast datagrams as they enter the bridge (once per frame, not per flooded copy):
-	# the beacon budget of GOALS T6 is measured here.
+	# Count UDP datagrams as they enter the bridge (once per frame, not per flooded copy):
+	# beacon and probe budgets (GOALS T6, T13) are measured here.
 	ip netns exec "$sw" nft -f - <<EOF
-table bridge bt_mcast {
+table bridge bt_traffic {
+	counter multicast {}
+	counter unicast {}
 	chain pre {
 		type filter hook prerouting priority filter; policy accept;
-		ip daddr 224.0.0.0/4 meta l4proto udp counter
-		ip6 daddr ff00::/8 meta l4proto udp counter
+		ip daddr 224.0.0.0/4 meta l4proto udp counter name "multicast" accept
+		ip6 daddr ff00::/8 meta l4proto udp counter name "multicast" accept
+		meta l4proto udp counter name "unicast"
 	}
 }
 EOF
 }
 
-# Multicast datagrams sent into subnet S's bridge since it was built.
-mcast_count() {
-	ip netns exec "$(switch_ns "$1")" nft list table bridge bt_mcast |
-		awk '/counter packets/ {for (i = 1; i < NF; i++) if ($i == "packets") n += $(i + 1)} END {print n + 0}'
+# "MULTICAST UNICAST": UDP datagrams sent into subnet S's bridge since it was built.
+traffic_count() {
+	ip netns exec "$(switch_ns "$1")" nft list counters table bridge bt_traffic |
+		awk '/counter multicast/ {c = "m"} /counter unicast/ {c = "u"}
+			/packets/ {n[c] = $2} END {print n["m"] + 0, n["u"] + 0}'
 }
 
 # routed: subnet S's switch, plugged into the router.
@@ -862,12 +866,12 @@ main() {
 		# shellcheck disable=SC2046 # "s h"
 		dropped_on $(resolve_host "$1")
 		;;
-	mcast)
+	traffic)
 		load_config
-		[[ $# -eq 1 && $1 =~ ^s([0-9]+)$ ]] || die "usage: mcast sN"
+		[[ $# -eq 1 && $1 =~ ^s([0-9]+)$ ]] || die "usage: traffic sN"
 		s=${BASH_REMATCH[1]}
 		is_uint "$s" 0 "$SUBNETS" || die "no subnet $1"
-		mcast_count "$s"
+		traffic_count "$s"
 		;;
 	peers)
 		load_config

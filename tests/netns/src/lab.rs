@@ -176,6 +176,26 @@ fn on_path(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// UDP datagram counts on one bridge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// To multicast groups (beacons).
+    pub multicast: u64,
+    /// Unicast (QUIC: dials, exchanges, probes).
+    pub unicast: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+
+    fn sub(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            multicast: self.multicast.saturating_sub(earlier.multicast),
+            unicast: self.unicast.saturating_sub(earlier.unicast),
+        }
+    }
+}
+
 /// One host namespace of the lab.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -369,12 +389,15 @@ impl Lab {
         Ok(())
     }
 
-    /// Multicast datagrams sent into subnet `subnet`'s bridge since the lab was built.
-    pub fn multicast_sent(&self, subnet: u32) -> Result<u64> {
-        Ok(self
-            .script(["mcast", &format!("s{subnet}")])?
-            .trim()
-            .parse()?)
+    /// UDP datagrams sent into subnet `subnet`'s bridge since the lab was built, counted once
+    /// per frame as it enters the bridge.
+    pub fn traffic(&self, subnet: u32) -> Result<Traffic> {
+        let out = self.script(["traffic", &format!("s{subnet}")])?;
+        let mut f = out.split_whitespace().map(str::parse::<u64>);
+        match (f.next(), f.next()) {
+            (Some(Ok(multicast)), Some(Ok(unicast))) => Ok(Traffic { multicast, unicast }),
+            _ => bail!("bad `lab.sh traffic` output {out:?}"),
+        }
     }
 
     /// Sets packet loss on a host link, a subnet (`s1`) or `all`.

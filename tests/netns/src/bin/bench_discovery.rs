@@ -3,8 +3,8 @@
 //! Scenarios, each repeated and summarised as p50/p99 (nearest rank; a timed-out run ranks last):
 //! - `lan`: N nodes (default 30) on one bridge, started at one instant: time until every node
 //!   knows all N−1 others (T6: ≤ 2 s in 20 of 20 runs). In the first run it also counts the
-//!   multicast datagrams entering the bridge in the first 10 s and over the 20 s after (T6:
-//!   start-up ≤ 2·N, steady state ≤ 0.5/s).
+//!   UDP datagrams entering the bridge in the first 10 s and over the 20 s after: multicast
+//!   (T6: start-up ≤ 2·N, steady state ≤ 0.5/s) and unicast per node (no probe storm).
 //! - `cross`: 3 subnets × 10 nodes, host 1 of each subnet bootstrapping from the next subnet:
 //!   time until every node knows a host in each other subnet (T7: ≤ 10 s).
 //! - `fail`: N nodes on one bridge, converged; SIGKILL a random node (seeded): time until it left
@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use butter_netns_tests::lab::{Bootstrap, Config, Environment, Lab};
+use butter_netns_tests::lab::{self, Bootstrap, Config, Environment, Lab};
 use butter_netns_tests::observe::Poll;
 use butter_netns_tests::stats::{self, Series};
 
@@ -120,27 +120,32 @@ fn record(series: &mut Series, outcome: Option<Duration>, target: Duration, run:
     }
 }
 
-/// Multicast datagrams on the bridge in the first run: start-up (first 10 s) and steady state.
-struct Traffic {
+/// UDP datagrams on the bridge in the first run: start-up (first 10 s) and steady state.
+struct TrafficReport {
     nodes: u32,
-    startup: u64,
-    steady_per_sec: f64,
+    startup: lab::Traffic,
+    steady: lab::Traffic,
 }
 
-impl Traffic {
+impl TrafficReport {
     const STARTUP: Duration = Duration::from_secs(10);
     const STEADY: Duration = Duration::from_secs(20);
 
     fn report(&self) -> String {
+        let secs = Self::STEADY.as_secs_f64();
+        let n = f64::from(self.nodes);
         format!(
-            "multicast, {} nodes: {} datagrams in the first {} s (T6: <= 2N = {}); \
-             {:.2}/s over the next {} s (T6: <= 0.5/s)",
+            "traffic, {} nodes on one bridge: first {} s: {} multicast (T6: <= 2N = {}), \
+             {} unicast datagrams; next {} s: {:.2} multicast/s (T6: <= 0.5/s), \
+             {:.1} unicast datagrams/s per node",
             self.nodes,
-            self.startup,
             Self::STARTUP.as_secs(),
+            self.startup.multicast,
             2 * self.nodes,
-            self.steady_per_sec,
-            Self::STEADY.as_secs()
+            self.startup.unicast,
+            Self::STEADY.as_secs(),
+            self.steady.multicast as f64 / secs,
+            self.steady.unicast as f64 / secs / n,
         )
     }
 }
@@ -149,7 +154,7 @@ fn sleep_until(at: Instant) {
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
 }
 
-fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, Traffic)> {
+fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, TrafficReport)> {
     let mut series = Series::new(
         format!("lan convergence, {} nodes", o.nodes),
         "≤ 2 s, 20/20 runs",
@@ -163,10 +168,10 @@ fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, Traffic)> {
         },
     )?;
     let hosts: Vec<usize> = (0..lab.hosts().len()).collect();
-    let mut traffic = Traffic {
+    let mut traffic = TrafficReport {
         nodes: o.nodes,
-        startup: 0,
-        steady_per_sec: 0.0,
+        startup: Default::default(),
+        steady: Default::default(),
     };
     for run in 0..o.runs {
         if run > 0 {
@@ -177,12 +182,11 @@ fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, Traffic)> {
         });
         record(&mut series, took, Duration::from_secs(2), run);
         if run == 0 {
-            sleep_until(lab.started() + Traffic::STARTUP);
-            let at_startup = lab.multicast_sent(1)?;
-            sleep_until(lab.started() + Traffic::STARTUP + Traffic::STEADY);
-            let steady = lab.multicast_sent(1)?.saturating_sub(at_startup);
+            sleep_until(lab.started() + TrafficReport::STARTUP);
+            let at_startup = lab.traffic(1)?;
+            sleep_until(lab.started() + TrafficReport::STARTUP + TrafficReport::STEADY);
             traffic.startup = at_startup;
-            traffic.steady_per_sec = steady as f64 / Traffic::STEADY.as_secs_f64();
+            traffic.steady = lab.traffic(1)? - at_startup;
             eprintln!("  {}", traffic.report());
         }
     }
