@@ -83,7 +83,7 @@ namespaces per subnet, and runs butter-node in every host. Requires root.
 Commands:
   up [OPTIONS] [-- NODE_ARGS...]   build the lab (idempotent: same options => no change) and start nodes
   down                             stop every node and delete everything named ${PREFIX}* (idempotent)
-  status                           table: namespace, address, pid, alive, /ready, peer count
+  status                           table: namespace, address, pid, alive, /ready, peers (same/other subnet)
   hosts                            one line per host: namespace address site http-url
   exec HOST CMD...                 run CMD inside a host namespace (HOST: s1h2 or ${PREFIX}s1h2)
   start [--wait S] [HOST...]       start nodes that are not running (all by default), keeping their data
@@ -741,20 +741,25 @@ cmd_up() {
 
 cmd_status() {
 	load_config
-	local s h ns addr pid alive ready peers
-	printf '%-12s %-15s %-8s %-6s %-6s %s\n' NAMESPACE ADDRESS PID ALIVE READY PEERS
+	local s h ns addr pid alive ready peers prefix total split
+	printf '%-12s %-15s %-8s %-6s %-6s %-6s %s\n' NAMESPACE ADDRESS PID ALIVE READY PEERS "SAME/OTHER SUBNET"
 	while read -r s h; do
 		ns=$(host_ns "$s" "$h")
 		addr=$(host_addr "$s" "$h")
-		pid=- alive=no ready=- peers=-
+		prefix=${addr%.*}.
+		pid=- alive=no ready=- peers="- -"
 		if pid=$(node_pid "$ns"); then
 			alive=yes
 			if http_get "$ns" /ready >/dev/null 2>&1; then ready=yes; else ready=no; fi
-			peers=$(http_get "$ns" /peers 2>/dev/null | jq length 2>/dev/null) || peers='?'
+			# "total same/other": peers by whether their first address is in this host's subnet.
+			peers=$(http_get "$ns" /peers 2>/dev/null | jq -r --arg p "$prefix" \
+				'[.[] | (.addrs[0] // "") | startswith($p)] | "\(length) \(map(select(.)) | length)/\(map(select(not)) | length)"' \
+				2>/dev/null) || peers="? ?"
 		else
 			pid=-
 		fi
-		printf '%-12s %-15s %-8s %-6s %-6s %s\n' "$ns" "$addr" "$pid" "$alive" "$ready" "$peers"
+		read -r total split <<<"$peers"
+		printf '%-12s %-15s %-8s %-6s %-6s %-6s %s\n' "$ns" "$addr" "$pid" "$alive" "$ready" "$total" "$split"
 	done < <(all_hosts)
 }
 
