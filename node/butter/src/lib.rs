@@ -30,8 +30,9 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod discovery;
 pub mod identity;
-pub mod membership;
+mod membership;
 pub mod metrics;
 pub mod node;
 pub mod tls;

@@ -1,169 +1,88 @@
-//! The membership driver: bootstrap dialling, hello exchange with a bounded sample, and liveness.
+//! The membership driver: a thin async shell around [`butter_proto::membership::Membership`].
 //!
-//! This is the thin async side; the bookkeeping lives in [`PeerBook`].
+//! One task owns the timing: it drains the core's actions and events, sleeps until the core's next
+//! timeout, and reads beacons from the multicast socket. Actions that need the network (dials,
+//! probes, gossip) run as short tracked tasks that report their outcome back into the core.
+//! Inbound membership requests are answered synchronously from the core under a short lock.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use butter_proto::PeerId;
+use butter_proto::membership::{
+    Action, Config as CoreConfig, Event, HelloRefused, Membership as Core, ProbeOutcome,
+};
+use butter_proto::peers::Source;
 use butter_proto::wire::{ErrorCode, PeerRecord, Request, Response};
+use butter_proto::{PeerId, Time};
 use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::metrics::Event;
+use crate::discovery::Multicast;
+use crate::metrics::Event as MetricEvent;
 use crate::node::{Node, PeerSnapshot};
 use crate::transport::{Remote, RequestError};
 
-/// How many known hosts a hello carries at most (never the whole table).
-pub const SAMPLE: u16 = 16;
-/// A peer that failed this many probes in a row is removed.
-const MAX_FAILURES: u32 = 3;
-/// Probe a peer not heard from for this long.
-const PROBE_AFTER: Duration = Duration::from_secs(1);
-
-/// How a host became known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// Heard its LAN multicast beacon.
-    Multicast,
-    /// Dialled from the bootstrap list.
-    Bootstrap,
-    /// Learnt from another peer's sample.
-    Exchange,
-    /// It dialled us.
-    Inbound,
+/// The core behind a short lock, plus the driver's clock and wake-up.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    notify: Notify,
+    epoch: Instant,
 }
 
-impl Source {
-    /// Stable label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Multicast => "multicast",
-            Source::Bootstrap => "bootstrap",
-            Source::Exchange => "exchange",
-            Source::Inbound => "inbound",
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Entry {
-    record: PeerRecord,
-    source: Source,
-    last_seen: Instant,
-    rtt: Option<Duration>,
-    failures: u32,
-}
-
-/// The known hosts.
-#[derive(Debug, Default)]
-pub struct PeerBook {
-    hosts: BTreeMap<PeerId, Entry>,
-}
-
-impl PeerBook {
-    /// Inserts or refreshes a host; returns true if it is new.
-    pub fn upsert(&mut self, record: PeerRecord, source: Source, now: Instant) -> bool {
-        match self.hosts.get_mut(&record.id) {
-            Some(e) => {
-                if !record.addrs.is_empty() {
-                    e.record.addrs = record.addrs;
-                }
-                e.record.site = record.site;
-                e.record.uptime_secs = record.uptime_secs;
-                e.record.known_hosts = record.known_hosts;
-                e.last_seen = now;
-                e.failures = 0;
-                false
-            }
-            None => {
-                self.hosts.insert(
-                    record.id,
-                    Entry {
-                        record,
-                        source,
-                        last_seen: now,
-                        rtt: None,
-                        failures: 0,
-                    },
-                );
-                true
-            }
+impl Shared {
+    pub(crate) fn new(core: Core, epoch: Instant) -> Self {
+        Shared {
+            core: Mutex::new(core),
+            notify: Notify::new(),
+            epoch,
         }
     }
 
-    /// Addresses known for `id`.
-    pub fn addrs(&self, id: &PeerId) -> Vec<SocketAddr> {
-        self.hosts
-            .get(id)
-            .map(|e| e.record.addrs.clone())
-            .unwrap_or_default()
+    /// The core's clock: time since the node started.
+    pub(crate) fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
     }
 
-    /// Whether `id` is known.
-    pub fn contains(&self, id: &PeerId) -> bool {
-        self.hosts.contains_key(id)
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether any known host listens on `addr`.
-    pub fn knows_addr(&self, addr: &SocketAddr) -> bool {
-        self.hosts.values().any(|e| e.record.addrs.contains(addr))
+    /// Runs `f` on the core and wakes the driver to drain what it produced.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Core, Time) -> R) -> R {
+        let now = self.now();
+        let r = f(&mut self.lock(), now);
+        self.notify.notify_one();
+        r
     }
 
-    /// A bounded sample of records (most recently seen first), excluding `exclude`.
-    pub fn sample(&self, n: usize, exclude: &PeerId) -> Vec<PeerRecord> {
-        let mut v: Vec<&Entry> = self
-            .hosts
-            .values()
-            .filter(|e| &e.record.id != exclude)
-            .collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.last_seen));
-        v.into_iter().take(n).map(|e| e.record.clone()).collect()
+    /// Reads the core without changing it.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Core, Time) -> R) -> R {
+        let now = self.now();
+        f(&self.lock(), now)
     }
 
-    fn snapshot(&self, now: Instant) -> Vec<PeerSnapshot> {
-        let mut v: Vec<PeerSnapshot> = self
-            .hosts
-            .values()
-            .map(|e| PeerSnapshot {
-                id: e.record.id.to_string(),
-                short: e.record.id.short(),
-                addrs: e.record.addrs.clone(),
-                site: e.record.site.clone(),
-                source: e.source.as_str(),
-                state: if e.failures > 0 { "suspect" } else { "alive" },
-                last_seen_ms: u64::try_from(now.saturating_duration_since(e.last_seen).as_millis())
-                    .unwrap_or(u64::MAX),
-                rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            })
-            .collect();
-        v.sort_by_key(|p| p.last_seen_ms);
-        v
-    }
-
-    /// Number of known hosts.
-    pub fn len(&self) -> usize {
-        self.hosts.len()
-    }
-
-    /// Whether no host is known.
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+    fn to_instant(&self, t: Time) -> Instant {
+        self.epoch + t.as_duration()
     }
 }
 
-impl crate::node::NodeInner {
-    pub(crate) fn book(&self) -> std::sync::MutexGuard<'_, PeerBook> {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl PeerBook {
-    pub(crate) fn snapshot_at(&self, now: Instant) -> Vec<PeerSnapshot> {
-        self.snapshot(now)
-    }
+/// Builds the core for a node.
+pub(crate) fn core(
+    config: &crate::Config,
+    local: PeerRecord,
+    seed: u64,
+) -> Result<Core, butter_proto::membership::ConfigError> {
+    let cfg = CoreConfig {
+        network: config.network.clone(),
+        multicast: config.multicast.enabled,
+        ..CoreConfig::default()
+    };
+    Core::new(cfg, local, Time::ZERO, SmallRng::seed_from_u64(seed))
 }
 
 /// The site label of an address when none is configured: its /24 (IPv4) or /48 (IPv6).
@@ -181,128 +100,93 @@ pub fn site_of(ip: IpAddr) -> String {
     }
 }
 
-/// Dials `addr`, exchanges hellos, learns the peer and its sample. Returns the peer's id.
-pub async fn introduce(
+/// The known hosts as the API shows them, most recently seen first.
+pub(crate) fn snapshot(shared: &Shared) -> Vec<PeerSnapshot> {
+    shared.read(|core, now| {
+        let mut v: Vec<PeerSnapshot> = core
+            .table()
+            .iter()
+            .map(|h| PeerSnapshot {
+                id: h.record.id.to_string(),
+                short: h.record.id.short(),
+                addrs: h.record.addrs.clone(),
+                site: h.record.site.clone(),
+                source: h.source.as_str(),
+                state: liveness_label(h.liveness),
+                last_seen_ms: u64::try_from(now.saturating_since(h.last_seen).as_millis())
+                    .unwrap_or(u64::MAX),
+                rtt_ms: h.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            })
+            .collect();
+        v.sort_by_key(|p| p.last_seen_ms);
+        v
+    })
+}
+
+/// Dials `addr`, runs a Hello and feeds the answer to the core. Returns the peer's id.
+pub(crate) async fn introduce(
     node: &Node,
     addr: SocketAddr,
     expected: Option<PeerId>,
     source: Source,
 ) -> Result<PeerId, RequestError> {
+    let shared = &node.inner.membership;
     let (id, conn) = node.inner.transport.connect(addr, expected).await?;
     if id == node.id() {
         conn.close(0u32.into(), b"self");
         return Err(RequestError::Unexpected("dialled ourselves".into()));
     }
+    let (record, sample_size) = shared.read(|c, now| (c.local_record(now), c.config().sample_size));
     let req = Request::Hello {
-        record: node.record(),
+        record,
         network: node.config().network.clone(),
-        sample: SAMPLE,
+        sample: sample_size,
     };
-    let start = Instant::now();
     let (resp, _) = node.send(id, &req, Bytes::new(), "hello").await?;
-    let Response::Hello {
-        mut record, sample, ..
-    } = resp
-    else {
+    let Response::Hello { record, sample, .. } = resp else {
         return Err(RequestError::Unexpected(
             "hello answered with another message".into(),
         ));
     };
     if record.id != id {
-        node.metrics().record(&Event::Rejected {
+        node.metrics().record(&MetricEvent::Rejected {
             reason: "identity_mismatch",
         });
         return Err(RequestError::Unexpected(
             "hello record does not match the peer's key".into(),
         ));
     }
-    if record.addrs.is_empty() {
-        record.addrs = vec![addr];
-    }
-    let now = Instant::now();
-    let fresh = {
-        let mut book = node.inner.book();
-        let fresh = book.upsert(record, source, now);
-        if let Some(e) = book.hosts.get_mut(&id) {
-            e.rtt = Some(now - start);
-        }
-        fresh
-    };
-    if fresh {
-        info!(peer = %id.short(), %addr, via = source.as_str(), "peer discovered");
-        node.metrics()
-            .discoveries
-            .with_label_values(&[source.as_str()])
-            .inc();
-    }
-    learn_sample(node, sample);
+    shared.with(|c, now| c.handle_hello(now, addr, record, sample, source));
     Ok(id)
 }
 
-/// Dials the hosts of a sample we do not know yet, in the background.
-fn learn_sample(node: &Node, sample: Vec<PeerRecord>) {
-    for rec in sample.into_iter().take(SAMPLE as usize) {
-        if rec.id == node.id() || node.inner.book().contains(&rec.id) {
-            continue;
-        }
-        let n = node.clone();
-        node.inner.tasks.spawn(async move {
-            for addr in rec.addrs.iter().take(4) {
-                if introduce(&n, *addr, Some(rec.id), Source::Exchange)
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-/// Answers membership requests (ping, indirect ping, hello).
+/// Answers membership requests (ping, indirect ping, hello, gossip).
 pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Response, Bytes) {
-    let now = Instant::now();
-    match request {
+    let shared = &node.inner.membership;
+    let reply = match request {
         Request::Ping { seq } => {
-            if let Some(e) = node.inner.book().hosts.get_mut(&from.id) {
-                e.last_seen = now;
-                e.failures = 0;
-            }
-            (Response::Ack { seq }, Bytes::new())
+            shared.with(|c, now| c.handle_contact(now, from.id));
+            Response::Ack { seq }
         }
-        Request::PingReq { seq, target, .. } => {
-            let ok = node
-                .send(target, &Request::Ping { seq }, Bytes::new(), "ping")
+        Request::PingReq { seq, target, addrs } => {
+            shared.with(|c, now| c.handle_contact(now, from.id));
+            let wait = shared.read(|c, _| c.ping_req_timeout());
+            let ok = tokio::time::timeout(wait, ping(node, target, &addrs, seq))
                 .await
-                .is_ok();
-            (
-                if ok {
-                    Response::Ack { seq }
-                } else {
-                    Response::Nack { seq }
-                },
-                Bytes::new(),
-            )
+                .is_ok_and(|r| r);
+            if ok {
+                Response::Ack { seq }
+            } else {
+                Response::Nack { seq }
+            }
         }
         Request::Hello {
-            mut record,
+            record,
             network,
             sample,
         } => {
-            if network != node.config().network {
-                node.metrics().record(&Event::Rejected {
-                    reason: "wrong_network",
-                });
-                return (
-                    Response::Error {
-                        code: ErrorCode::WrongNetwork,
-                        message: format!("this is network {:?}", node.config().network),
-                    },
-                    Bytes::new(),
-                );
-            }
             if record.id != from.id {
-                node.metrics().record(&Event::Rejected {
+                node.metrics().record(&MetricEvent::Rejected {
                     reason: "identity_mismatch",
                 });
                 return (
@@ -313,129 +197,358 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
                     Bytes::new(),
                 );
             }
-            // The QUIC source address is the peer's listening socket: it is always dialable.
-            if !record.addrs.contains(&from.addr) {
-                record.addrs.insert(0, from.addr);
-            }
-            record.addrs.truncate(8);
-            let fresh = node.inner.book().upsert(record, Source::Inbound, now);
-            if fresh {
-                info!(peer = %from.id.short(), addr = %from.addr, "peer introduced itself");
-                node.metrics()
-                    .discoveries
-                    .with_label_values(&["inbound"])
-                    .inc();
-            }
-            let sample = node
-                .inner
-                .book()
-                .sample(usize::from(sample.min(SAMPLE)), &from.id);
-            (
-                Response::Hello {
-                    record: node.record(),
+            let answer = shared
+                .with(|c, now| c.handle_inbound_hello(now, from.addr, record, &network, sample));
+            match answer {
+                Ok(r) => Response::Hello {
+                    record: r.record,
                     observed: from.addr,
-                    sample,
+                    sample: r.sample,
                 },
-                Bytes::new(),
-            )
-        }
-        _ => (
-            Response::Error {
-                code: ErrorCode::UnknownMessage,
-                message: "not a membership message".into(),
-            },
-            Bytes::new(),
-        ),
-    }
-}
-
-/// Starts the membership tasks: bootstrap dialling and liveness probing.
-pub(crate) fn start(node: &Node) {
-    let n = node.clone();
-    node.inner
-        .tasks
-        .spawn(async move { bootstrap_loop(n).await });
-    let n = node.clone();
-    node.inner.tasks.spawn(async move { probe_loop(n).await });
-}
-
-async fn bootstrap_loop(node: Node) {
-    let cancel = node.cancelled();
-    loop {
-        for entry in node.config().bootstrap.clone() {
-            let addrs = match tokio::net::lookup_host(entry.as_str()).await {
-                Ok(a) => a.collect::<Vec<_>>(),
-                Err(e) => {
-                    debug!(%entry, error = %e, "bootstrap name does not resolve yet");
-                    continue;
+                Err(HelloRefused::WrongNetwork) => {
+                    node.metrics().record(&MetricEvent::Rejected {
+                        reason: "wrong_network",
+                    });
+                    Response::Error {
+                        code: ErrorCode::WrongNetwork,
+                        message: format!("this is network {:?}", node.config().network),
+                    }
                 }
-            };
-            for addr in addrs {
-                if addr == node.inner.local_addr || node.inner.book().knows_addr(&addr) {
-                    continue;
-                }
-                if let Err(e) = introduce(&node, addr, None, Source::Bootstrap).await {
-                    debug!(%addr, error = %e, "bootstrap peer not reachable");
-                }
+                Err(e) => Response::Error {
+                    code: ErrorCode::Malformed,
+                    message: e.to_string(),
+                },
             }
         }
-        // Retry quickly while alone, slowly once joined.
-        let wait = if node.inner.book().is_empty() {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(10)
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        Request::Gossip { updates } => {
+            shared.with(|c, now| c.handle_gossip(now, from.id, &updates));
+            Response::Ok
         }
-    }
+        _ => Response::Error {
+            code: ErrorCode::UnknownMessage,
+            message: "not a membership message".into(),
+        },
+    };
+    (reply, Bytes::new())
 }
 
-async fn probe_loop(node: Node) {
+/// Pings `target` (dialling `addrs` if there is no connection); true on an ack.
+async fn ping(node: &Node, target: PeerId, addrs: &[SocketAddr], seq: u64) -> bool {
+    if node.inner.transport.pooled(&target).is_none() {
+        let mut connected = false;
+        for a in addrs.iter().take(4) {
+            if node.inner.transport.connect(*a, Some(target)).await.is_ok() {
+                connected = true;
+                break;
+            }
+        }
+        if !connected && node.inner.transport.pooled(&target).is_none() {
+            return false;
+        }
+    }
+    matches!(
+        node.send(target, &Request::Ping { seq }, Bytes::new(), "ping")
+            .await,
+        Ok((Response::Ack { .. }, _))
+    )
+}
+
+/// Starts the driver task (and the multicast socket, if enabled).
+pub(crate) fn start(node: &Node) {
+    let mcast = if node.config().multicast.enabled {
+        match Multicast::open(&node.config().multicast) {
+            Ok(m) => {
+                info!(group = %node.config().multicast.group, interfaces = ?m.interface_addrs(), "multicast discovery on");
+                Some(Arc::new(m))
+            }
+            Err(e) => {
+                warn!(error = %e, "multicast discovery off");
+                node.metrics()
+                    .membership
+                    .with_label_values(&["multicast_unavailable"])
+                    .inc();
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let n = node.clone();
+    node.inner.tasks.spawn(async move { drive(n, mcast).await });
+}
+
+async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
+    let shared = node.inner.membership.clone();
     let cancel = node.cancelled();
-    let mut seq = 0u64;
+    let mut buf = vec![0u8; 2048];
+    let mut resolve_at = Instant::now();
+    let mut gauges_at = Instant::now();
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        // Drain everything the core produced, acting outside the lock.
+        let (actions, events, timeout) = {
+            let mut core = shared.lock();
+            let mut actions = Vec::new();
+            while let Some(a) = core.poll_action() {
+                actions.push(a);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = core.poll_event() {
+                events.push(e);
+            }
+            (actions, events, core.poll_timeout())
+        };
+        for e in events {
+            record(&node, e);
+        }
+        for a in actions {
+            execute(&node, a, mcast.clone());
         }
         let now = Instant::now();
-        let stale: Vec<PeerId> = node
-            .inner
-            .book()
-            .hosts
-            .values()
-            .filter(|e| now.saturating_duration_since(e.last_seen) >= PROBE_AFTER)
-            .map(|e| e.record.id)
-            .collect();
-        for id in stale {
-            seq += 1;
-            let start = Instant::now();
-            let ok = node
-                .send(id, &Request::Ping { seq }, Bytes::new(), "ping")
-                .await
-                .is_ok();
-            let mut book = node.inner.book();
-            let Some(e) = book.hosts.get_mut(&id) else {
-                continue;
-            };
-            if ok {
-                e.last_seen = Instant::now();
-                e.failures = 0;
-                let sample = start.elapsed();
-                e.rtt = Some(e.rtt.map_or(sample, |r| (r * 7 + sample) / 8));
-            } else {
-                e.failures += 1;
-                if e.failures >= MAX_FAILURES {
-                    book.hosts.remove(&id);
-                    info!(peer = %id.short(), "peer removed after failed probes");
-                    node.metrics()
-                        .membership
-                        .with_label_values(&["removed"])
-                        .inc();
+        if now >= resolve_at {
+            let alone = shared.read(|c, _| c.table().is_empty());
+            resolve_at = now
+                + if alone {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_secs(15)
+                };
+            let n = node.clone();
+            node.inner
+                .tasks
+                .spawn(async move { resolve_bootstrap(&n).await });
+        }
+        if now >= gauges_at {
+            gauges_at = now + Duration::from_secs(1);
+            update_gauges(&node);
+        }
+        let wake = timeout
+            .map(|t| shared.to_instant(t))
+            .unwrap_or(now + Duration::from_secs(1));
+        let wake = wake.min(resolve_at).min(gauges_at);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = shared.notify.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {
+                shared.with(|c, now| c.handle_timeout(now));
+            }
+            r = recv_beacon(mcast.as_deref(), &mut buf) => match r {
+                Ok((n, from)) => shared.with(|c, now| c.handle_beacon(now, &buf[..n], from)),
+                Err(e) => {
+                    debug!(error = %e, "beacon receive failed");
+                    node.metrics().membership.with_label_values(&["beacon_error"]).inc();
                 }
+            },
+        }
+    }
+}
+
+async fn recv_beacon(
+    mcast: Option<&Multicast>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match mcast {
+        Some(m) => m.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves every bootstrap entry (DNS names included, every address used) and hands the set to
+/// the core, which dials what it does not know yet.
+async fn resolve_bootstrap(node: &Node) {
+    if node.config().bootstrap.is_empty() {
+        return;
+    }
+    let mut addrs = Vec::new();
+    for entry in &node.config().bootstrap {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::lookup_host(entry.as_str()),
+        )
+        .await
+        {
+            Ok(Ok(found)) => addrs.extend(found.filter(|a| *a != node.inner.local_addr)),
+            Ok(Err(e)) => debug!(%entry, error = %e, "bootstrap name does not resolve (yet)"),
+            Err(_) => debug!(%entry, "bootstrap name resolution timed out"),
+        }
+    }
+    node.inner
+        .membership
+        .with(|c, now| c.set_bootstrap(now, addrs));
+}
+
+fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
+    let n = node.clone();
+    match action {
+        Action::SendBeacon { datagram } => {
+            if let Some(m) = mcast {
+                node.inner.tasks.spawn(async move {
+                    if m.send(&datagram).await == 0 {
+                        n.metrics()
+                            .membership
+                            .with_label_values(&["beacon_error"])
+                            .inc();
+                    }
+                });
             }
         }
+        Action::Dial {
+            addrs,
+            expected_id,
+            source,
+        } => {
+            node.inner.tasks.spawn(async move {
+                let mut last = None;
+                for addr in addrs.iter().take(4) {
+                    match introduce(&n, *addr, expected_id, source).await {
+                        Ok(_) => return,
+                        Err(e) => last = Some(e),
+                    }
+                }
+                if let Some(e) = last {
+                    debug!(?addrs, error = %e, via = source.as_str(), "dial failed");
+                }
+                n.inner
+                    .membership
+                    .with(|c, now| c.handle_dial_failed(now, &addrs, expected_id, source));
+            });
+        }
+        Action::Ping { to, addrs, seq } => {
+            node.inner.tasks.spawn(async move {
+                let ok =
+                    tokio::time::timeout(Duration::from_secs(2), ping(&n, to, &addrs, seq)).await;
+                let outcome = if ok.is_ok_and(|r| r) {
+                    ProbeOutcome::Ack
+                } else {
+                    ProbeOutcome::Failed
+                };
+                n.inner
+                    .membership
+                    .with(|c, now| c.handle_probe_result(now, to, seq, outcome));
+            });
+        }
+        Action::PingReq {
+            via,
+            via_addrs,
+            target,
+            target_addrs,
+            seq,
+        } => {
+            node.inner.tasks.spawn(async move {
+                let req = Request::PingReq {
+                    seq,
+                    target,
+                    addrs: target_addrs,
+                };
+                let reply = tokio::time::timeout(Duration::from_secs(2), async {
+                    if n.inner.transport.pooled(&via).is_none() {
+                        for a in via_addrs.iter().take(4) {
+                            if n.inner.transport.connect(*a, Some(via)).await.is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                    n.send(via, &req, Bytes::new(), "ping_req").await
+                })
+                .await;
+                let outcome = match reply {
+                    Ok(Ok((Response::Ack { .. }, _))) => ProbeOutcome::Ack,
+                    Ok(Ok((Response::Nack { .. }, _))) => ProbeOutcome::Nack,
+                    _ => ProbeOutcome::Failed,
+                };
+                n.inner
+                    .membership
+                    .with(|c, now| c.handle_probe_result(now, via, seq, outcome));
+            });
+        }
+        Action::Gossip { to, updates, .. } => {
+            node.inner.tasks.spawn(async move {
+                let req = Request::Gossip { updates };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    n.send(to, &req, Bytes::new(), "gossip"),
+                )
+                .await;
+            });
+        }
+        other => debug!(?other, "membership action not handled by this driver"),
+    }
+}
+
+fn liveness_label(l: butter_proto::peers::Liveness) -> &'static str {
+    match l {
+        butter_proto::peers::Liveness::Alive => "alive",
+        butter_proto::peers::Liveness::Suspect => "suspect",
+        _ => "other",
+    }
+}
+
+/// Turns core events into metrics and logs.
+fn record(node: &Node, event: Event) {
+    let m = node.metrics();
+    match event {
+        Event::PeerAdded { id, source } => {
+            info!(peer = %id.short(), via = source.as_str(), "peer added");
+            m.discoveries.with_label_values(&[source.as_str()]).inc();
+        }
+        Event::PeerRemoved { id, reason } => {
+            info!(peer = %id.short(), reason = reason.as_str(), "peer removed");
+            m.membership
+                .with_label_values(&[&format!("removed_{}", reason.as_str())])
+                .inc();
+        }
+        Event::PeerRejected { .. } => m.membership.with_label_values(&["rejected"]).inc(),
+        Event::PeerSuspected { id, local } => {
+            debug!(peer = %id.short(), local, "peer suspected");
+            m.membership.with_label_values(&["suspected"]).inc();
+        }
+        Event::PeerAlive { .. } => m.membership.with_label_values(&["suspicion_cleared"]).inc(),
+        Event::ProbeSent { indirect } => m
+            .membership
+            .with_label_values(&[if indirect { "probe_indirect" } else { "probe" }])
+            .inc(),
+        Event::ProbeFailed { .. } => m.membership.with_label_values(&["probe_failed"]).inc(),
+        Event::Refuted { .. } => m.membership.with_label_values(&["refuted"]).inc(),
+        Event::BeaconSent => m.membership.with_label_values(&["beacon_sent"]).inc(),
+        Event::BeaconIgnored { reason } => m
+            .membership
+            .with_label_values(&[&format!("beacon_ignored_{}", reason.as_str())])
+            .inc(),
+        Event::DialFailed { .. } => m.membership.with_label_values(&["dial_failed"]).inc(),
+        Event::HelloRefused { .. } => m.membership.with_label_values(&["hello_refused"]).inc(),
+        Event::Rediscovery => {
+            info!("known-host table empty: rediscovering");
+            m.membership.with_label_values(&["rediscovery"]).inc();
+        }
+        _ => {}
+    }
+}
+
+/// Refreshes the known-host gauges (by site and state, and by diversity class).
+fn update_gauges(node: &Node) {
+    let m = node.metrics();
+    let (by_site, by_class) = node.inner.membership.read(|c, now| {
+        let mut by_site = std::collections::BTreeMap::<(String, &'static str), i64>::new();
+        for h in c.table().iter() {
+            *by_site
+                .entry((h.record.site.clone(), liveness_label(h.liveness)))
+                .or_default() += 1;
+        }
+        let counts = c.table().class_counts(now);
+        let by_class: Vec<(&'static str, i64)> = butter_proto::peers::Class::all()
+            .map(|cl| {
+                (
+                    cl.as_str(),
+                    i64::try_from(counts[cl.index()]).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        (by_site, by_class)
+    });
+    m.known_hosts.reset();
+    for ((site, state), n) in by_site {
+        m.known_hosts.with_label_values(&[&site, state]).set(n);
+    }
+    for (class, n) in by_class {
+        m.known_hosts_by_class.with_label_values(&[class]).set(n);
     }
 }

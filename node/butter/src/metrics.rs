@@ -86,6 +86,8 @@ pub struct Metrics {
     bytes_received: IntCounter,
     /// Extra gauges keyed by label, set by subsystems that own a state snapshot.
     pub known_hosts: IntGaugeVec,
+    /// Known hosts by diversity class.
+    pub known_hosts_by_class: IntGaugeVec,
     /// Discoveries by method.
     pub discoveries: IntCounterVec,
     /// Membership events (probes, suspicions, evictions, beacon errors) by kind.
@@ -168,6 +170,13 @@ impl Metrics {
             Opts::new("butter_known_hosts", "Known hosts by site and state"),
             &["site", "state"],
         ));
+        let known_hosts_by_class = must(IntGaugeVec::new(
+            Opts::new(
+                "butter_known_hosts_by_class",
+                "Known hosts by diversity class (uptime/storage/known-host count above or below the mean)",
+            ),
+            &["class"],
+        ));
         let discoveries = must(IntCounterVec::new(
             Opts::new("butter_discoveries_total", "Hosts discovered, by method"),
             &["method"],
@@ -190,6 +199,7 @@ impl Metrics {
             Box::new(bytes_sent.clone()),
             Box::new(bytes_received.clone()),
             Box::new(known_hosts.clone()),
+            Box::new(known_hosts_by_class.clone()),
             Box::new(discoveries.clone()),
             Box::new(membership.clone()),
         ] {
@@ -206,6 +216,7 @@ impl Metrics {
             bytes_sent,
             bytes_received,
             known_hosts,
+            known_hosts_by_class,
             discoveries,
             membership,
         }

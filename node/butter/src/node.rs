@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use butter_proto::PeerId;
@@ -21,9 +21,10 @@ use tracing::{Instrument, info, info_span};
 use crate::behaviour::{Behaviour, Context};
 use crate::config::{Config, ConfigError};
 use crate::identity::{Identity, IdentityError};
-use crate::membership::{self, PeerBook};
+use crate::membership::{self, Shared};
 use crate::metrics::{Direction, Event, Metrics};
 use crate::transport::{BindError, BoxFuture, DialError, Inbound, Remote, RequestError, Transport};
+use butter_proto::peers::Source;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ pub enum BuildError {
     /// The endpoint could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The membership settings are invalid.
+    #[error("membership: {0}")]
+    Membership(String),
 }
 
 /// Builds a [`Node`]: configuration, behaviours, optional identity and metrics.
@@ -106,6 +110,25 @@ impl NodeBuilder {
         } else {
             self.config.site.clone()
         };
+        let started = Instant::now();
+        let listen_addrs = if local_addr.ip().is_unspecified() {
+            Vec::new()
+        } else {
+            vec![local_addr]
+        };
+        let local = PeerRecord {
+            id: identity.peer_id(),
+            addrs: listen_addrs,
+            site: site.clone(),
+            uptime_secs: 0,
+            storage_free: 0,
+            known_hosts: 0,
+            public: false,
+        };
+        let seed = u64::from_le_bytes(identity.peer_id().0[..8].try_into().unwrap_or([0; 8]))
+            ^ u64::from(std::process::id());
+        let core = membership::core(&self.config, local, seed)
+            .map_err(|e| BuildError::Membership(e.to_string()))?;
         let inner = Arc::new(NodeInner {
             id: identity.peer_id(),
             config: self.config,
@@ -113,9 +136,9 @@ impl NodeBuilder {
             local_addr,
             transport,
             behaviours: self.behaviours,
-            peers: Mutex::new(PeerBook::default()),
+            membership: Arc::new(Shared::new(core, started)),
             metrics,
-            started: Instant::now(),
+            started,
             cancel,
             tasks: TaskTracker::new(),
         });
@@ -134,7 +157,7 @@ pub(crate) struct NodeInner {
     pub(crate) local_addr: SocketAddr,
     pub(crate) transport: Transport,
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
-    pub(crate) peers: Mutex<PeerBook>,
+    pub(crate) membership: Arc<Shared>,
     pub(crate) metrics: Metrics,
     pub(crate) started: Instant,
     pub(crate) cancel: CancellationToken,
@@ -209,8 +232,7 @@ impl Node {
 
     /// The known hosts, most recently seen first.
     pub fn peers(&self) -> Vec<PeerSnapshot> {
-        let now = Instant::now();
-        self.inner.book().snapshot_at(now)
+        membership::snapshot(&self.inner.membership)
     }
 
     /// Ready means joined: at least one live peer, or alone by configuration.
@@ -225,7 +247,7 @@ impl Node {
 
     /// Connects to `addr` (any peer id), exchanges hellos and returns the peer's id.
     pub async fn connect(&self, addr: SocketAddr) -> Result<PeerId, RequestError> {
-        membership::introduce(self, addr, None, membership::Source::Bootstrap).await
+        membership::introduce(self, addr, None, Source::Bootstrap).await
     }
 
     /// Connects to `addr` insisting that the peer there is `expected`; fails with
@@ -235,7 +257,7 @@ impl Node {
         addr: SocketAddr,
         expected: PeerId,
     ) -> Result<PeerId, RequestError> {
-        membership::introduce(self, addr, Some(expected), membership::Source::Bootstrap).await
+        membership::introduce(self, addr, Some(expected), Source::Bootstrap).await
     }
 
     /// Calls behaviour `name` on `peer` with `body` and returns its reply body.
@@ -287,10 +309,11 @@ impl Node {
         if let Some(c) = self.inner.transport.pooled(&peer) {
             return Ok(c);
         }
-        let addrs = {
-            let book = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-            book.addrs(&peer)
-        };
+        let addrs = self
+            .inner
+            .membership
+            .read(|c, _| c.table().get(&peer).map(|h| h.record.addrs.clone()))
+            .unwrap_or_default();
         let mut last = DialError::NoAddress(peer);
         for addr in addrs {
             match self.inner.transport.connect(addr, Some(peer)).await {
@@ -337,22 +360,8 @@ impl Node {
     }
 
     /// This node's own record, as sent in hellos.
-    pub(crate) fn record(&self) -> PeerRecord {
-        let addr = self.inner.local_addr;
-        let addrs = if addr.ip().is_unspecified() {
-            Vec::new()
-        } else {
-            vec![addr]
-        };
-        PeerRecord {
-            id: self.inner.id,
-            addrs,
-            site: self.inner.site.clone(),
-            uptime_secs: self.uptime().as_secs(),
-            storage_free: 0,
-            known_hosts: u32::try_from(self.peers().len()).unwrap_or(u32::MAX),
-            public: false,
-        }
+    pub fn record(&self) -> PeerRecord {
+        self.inner.membership.read(|c, now| c.local_record(now))
     }
 }
 
@@ -378,6 +387,17 @@ impl Inbound for Dispatcher {
         };
         let node = Node { inner };
         Box::pin(async move {
+            if !matches!(
+                request,
+                Request::Hello { .. }
+                    | Request::Ping { .. }
+                    | Request::PingReq { .. }
+                    | Request::Gossip { .. }
+            ) {
+                node.inner
+                    .membership
+                    .with(|c, now| c.handle_contact(now, from.id));
+            }
             match request {
                 Request::Behaviour { name } => {
                     let Some(b) = node.inner.behaviours.get(&name).cloned() else {
