@@ -393,10 +393,14 @@ impl Swim {
                 }
             }
         }
-        if self.next_probe <= now {
-            // A probe still running at the next period is abandoned (only possible if the driver
-            // calls late); its target will be probed again in a later round.
-            self.probe = None;
+        if self.next_probe <= now
+            && let Some(p) = self.probe
+        {
+            // A real driver always wakes a little late, so the indirect phase of a probe can
+            // run past the next period. Abandoning it would mean a dead member is never
+            // suspected; instead the next probe waits until this one has concluded.
+            self.next_probe = p.deadline;
+        } else if self.next_probe <= now {
             self.start_probe(now, rng);
             self.next_probe = if self.next_probe + self.config.period > now {
                 self.next_probe + self.config.period
@@ -802,6 +806,33 @@ mod tests {
                 rtt: Some(ms(3))
             }]
         );
+    }
+
+    #[test]
+    fn a_late_driver_still_suspects_a_silent_member() {
+        // A real driver wakes a few milliseconds after each deadline; the indirect phase then
+        // ends after the next period has begun, and must not be abandoned.
+        let (mut s, mut rng) = swim(5);
+        let (target, _seq, t0) = next_ping(&mut s, &mut rng);
+        // The direct phase is noticed 30 ms late, later deadlines 5 ms late.
+        let late = ms(5);
+        let mut now = t0 + ms(230);
+        s.handle_timeout(now, &mut rng);
+        let mut suspected = false;
+        for _ in 0..50 {
+            now = s.poll_timeout().max(now) + late;
+            s.handle_timeout(now, &mut rng);
+            let (_, events) = drain(&mut s);
+            if events
+                .iter()
+                .any(|e| matches!(e, Event::Suspected { id, .. } if *id == target))
+            {
+                suspected = true;
+                break;
+            }
+        }
+        assert!(suspected, "the silent member was never suspected");
+        assert!(now - t0 < ms(1000), "suspected only after {:?}", now - t0);
     }
 
     #[test]
