@@ -36,8 +36,29 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The id of an item (or of one of its blocks): SHA-256 of the content.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ItemId(pub [u8; 32]);
+
+// Byte-lexicographic order, compared a word at a time: ids are map keys on every hot path.
+impl Ord for ItemId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        for i in 0..4 {
+            let a = u64::from_be_bytes(self.0[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            let b = u64::from_be_bytes(other.0[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            match a.cmp(&b) {
+                std::cmp::Ordering::Equal => {}
+                o => return o,
+            }
+        }
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl PartialOrd for ItemId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl ItemId {
     /// The id of `content`.
@@ -627,6 +648,16 @@ mod tests {
             "g".repeat(64).parse::<ItemId>(),
             Err(ParseItemIdError::NotHex)
         );
+    }
+
+    #[test]
+    fn id_order_is_byte_lexicographic() {
+        let ids: Vec<ItemId> = (0..200u32).map(|i| ItemId::of(&i.to_le_bytes())).collect();
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0));
+            }
+        }
     }
 
     #[test]

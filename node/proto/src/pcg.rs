@@ -74,11 +74,14 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Every timer is drawn uniformly within ± this fraction of its period. Default 0.2.
     pub jitter: f64,
-    /// Co-members sent a heartbeat per period (round robin over all co-members). Default 8.
+    /// Co-members sent a heartbeat per period (round robin over all co-members). Default 4: the
+    /// rate is then the same for every node with at least 4 co-members (about 2 replicas held).
     pub heartbeat_fanout: usize,
     /// Possession challenges per heartbeat. Default 4.
     pub challenges_per_beat: usize,
-    /// Heartbeats a member may leave unanswered in a row before it counts as absent. Default 2.
+    /// How often one peer is challenged (its heartbeat then needs an answer). Default 30 s.
+    pub challenge_interval: Duration,
+    /// Challenges a member may leave unanswered in a row before it counts as absent. Default 2.
     pub missed_beats: u32,
     /// How long a single absent member keeps its place before it is replaced. Default 4 s.
     pub grace: Duration,
@@ -102,8 +105,9 @@ impl Default for Config {
             replicas: 3,
             heartbeat_interval: Duration::from_secs(2),
             jitter: 0.2,
-            heartbeat_fanout: 8,
+            heartbeat_fanout: 4,
             challenges_per_beat: 4,
+            challenge_interval: Duration::from_secs(30),
             missed_beats: 2,
             grace: Duration::from_secs(4),
             fetch_timeout: Duration::from_secs(10),
@@ -479,6 +483,7 @@ struct Peer {
     unacked: u32,
     challenges: Vec<Challenge>,
     cursor: usize,
+    next_challenge: Time,
 }
 
 #[derive(Debug)]
@@ -788,7 +793,7 @@ impl<S: Store> Node<S> {
             self.maintain(now, id, hosts);
             self.retry_fetch(now, id, hosts);
         }
-        self.send_heartbeats();
+        self.send_heartbeats(now);
     }
 
     /// A PCG message from `from`.
@@ -1047,28 +1052,46 @@ impl<S: Store> Node<S> {
         if self.leaving.is_some() {
             return;
         }
-        // Refresh absence marks.
-        let live: Vec<bool> = g
-            .members
-            .iter()
-            .map(|m| self.member_live(g, &m.id, hosts))
-            .collect();
-        let g = self.groups.get_mut(&item).expect("group exists");
-        for (m, l) in g.members.iter_mut().zip(&live) {
-            if *l {
+        // One pass: refresh absence marks and find the leader (highest-ranked live holder). This
+        // runs for every group on every tick, so it allocates nothing and clones nothing.
+        let me = self.me;
+        let missed = self.config.missed_beats;
+        let self_holding = self.store.contains(&item);
+        let peers = &self.peers;
+        let Some(g) = self.groups.get_mut(&item) else {
+            return;
+        };
+        let mut leader: Option<(u64, PeerId)> = None;
+        for m in g.members.iter_mut() {
+            let (live, holding) = if m.id == me {
+                (true, self_holding)
+            } else {
+                let answered = peers.get(&m.id).is_none_or(|p| p.unacked < missed);
+                (
+                    !m.gone && answered && hosts.is_live(&m.id),
+                    m.holding == Some(true),
+                )
+            };
+            if live {
                 m.absent_since = None;
             } else if m.gone {
                 m.absent_since = Some(Time::ZERO);
             } else if m.absent_since.is_none() {
                 m.absent_since = Some(now);
             }
+            if live && holding {
+                let rk = rank(&item, &m.id);
+                if leader.is_none_or(|(best, _)| rk > best) {
+                    leader = Some((rk, m.id));
+                }
+            }
+        }
+        if leader.map(|(_, id)| id) != Some(me) {
+            return;
         }
         let g = &self.groups[&item];
         let current = g.view.clone();
         let avoid = g.avoid.clone();
-        if self.leader(g, hosts) != Some(self.me) {
-            return;
-        }
         let Some(content) = self.store.get(&item) else {
             return;
         };
@@ -1505,7 +1528,9 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn send_heartbeats(&mut self) {
+    /// One aggregated heartbeat to each of the next `heartbeat_fanout` co-members (round robin).
+    /// A heartbeat needs an answer only when it carries challenges (or a view the peer lacks).
+    fn send_heartbeats(&mut self, now: Time) {
         if self.peers.is_empty() {
             return;
         }
@@ -1544,7 +1569,8 @@ impl<S: Store> Node<S> {
             let mut challenges = Vec::new();
             let n = shared.len();
             let cursor = self.peers[&p].cursor;
-            for k in 0..n {
+            let due = self.peers[&p].next_challenge <= now;
+            for k in 0..if due { n } else { 0 } {
                 if challenges.len() >= self.config.challenges_per_beat {
                     break;
                 }
@@ -1561,10 +1587,14 @@ impl<S: Store> Node<S> {
                     });
                 }
             }
-            if let Some(peer) = self.peers.get_mut(&p) {
-                peer.cursor = (cursor + self.config.challenges_per_beat) % n.max(1);
-                peer.unacked = peer.unacked.saturating_add(1);
-                peer.challenges = challenges.clone();
+            if !challenges.is_empty() {
+                let next = now + self.jittered(self.config.challenge_interval);
+                if let Some(peer) = self.peers.get_mut(&p) {
+                    peer.cursor = (cursor + self.config.challenges_per_beat) % n.max(1);
+                    peer.unacked = peer.unacked.saturating_add(1);
+                    peer.challenges = challenges.clone();
+                    peer.next_challenge = next;
+                }
             }
             let hb = Heartbeat {
                 reply: false,
@@ -1605,47 +1635,40 @@ impl<S: Store> Node<S> {
     }
 
     fn on_heartbeat(&mut self, now: Time, from: PeerId, hb: Heartbeat, hosts: &dyn HostView) {
-        let mut reply_groups = Vec::new();
-        for gb in hb.groups {
+        let mut reply_groups = Vec::with_capacity(if hb.reply { 0 } else { hb.groups.len() });
+        let mut differs = false;
+        let mut not_holding = Vec::new();
+        for mut gb in hb.groups {
             let item = gb.item;
-            if self.tombstones.contains_key(&item) {
+            if !self.tombstones.is_empty() && self.tombstones.contains_key(&item) {
                 self.send(from, Message::Delete { item });
                 continue;
             }
-            if let Some(view) = gb.view.clone() {
+            if let Some(view) = gb.view.take() {
                 self.adopt(now, view, hosts);
             }
+            let sender_key = (gb.version > 0).then_some((gb.version, gb.author));
             if let Some(g) = self.groups.get_mut(&item) {
                 if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
                     m.holding = Some(gb.holding);
-                    m.seen = (gb.version > 0).then_some((gb.version, gb.author));
+                    m.seen = sender_key;
                 }
+                differs |= sender_key != Some(g.view.key());
+            } else {
+                differs = true;
+            }
+            if !gb.holding {
+                not_holding.push(item);
             }
             if !hb.reply {
-                let sender_key = (gb.version > 0).then_some((gb.version, gb.author));
                 reply_groups.push(self.beat_entry(&item, sender_key));
             }
         }
-        // Proofs for our challenges.
         if hb.reply {
-            let asked = self
-                .peers
-                .get_mut(&from)
-                .map(|p| std::mem::take(&mut p.challenges));
-            for ch in asked.unwrap_or_default() {
-                let ok = hb
-                    .proofs
-                    .iter()
-                    .find(|p| p.item == ch.item && p.nonce == ch.nonce)
-                    .is_some_and(|p| {
-                        self.store
-                            .get(&ch.item)
-                            .is_some_and(|it| it.prove(ch.nonce, &self.config.item) == p.hash)
-                    });
-                if !ok {
-                    self.on_proof_failed(now, from, ch.item, hosts);
-                }
-            }
+            self.check_proofs(now, from, &hb.proofs, &not_holding, hosts);
+            return;
+        }
+        if hb.challenges.is_empty() && !differs {
             return;
         }
         let proofs = hb
@@ -1666,6 +1689,49 @@ impl<S: Store> Node<S> {
             proofs,
         };
         self.send(from, Message::Heartbeat(reply));
+    }
+
+    /// Checks the proofs in an answer against our outstanding challenges to `from`. A wrong proof
+    /// is a failure; a peer that says it does not hold the item is simply not a holder; a
+    /// challenge with neither stays outstanding (the answer may be to another heartbeat).
+    fn check_proofs(
+        &mut self,
+        now: Time,
+        from: PeerId,
+        proofs: &[Proof],
+        not_holding: &[ItemId],
+        hosts: &dyn HostView,
+    ) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let asked = std::mem::take(&mut peer.challenges);
+        let mut still = Vec::new();
+        let mut failed = Vec::new();
+        for ch in asked {
+            match proofs
+                .iter()
+                .find(|p| p.item == ch.item && p.nonce == ch.nonce)
+            {
+                Some(p) => {
+                    let ok = self
+                        .store
+                        .get(&ch.item)
+                        .is_some_and(|it| it.prove(ch.nonce, &self.config.item) == p.hash);
+                    if !ok {
+                        failed.push(ch.item);
+                    }
+                }
+                None if not_holding.contains(&ch.item) => {}
+                None => still.push(ch),
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.challenges = still;
+        }
+        for item in failed {
+            self.on_proof_failed(now, from, item, hosts);
+        }
     }
 }
 
@@ -1878,7 +1944,11 @@ mod tests {
 
     #[test]
     fn corrupted_replica_fails_the_proof_and_is_replaced() {
-        let mut net = Net::new(6, 3, Config::default());
+        let config = Config {
+            challenge_interval: Duration::from_secs(4),
+            ..Config::default()
+        };
+        let mut net = Net::new(6, 3, config);
         let id = net.put(0, b"precious");
         net.run_for(Duration::from_secs(3));
         let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();

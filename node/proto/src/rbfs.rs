@@ -8,11 +8,13 @@
 //!   [`Event::NotFound`] after a bounded time and a bounded number of messages: at most
 //!   `Σ (2·budget_i + parallel + 1)` queries plus the replies.
 //! - **Neighbour summaries** (Gia's one-hop replication of *indexes*, not data): every node pulls
-//!   from each known host a Bloom filter of the items it holds ([`Message::SummaryPull`],
-//!   [`Message::Summary`], refreshed every [`Config::summary_interval`], re-sent only when it
-//!   changed). A node that receives a query therefore answers for its whole neighbourhood: if a
-//!   neighbour's filter holds the item, the query goes straight to it. The pull costs a fixed number
-//!   of messages per known host per interval, whatever the number of items.
+//!   from each known host a Bloom filter of the items it holds ([`Message::SummaryPull`] answered by
+//!   [`Message::Summary`]). A pull also subscribes the puller: the holder then pushes its summary
+//!   again whenever its holdings changed (checked every [`Config::summary_interval`]), and pullers
+//!   refresh a summary (and their subscription) only after [`Config::summary_refresh`] of silence.
+//!   A node that receives a query therefore answers for its whole neighbourhood: if a neighbour's
+//!   filter holds the item, the query goes straight to it. Steady-state cost is a fixed number of
+//!   messages per known host per refresh period, whatever the number of items.
 //! - **Hints**: holders seen in answers (and any the driver adds, e.g. from PCG views) are
 //!   remembered, bounded, and asked first.
 //! - **Strategies** ([`Strategy`]): `Guided` (ours: hints, summaries, budgeted random fan-out of a
@@ -90,8 +92,13 @@ pub struct Config {
     pub reply: Reply,
     /// How long query ids are remembered for duplicate suppression. Default 30 s.
     pub seen_ttl: Duration,
-    /// How often neighbour summaries are refreshed (Guided only). Default 10 s.
+    /// How often a node checks whether its holdings changed and, if so, pushes its summary to its
+    /// subscribers; also how often it looks for known hosts whose summary it lacks (Guided only).
+    /// Default 10 s.
     pub summary_interval: Duration,
+    /// A neighbour's summary not heard of for this long is pulled again (renewing the
+    /// subscription). Default 120 s.
+    pub summary_refresh: Duration,
     /// Bloom filter bits per item in summaries. Default 16 (false positives ≈ 0.05 %).
     pub summary_bits_per_item: u32,
     /// Holder hints remembered. Default 4096.
@@ -117,6 +124,7 @@ impl Default for Config {
             reply: Reply::Path,
             seen_ttl: Duration::from_secs(30),
             summary_interval: Duration::from_secs(10),
+            summary_refresh: Duration::from_secs(120),
             summary_bits_per_item: 16,
             max_hints: 4096,
             jitter: 0.2,
@@ -163,7 +171,10 @@ impl Config {
         if self.budget_growth == 0 {
             return bad("budget_growth", "must be at least 1");
         }
-        if self.hop_timeout.is_zero() || self.summary_interval.is_zero() {
+        if self.hop_timeout.is_zero()
+            || self.summary_interval.is_zero()
+            || self.summary_refresh < self.summary_interval
+        {
             return bad("hop_timeout", "timers must be > 0");
         }
         if !(1..=64).contains(&self.summary_bits_per_item) {
@@ -392,6 +403,9 @@ pub struct Node {
     summaries: BTreeMap<PeerId, Summary>,
     own: Option<(u64, u64, Bloom)>,
     own_epoch: u64,
+    /// Who pulled our summary, until when they want pushes.
+    subscribers: BTreeMap<PeerId, Time>,
+    pushed_epoch: u64,
     hints: BTreeMap<ItemId, Vec<PeerId>>,
     hint_order: VecDeque<ItemId>,
     next_summary: Option<Time>,
@@ -414,6 +428,8 @@ impl Node {
             summaries: BTreeMap::new(),
             own: None,
             own_epoch: 0,
+            subscribers: BTreeMap::new(),
+            pushed_epoch: 0,
             hints: BTreeMap::new(),
             hint_order: VecDeque::new(),
             next_summary: None,
@@ -565,7 +581,7 @@ impl Node {
             self.run_attempt(now, search, q, store, hosts);
         }
         if self.next_summary.is_some_and(|t| t <= now) {
-            self.pull_summaries(now, hosts);
+            self.summary_tick(now, store, hosts);
         }
     }
 
@@ -589,6 +605,8 @@ impl Node {
                 manifest,
             } => self.on_hit(now, id, item, holder, hops, content, manifest),
             Message::SummaryPull { have } => {
+                let until = now + self.config.summary_refresh * 2;
+                self.subscribers.insert(from, until);
                 let (epoch, filter) = self.own_summary(store);
                 let filter = (have != Some(epoch)).then(|| filter.clone());
                 self.send(from, Message::Summary { epoch, filter });
@@ -653,21 +671,33 @@ impl Node {
         (*epoch, f)
     }
 
-    fn pull_summaries(&mut self, now: Time, hosts: &dyn HostView) {
+    fn summary_tick(&mut self, now: Time, store: &dyn Store, hosts: &dyn HostView) {
         let live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
         self.summaries.retain(|p, _| live.contains(p));
-        let interval = self.config.summary_interval;
+        let refresh = self.config.summary_refresh;
         for p in &live {
-            let have = self.summaries.get(p).map(|s| s.epoch);
-            let fresh = self
-                .summaries
-                .get(p)
-                .is_some_and(|s| now.saturating_since(s.at) < interval / 2);
-            if !fresh {
+            let summary = self.summaries.get(p);
+            if summary.is_none_or(|s| now.saturating_since(s.at) >= refresh) {
+                let have = summary.map(|s| s.epoch);
                 self.send(*p, Message::SummaryPull { have });
             }
         }
-        let next = self.jittered(interval);
+        // Push our summary to subscribers when our holdings changed since the last push.
+        self.subscribers.retain(|_, until| *until > now);
+        let epoch = self.own_summary(store).0;
+        let changed = epoch != self.pushed_epoch;
+        if let Some((_, _, filter)) = self.own.as_ref().filter(|_| changed).cloned() {
+            self.pushed_epoch = epoch;
+            let subs: Vec<PeerId> = self.subscribers.keys().copied().collect();
+            for p in subs {
+                let msg = Message::Summary {
+                    epoch,
+                    filter: Some(filter.clone()),
+                };
+                self.send(p, msg);
+            }
+        }
+        let next = self.jittered(self.config.summary_interval);
         self.next_summary = Some(now + next);
     }
 
@@ -838,7 +868,8 @@ impl Node {
             self.send(to, hit);
             return;
         }
-        if self.config.strategy == Strategy::Guided {
+        // A direct ask to a summarised holder is one more hop: only within the hop limit.
+        if self.config.strategy == Strategy::Guided && q.hops < self.config.max_hops {
             let mut holders = self.holders(&q.item, &[from, q.origin], hosts);
             if !holders.is_empty() {
                 holders.shuffle(&mut self.rng);
@@ -1127,6 +1158,34 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert_eq!(msgs(&net), 2, "one query, one hit");
+    }
+
+    #[test]
+    fn changed_holdings_are_pushed_to_subscribers_without_new_pulls() {
+        let mut net = Net::new(40, 5, Config::default());
+        let now = net.now;
+        for n in &mut net.nodes {
+            n.start(now);
+        }
+        for _ in 0..25 {
+            net.tick(Duration::from_millis(500));
+        }
+        let pulls_before = net.other;
+        assert!(
+            pulls_before >= 40 * 5 * 2,
+            "every node pulled every known host"
+        );
+        let item = Item::new(b"new".to_vec());
+        net.stores[8].insert(item.clone()).unwrap();
+        for _ in 0..25 {
+            net.tick(Duration::from_millis(500));
+        }
+        // Node 8 pushed once to each of its 5 subscribers; nobody pulled (refresh is 120 s).
+        assert_eq!(net.other - pulls_before, 5);
+        match net.search(3, item.id()) {
+            Event::Found { holder, hops, .. } => assert_eq!((holder, hops), (net.ids[8], 1)),
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]

@@ -78,11 +78,11 @@ enum Command {
     /// Maintenance messages per node per second with few and many items (T13).
     Maintenance {
         /// Nodes.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 50)]
         nodes: usize,
-        /// Item counts to compare.
+        /// Replicas held per node to compare (items = nodes × this / r).
         #[arg(long, value_delimiter = ',', default_value = "10,10000")]
-        items: Vec<usize>,
+        per_node: Vec<usize>,
         /// Seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -243,6 +243,12 @@ fn main() -> anyhow::Result<()> {
             let (row, report) = rigs::timed(world, nodes);
             pb.finish_and_clear();
             print!("{}", output::scale_table(&row));
+            let kinds: Vec<String> = report
+                .messages
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!("messages by kind: {}", kinds.join(", "));
             output::write_series(
                 &out,
                 "scale",
@@ -250,8 +256,12 @@ fn main() -> anyhow::Result<()> {
                 &report.series,
             )?;
         }
-        Command::Maintenance { nodes, items, seed } => {
-            let rows = rigs::maintenance(nodes, &items, seed);
+        Command::Maintenance {
+            nodes,
+            per_node,
+            seed,
+        } => {
+            let rows = rigs::maintenance(nodes, &per_node, seed);
             print!("{}", output::maintenance_table(&rows));
         }
         Command::Run {

@@ -349,11 +349,14 @@ pub struct MaintenanceRow {
     pub total_per_node_s: f64,
 }
 
-/// Maintenance cost with different numbers of items, same network, no churn.
-pub fn maintenance(nodes: usize, items: &[usize], seed: u64) -> Vec<MaintenanceRow> {
-    items
+/// Maintenance cost with different numbers of replicas held per node (items stored =
+/// `nodes × replicas_per_node / r`), same network, no churn.
+pub fn maintenance(nodes: usize, replicas_per_node: &[usize], seed: u64) -> Vec<MaintenanceRow> {
+    replicas_per_node
         .iter()
-        .map(|&n_items| {
+        .map(|&per_node| {
+            let r = butter_proto::pcg::Config::default().replicas;
+            let n_items = (nodes * per_node).div_ceil(r);
             let sc = Scenario {
                 seed,
                 nodes,
@@ -364,7 +367,6 @@ pub fn maintenance(nodes: usize, items: &[usize], seed: u64) -> Vec<MaintenanceR
                 sample_every: Duration::from_secs(10),
                 ..Scenario::default()
             };
-            let r = sc.pcg.replicas;
             let report = World::new(sc).run();
             let hb = report.rate(&["heartbeat"]);
             let sm = report.rate(&["summary_pull", "summary"]);

@@ -222,16 +222,20 @@ enum Msg {
 }
 
 #[derive(Debug)]
+struct Delivery {
+    from: PeerId,
+    to: PeerId,
+    msg: Msg,
+}
+
+#[derive(Debug)]
 enum Ev {
     Wake {
         slot: u32,
         inc: u32,
     },
-    Deliver {
-        from: PeerId,
-        to: PeerId,
-        msg: Box<Msg>,
-    },
+    /// Boxed so queued events stay small (the heap moves them on every push and pop).
+    Deliver(Box<Delivery>),
     Store {
         index: u32,
     },
@@ -241,7 +245,7 @@ enum Ev {
         inc: u32,
     },
     Detect {
-        co_members: Vec<PeerId>,
+        co_members: Box<[PeerId]>,
     },
     Exchange {
         slot: u32,
@@ -251,6 +255,9 @@ enum Ev {
     Sweep {
         item: u32,
     },
+    SearchFor {
+        item: Box<ItemId>,
+    },
     Sample,
 }
 
@@ -258,7 +265,7 @@ impl Ev {
     fn code(&self) -> u64 {
         match self {
             Ev::Wake { .. } => 1,
-            Ev::Deliver { .. } => 2,
+            Ev::Deliver(_) => 2,
             Ev::Store { .. } => 3,
             Ev::ChurnTick => 4,
             Ev::Kill { .. } => 5,
@@ -267,6 +274,7 @@ impl Ev {
             Ev::Probe => 8,
             Ev::Sweep { .. } => 9,
             Ev::Sample => 10,
+            Ev::SearchFor { .. } => 11,
         }
     }
 }
@@ -423,7 +431,7 @@ pub struct World {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     meta: Vec<Meta>,
-    nodes: Vec<Option<SimNode>>,
+    nodes: Vec<Option<Box<SimNode>>>,
     site_names: Vec<String>,
     items: Vec<ItemId>,
     stored: usize,
@@ -437,6 +445,7 @@ pub struct World {
     window_found: usize,
     window_failed: usize,
     window_msgs: u64,
+    msg_counts: Vec<(&'static str, u64)>,
     last_sample: Time,
     progress: Option<Box<dyn Fn(f64) + Send>>,
 }
@@ -477,6 +486,7 @@ impl World {
             window_found: 0,
             window_failed: 0,
             window_msgs: 0,
+            msg_counts: Vec::new(),
             last_sample: Time::ZERO,
             progress: None,
             sc,
@@ -514,7 +524,7 @@ impl World {
         self.progress = Some(Box::new(f));
     }
 
-    fn make_node(&mut self, slot: u32, inc: u32) -> SimNode {
+    fn make_node(&mut self, slot: u32, inc: u32) -> Box<SimNode> {
         let id = make_id(self.sc.seed, slot, inc);
         let nseed = mix(self.sc.seed ^ mix(u64::from(slot) << 32 | u64::from(inc)));
         let store = MemoryStore::new(self.sc.store_bytes);
@@ -522,14 +532,14 @@ impl World {
         let mut rbfs =
             rbfs::Node::new(id, self.sc.rbfs.clone(), mix(nseed)).expect("valid rbfs config");
         rbfs.start(self.now);
-        SimNode {
+        Box::new(SimNode {
             id,
             pcg,
             rbfs,
             known: Vec::new(),
             wake: None,
             born: self.now,
-        }
+        })
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
@@ -653,6 +663,9 @@ impl World {
         for n in self.nodes.iter().flatten() {
             self.report.node_seconds += self.now.saturating_since(n.born).as_secs_f64();
         }
+        for (k, v) in &self.msg_counts {
+            self.report.messages.insert((*k).to_owned(), *v);
+        }
         self.report.events = self.events;
         self.report.log_hash = format!("{:016x}", mix(self.log ^ self.events));
         self.report
@@ -670,19 +683,24 @@ impl World {
                 }
                 self.log(u64::from(slot), 1);
                 self.with_node(s, |n, h| {
-                    n.pcg.handle_timeout(h.now, h);
-                    let store = n.pcg.store();
-                    n.rbfs.handle_timeout(h.now, store, h);
+                    if n.pcg.poll_timeout().is_some_and(|t| t <= h.now) {
+                        n.pcg.handle_timeout(h.now, h);
+                    }
+                    if n.rbfs.poll_timeout().is_some_and(|t| t <= h.now) {
+                        let store = n.pcg.store();
+                        n.rbfs.handle_timeout(h.now, store, h);
+                    }
                 });
             }
-            Ev::Deliver { from, to, msg } => {
+            Ev::Deliver(d) => {
+                let Delivery { from, to, msg } = *d;
                 let (slot, inc) = decode(&to);
                 let s = slot as usize;
                 if self.meta.get(s).is_none_or(|m| m.inc != inc || !m.alive) {
                     return;
                 }
                 self.log(u64::from(slot), u64::from(decode(&from).0));
-                self.with_node(s, |n, h| match *msg {
+                self.with_node(s, |n, h| match msg {
                     Msg::Pcg(m) => n.pcg.handle_message(h.now, from, m, h),
                     Msg::Rbfs(m) => {
                         let store = n.pcg.store();
@@ -738,7 +756,7 @@ impl World {
                 }
             }
             Ev::Detect { co_members } => {
-                for p in co_members {
+                for p in co_members.into_vec() {
                     let (slot, inc) = decode(&p);
                     let s = slot as usize;
                     if self.meta[s].inc != inc || !self.meta[s].alive {
@@ -770,8 +788,8 @@ impl World {
             Ev::Probe => {
                 let end = Time::from_duration(self.sc.probe_window.1);
                 if self.stored > 0 {
-                    let i = self.rng.random_range(0..self.stored) as u32;
-                    self.search(i, false);
+                    let i = self.rng.random_range(0..self.stored);
+                    self.search(self.items[i], false);
                 }
                 let gap = Duration::from_secs_f64(1.0 / self.sc.probe_rate);
                 if self.now + gap < end {
@@ -780,9 +798,10 @@ impl World {
             }
             Ev::Sweep { item } => {
                 if (item as usize) < self.stored {
-                    self.search(item, true);
+                    self.search(self.items[item as usize], true);
                 }
             }
+            Ev::SearchFor { item } => self.search(*item, false),
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sc.sample_every;
@@ -841,10 +860,14 @@ impl World {
     }
 
     fn count(&mut self, kind: &'static str) {
-        if let Some(v) = self.report.messages.get_mut(kind) {
-            *v += 1;
-        } else {
-            self.report.messages.insert(kind.to_owned(), 1);
+        // A short list compared by pointer first: message kinds are a handful of static labels.
+        match self
+            .msg_counts
+            .iter_mut()
+            .find(|(k, _)| std::ptr::eq(*k, kind) || *k == kind)
+        {
+            Some((_, v)) => *v += 1,
+            None => self.msg_counts.push((kind, 1)),
         }
         self.window_msgs += 1;
     }
@@ -955,18 +978,20 @@ impl World {
             base
         };
         let at = self.now + lat;
+        self.push(at, Ev::Deliver(Box::new(Delivery { from, to, msg })));
+    }
+
+    /// Schedules a search for `item` (which need not exist) from a random live node at `at`.
+    pub fn search_at(&mut self, at: Duration, item: ItemId) {
         self.push(
-            at,
-            Ev::Deliver {
-                from,
-                to,
-                msg: Box::new(msg),
+            Time::from_duration(at),
+            Ev::SearchFor {
+                item: Box::new(item),
             },
         );
     }
 
-    fn search(&mut self, item: u32, sweep: bool) {
-        let id = self.items[item as usize];
+    fn search(&mut self, id: ItemId, sweep: bool) {
         // A random live node that does not hold the item (a local hit would prove nothing).
         let mut origin = None;
         for _ in 0..64 {
@@ -1136,7 +1161,7 @@ impl World {
         self.push(
             detect_at,
             Ev::Detect {
-                co_members: dead.pcg.co_members(),
+                co_members: dead.pcg.co_members().into_boxed_slice(),
             },
         );
         // Replaced empty: a new identity on the same site, bootstrapped from a random live node.
