@@ -7,7 +7,7 @@ BENCH_OUT ?= bench-out
 .PHONY: help build release test test-netns lint fmt bench up down status ci
 
 help: ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 build: ## debug build of every crate
 	$(CARGO) build --workspace --locked
@@ -51,3 +51,10 @@ down: ## stop the network and remove everything it created
 	netns/lab.sh down
 
 ci: lint test test-netns ## what CI runs
+
+.PHONY: k8s-check k8s-dashboards
+k8s-check: ## render every k8s/ overlay (kubectl kustomize) and validate it strictly
+	k8s/check.sh
+
+k8s-dashboards: ## copy dashboards/*.json into the k8s monitoring overlay
+	k8s/dashboards.sh
