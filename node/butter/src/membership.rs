@@ -360,20 +360,91 @@ async fn resolve_bootstrap(node: &Node) {
     }
     let mut addrs = Vec::new();
     for entry in &node.config().bootstrap {
-        match tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::lookup_host(entry.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(found)) => addrs.extend(found.filter(|a| *a != node.inner.local_addr)),
-            Ok(Err(e)) => debug!(%entry, error = %e, "bootstrap name does not resolve (yet)"),
-            Err(_) => debug!(%entry, "bootstrap name resolution timed out"),
+        match resolve(entry).await {
+            Ok(found) => addrs.extend(found.into_iter().filter(|a| *a != node.inner.local_addr)),
+            Err(e) => {
+                debug!(%entry, error = %e, "bootstrap name does not resolve (yet)");
+                node.metrics()
+                    .membership
+                    .with_label_values(&["bootstrap_unresolved"])
+                    .inc();
+            }
         }
     }
     node.inner
         .membership
         .with(|c, now| c.set_bootstrap(now, addrs));
+}
+
+/// Resolves `host:port` to every address. Names go to hickory-resolver (it reads
+/// /etc/resolv.conf and /etc/hosts itself, so it works in a static binary in a scratch image,
+/// where glibc's NSS cannot), falling back to the system resolver.
+async fn resolve(entry: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (host, port) = entry.rsplit_once(':').ok_or("not host:port")?;
+    let port: u16 = port.parse().map_err(|_| format!("bad port in {entry}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let resolver = resolver();
+    if let Some(r) = resolver {
+        let lookup = tokio::time::timeout(Duration::from_secs(3), r.lookup_ip(host)).await;
+        if let Ok(Ok(ips)) = lookup {
+            let found: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(entry)).await {
+        Ok(Ok(found)) => Ok(found.collect()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("resolution timed out".into()),
+    }
+}
+
+fn resolver() -> Option<&'static hickory_resolver::TokioResolver> {
+    static RESOLVER: std::sync::OnceLock<Option<hickory_resolver::TokioResolver>> =
+        std::sync::OnceLock::new();
+    RESOLVER
+        .get_or_init(|| {
+            let mut builder = hickory_resolver::TokioResolver::builder_tokio().ok()?;
+            // Re-resolve for real every time: StatefulSet and compose names appear late.
+            builder.options_mut().cache_size = 0;
+            builder.options_mut().positive_max_ttl = Some(Duration::from_secs(1));
+            builder.options_mut().negative_max_ttl = Some(Duration::from_secs(1));
+            Some(builder.build())
+        })
+        .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literal_and_named_bootstrap_entries_resolve() {
+        assert_eq!(
+            resolve("127.0.0.1:7000").await.unwrap(),
+            vec!["127.0.0.1:7000".parse().unwrap()]
+        );
+        let local = resolve("localhost:7000").await.unwrap();
+        assert!(
+            local
+                .iter()
+                .all(|a| a.port() == 7000 && a.ip().is_loopback()),
+            "{local:?}"
+        );
+        assert!(!local.is_empty());
+        assert!(resolve("no-port").await.is_err());
+        assert!(resolve("host:notaport").await.is_err());
+    }
+
+    #[test]
+    fn site_is_the_subnet() {
+        assert_eq!(site_of("10.1.0.13".parse().unwrap()), "10.1.0.0/24");
+        assert_eq!(site_of("0.0.0.0".parse().unwrap()), "local");
+    }
 }
 
 fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
