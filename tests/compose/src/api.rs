@@ -1,0 +1,193 @@
+//! The node's HTTP API as the kit reads it (`/health`, `/ready`, `/status`, `/peers`), and the
+//! Prometheus query API, over a tiny blocking HTTP/1.1 GET.
+//!
+//! The driver polls every node several times a second from one thread; a std `TcpStream` with
+//! short timeouts and `Connection: close` keeps that simple. Fields the kit does not need are
+//! optional, so the daemon can grow its records without breaking the kit.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Timeout for one request to a node: a bridge hop, so anything slower is a stuck node.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An HTTP response: status and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `GET http://{addr}{path}`; `path` must already be percent-encoded.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read {addr}{path}"))?;
+    parse(&raw).with_context(|| format!("response of {addr}{path}"))
+}
+
+fn parse(raw: &[u8]) -> Result<Response> {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        bail!("no end of headers in {} bytes", raw.len());
+    };
+    let head = std::str::from_utf8(&raw[..split]).context("headers are not utf-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("truncated chunk size")?;
+        let text = std::str::from_utf8(&rest[..eol])?;
+        let size = usize::from_str_radix(text.split(';').next().unwrap_or_default().trim(), 16)
+            .with_context(|| format!("bad chunk size {text:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// Percent-encodes a query-string value (RFC 3986 unreserved characters pass through).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn json<T: for<'de> Deserialize<'de>>(addr: SocketAddr, path: &str) -> Result<T> {
+    let r = get(addr, path, NODE_TIMEOUT)?;
+    if r.status != 200 {
+        bail!("{addr}{path}: HTTP {}", r.status);
+    }
+    serde_json::from_slice(&r.body).with_context(|| format!("{addr}{path}: not the JSON expected"))
+}
+
+/// One entry of `GET /peers`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Peer {
+    /// Peer id (64 hex digits).
+    pub id: String,
+    /// Addresses the node has for it.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// Its site label.
+    #[serde(default)]
+    pub site: String,
+    /// How it was discovered: multicast, bootstrap, exchange or inbound.
+    #[serde(default)]
+    pub source: String,
+    /// alive or suspect.
+    #[serde(default)]
+    pub state: String,
+}
+
+/// `GET /status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    /// The node's peer id.
+    pub id: String,
+    /// Its site label.
+    #[serde(default)]
+    pub site: String,
+    /// Ready (joined).
+    #[serde(default)]
+    pub ready: bool,
+    /// PCG groups held, once the data overlay reports them.
+    #[serde(default)]
+    pub groups: Option<u64>,
+}
+
+/// `GET /health` answers 200.
+pub fn healthy(addr: SocketAddr) -> bool {
+    get(addr, "/health", NODE_TIMEOUT).is_ok_and(|r| r.status == 200)
+}
+
+/// `GET /ready` answers 200.
+pub fn ready(addr: SocketAddr) -> bool {
+    get(addr, "/ready", NODE_TIMEOUT).is_ok_and(|r| r.status == 200)
+}
+
+/// `GET /status`.
+pub fn status(addr: SocketAddr) -> Result<Status> {
+    json(addr, "/status")
+}
+
+/// `GET /peers`.
+pub fn peers(addr: SocketAddr) -> Result<Vec<Peer>> {
+    json(addr, "/peers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let r = parse(raw).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"abcde");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            encode(r#"sum by (lan) (up{job="x"})"#),
+            "sum%20by%20%28lan%29%20%28up%7Bjob%3D%22x%22%7D%29"
+        );
+    }
+}

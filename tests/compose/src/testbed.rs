@@ -1,0 +1,275 @@
+//! The compose network as a whole: bring it up, wait until every node is ready, observe every
+//! node's view, print the status table, take it down.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::api::{self, Peer, Status};
+use crate::compose::Compose;
+use crate::engine::{Container, Engine, Role};
+use crate::topology;
+
+/// How to bring the network up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Nodes per LAN (gateways not counted).
+    pub scale: usize,
+    /// Also start the `monitoring` profile (Prometheus, Grafana): needs a registry.
+    pub monitoring: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            scale: topology::DEFAULT_SCALE,
+            monitoring: false,
+        }
+    }
+}
+
+/// One node as seen at one instant.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The container.
+    pub container: Container,
+    /// `/ready` answered 200.
+    pub ready: bool,
+    /// `/status`, if it answered.
+    pub status: Option<Status>,
+    /// `/peers`, if it answered.
+    pub peers: Option<Vec<Peer>>,
+}
+
+impl NodeView {
+    /// Known hosts by site label.
+    pub fn peers_by_site(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for p in self.peers.iter().flatten() {
+            *m.entry(p.site.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// The node's peer id, if `/status` answered.
+    pub fn id(&self) -> Option<&str> {
+        self.status.as_ref().map(|s| s.id.as_str())
+    }
+}
+
+/// The running (or not yet running) compose network.
+#[derive(Debug)]
+pub struct Testbed {
+    root: PathBuf,
+    project: String,
+    compose: Compose,
+    engine: Engine,
+}
+
+impl Testbed {
+    /// Connects to the engine and finds a compose CLI for the repository at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let project = topology::project();
+        let engine = Engine::connect().context("Docker engine unavailable")?;
+        let compose = Compose::detect(&topology::compose_file(root), &project)?;
+        Ok(Testbed {
+            root: root.to_path_buf(),
+            project,
+            compose,
+            engine,
+        })
+    }
+
+    /// The repository root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The compose project name.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The compose CLI.
+    pub fn compose(&self) -> &Compose {
+        &self.compose
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// `compose up -d` with the given scale; idempotent (running containers are left alone).
+    pub fn up(&self, opts: &UpOptions) -> Result<()> {
+        let image = topology::image();
+        if self.engine.image_size(&image)?.is_none() {
+            bail!("image {image} is missing: `make image` builds it (no registry needed)");
+        }
+        let profiles: &[&str] = if opts.monitoring {
+            &["monitoring"]
+        } else {
+            &[]
+        };
+        self.compose.up(Some(opts.scale), profiles)
+    }
+
+    /// `compose down -v`, then checks that no network or named volume of the project is left.
+    pub fn down(&self) -> Result<()> {
+        self.compose.down()?;
+        let left = self.engine.leftovers(&self.project)?;
+        if !left.is_empty() {
+            bail!("left after down: {}", left.join(", "));
+        }
+        Ok(())
+    }
+
+    /// The project's Butter containers (LAN nodes and gateways), running or not.
+    pub fn nodes(&self) -> Result<Vec<Container>> {
+        Ok(self
+            .engine
+            .containers(&self.project)?
+            .into_iter()
+            .filter(Container::is_butter)
+            .collect())
+    }
+
+    /// Every running Butter node's readiness, status and peers, now.
+    pub fn observe(&self) -> Result<Vec<NodeView>> {
+        Ok(self
+            .nodes()?
+            .into_iter()
+            .filter(|c| c.running)
+            .map(observe)
+            .collect())
+    }
+
+    /// Waits until every running Butter node answers `/ready`; returns their views.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<NodeView>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes()?;
+            let stopped: Vec<String> = nodes
+                .iter()
+                .filter(|c| !c.running)
+                .map(Container::label)
+                .collect();
+            if !stopped.is_empty() {
+                bail!("containers not running: {}", stopped.join(", "));
+            }
+            if nodes.is_empty() {
+                bail!("no node containers in project {}", self.project);
+            }
+            let not_ready: Vec<String> = nodes
+                .iter()
+                .filter(|c| !c.http().is_some_and(api::ready))
+                .map(Container::label)
+                .collect();
+            if not_ready.is_empty() {
+                return self.observe();
+            }
+            if Instant::now() >= deadline {
+                bail!("not ready after {:?}: {}", timeout, not_ready.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// URLs of the monitoring services if their containers run.
+    pub fn monitoring_urls(&self) -> Result<Vec<String>> {
+        let running: Vec<String> = self
+            .engine
+            .containers(&self.project)?
+            .into_iter()
+            .filter(|c| c.running && c.role == Role::Other)
+            .map(|c| c.service)
+            .collect();
+        let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+        let mut out = Vec::new();
+        if running.iter().any(|s| s == "prometheus") {
+            out.push(format!(
+                "Prometheus: http://localhost:{}",
+                port("PROMETHEUS_PORT", "9090")
+            ));
+        }
+        if running.iter().any(|s| s == "grafana") {
+            out.push(format!(
+                "Grafana:    http://localhost:{} (anonymous viewer)",
+                port("GRAFANA_PORT", "3000")
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one node's API.
+pub fn observe(container: Container) -> NodeView {
+    let addr = container.http();
+    NodeView {
+        ready: addr.is_some_and(api::ready),
+        status: addr.and_then(|a| api::status(a).ok()),
+        peers: addr.and_then(|a| api::peers(a).ok()),
+        container,
+    }
+}
+
+/// The status table: node, LAN, role, address, ready, known hosts per LAN, groups held.
+pub fn table(views: &[NodeView]) -> String {
+    let mut sites: Vec<String> = topology::LANS.iter().map(|s| s.to_string()).collect();
+    for v in views {
+        for s in v.peers_by_site().into_keys() {
+            if !sites.contains(&s) {
+                sites.push(s);
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{:<10} {:<6} {:<8} {:<15} {:<5} {:<10}",
+        "node", "lan", "role", "address", "ready", "id"
+    );
+    for s in &sites {
+        let _ = write!(out, " {s:>6}");
+    }
+    let _ = writeln!(out, " {:>6}", "groups");
+    for v in views {
+        let c = &v.container;
+        let addr = c
+            .lan_ip()
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let id = v.id().map_or("-", |id| &id[..id.len().min(10)]);
+        let _ = write!(
+            out,
+            "{:<10} {:<6} {:<8} {:<15} {:<5} {:<10}",
+            c.label(),
+            c.lan,
+            c.role.as_str(),
+            addr,
+            if v.ready { "yes" } else { "no" },
+            id
+        );
+        let by_site = v.peers_by_site();
+        for s in &sites {
+            let n = if v.peers.is_some() {
+                by_site.get(s).copied().unwrap_or(0).to_string()
+            } else {
+                "?".to_string()
+            };
+            let _ = write!(out, " {n:>6}");
+        }
+        let groups = v.status.as_ref().and_then(|s| s.groups).unwrap_or(0);
+        let _ = writeln!(out, " {groups:>6}");
+    }
+    let ready = views.iter().filter(|v| v.ready).count();
+    let _ = writeln!(
+        out,
+        "{ready}/{} ready; per-LAN columns count each node's known hosts by site label; \
+         groups = PCG groups held (0 until the data overlay runs on nodes)",
+        views.len()
+    );
+    out
+}

@@ -1,0 +1,482 @@
+//! The compose tier: the testbed of `compose/docker-compose.yml` on a real Docker engine.
+//!
+//! Needs a Docker engine, a compose CLI and the `butter-node:local` image (`make image`);
+//! otherwise each test prints `SKIPPED …` and passes (`BUTTER_COMPOSE_REQUIRE=1` makes that a
+//! failure). The tests share one network (project `butter`): each brings it up if needed
+//! (idempotent) and leaves it running and whole; the nextest group `compose` runs them one at a
+//! time, and `make test-compose` takes the network down afterwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use butter_compose_tests::api;
+use butter_compose_tests::dashboards::{self, Dashboard};
+use butter_compose_tests::engine::Role;
+use butter_compose_tests::prometheus::{self, HostPrometheus, Target};
+use butter_compose_tests::testbed::{self, NodeView, Testbed, UpOptions};
+use butter_compose_tests::topology;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The testbed, or `None` (after printing why) where this machine cannot run it.
+fn bed(test: &str) -> Result<Option<Testbed>> {
+    let skip = |why: String| -> Result<Option<Testbed>> {
+        if std::env::var("BUTTER_COMPOSE_REQUIRE").is_ok_and(|v| v == "1") {
+            bail!("{test}: {why} (BUTTER_COMPOSE_REQUIRE=1)");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        Ok(None)
+    };
+    let bed = match Testbed::open(&topology::repo_root()) {
+        Ok(b) => b,
+        Err(e) => return skip(format!("{e:#}")),
+    };
+    let image = topology::image();
+    if bed.engine().image_size(&image)?.is_none() {
+        return skip(format!(
+            "image {image} missing (`make image` builds it offline)"
+        ));
+    }
+    Ok(Some(bed))
+}
+
+/// Brings the default network up (3 LANs × 4 + 3 gateways) and waits until every node is ready.
+fn network(bed: &Testbed) -> Result<Vec<NodeView>> {
+    bed.up(&UpOptions::default())?;
+    let views = bed.wait_ready(READY_TIMEOUT)?;
+    let expected = topology::LANS.len() * (topology::DEFAULT_SCALE + 1);
+    ensure!(
+        views.len() == expected,
+        "expected {expected} nodes, found {}:\n{}",
+        views.len(),
+        testbed::table(&views)
+    );
+    Ok(views)
+}
+
+/// Observes until `ok` holds for the views or `timeout` passes; returns the last views.
+fn until(
+    bed: &Testbed,
+    timeout: Duration,
+    mut ok: impl FnMut(&[NodeView]) -> Result<()>,
+) -> Result<Vec<NodeView>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let views = bed.observe()?;
+        match ok(&views) {
+            Ok(()) => return Ok(views),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("{e:#}\nafter {timeout:?}:\n{}", testbed::table(&views))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn same_24(a: Ipv4Addr, b: Ipv4Addr) -> bool {
+    a.octets()[..3] == b.octets()[..3]
+}
+
+fn ids(views: &[NodeView], pick: impl Fn(&NodeView) -> bool) -> BTreeSet<String> {
+    views
+        .iter()
+        .filter(|v| pick(v))
+        .filter_map(|v| v.id().map(String::from))
+        .collect()
+}
+
+fn knows(v: &NodeView, id: &str) -> bool {
+    v.peers.iter().flatten().any(|p| p.id == id)
+}
+
+/// A LAN node's multicast-discovered peers must be in its own LAN, by site and by address.
+fn multicast_inside_lan(views: &[NodeView]) -> Result<()> {
+    let mut bad = String::new();
+    for v in views.iter().filter(|v| v.container.role == Role::Node) {
+        let own = v.container.lan_ip().context("node without LAN address")?;
+        for p in v.peers.iter().flatten().filter(|p| p.source == "multicast") {
+            let foreign_addr = p
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .any(
+                    |a| matches!(a.ip(), IpAddr::V4(ip) if !same_24(ip, own) && !ip.is_loopback()),
+                );
+            let only_foreign = !p
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+                .any(|a| matches!(a.ip(), IpAddr::V4(ip) if same_24(ip, own)));
+            if p.site != v.container.lan || (foreign_addr && only_foreign) {
+                let _ = writeln!(
+                    bad,
+                    "{} ({}) knows {} of site {} at {:?} via multicast",
+                    v.container.label(),
+                    v.container.lan,
+                    &p.id[..10.min(p.id.len())],
+                    p.site,
+                    p.addrs
+                );
+            }
+        }
+    }
+    ensure!(bad.is_empty(), "multicast crossed a LAN:\n{bad}");
+    Ok(())
+}
+
+#[test]
+fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -> Result<()> {
+    let Some(bed) = bed("lans_come_up")? else {
+        return Ok(());
+    };
+    let views = network(&bed)?;
+    let gateways = views
+        .iter()
+        .filter(|v| v.container.role == Role::Gateway)
+        .count();
+    ensure!(gateways == topology::LANS.len(), "{gateways} gateways");
+    for v in &views {
+        let lan = &v.container.lan;
+        ensure!(
+            v.container
+                .ips
+                .keys()
+                .all(|n| n == lan || (n == topology::WAN && v.container.role == Role::Gateway)),
+            "{} is on networks {:?}: LAN nodes sit on their LAN only, gateways on LAN + WAN",
+            v.container.label(),
+            v.container.ips.keys().collect::<Vec<_>>()
+        );
+        ensure!(
+            v.status.as_ref().is_some_and(|s| &s.site == lan),
+            "{} reports site {:?}, expected {lan}",
+            v.container.label(),
+            v.status.as_ref().map(|s| &s.site)
+        );
+    }
+
+    // Every node knows every other node of its LAN, gateway included; gateways know each other.
+    let start = Instant::now();
+    let views = until(&bed, Duration::from_secs(15), |views| {
+        let mut missing = String::new();
+        for v in views {
+            let lan = &v.container.lan;
+            let want = ids(views, |o| &o.container.lan == lan && o.id() != v.id());
+            let want_gw = if v.container.role == Role::Gateway {
+                ids(views, |o| {
+                    o.container.role == Role::Gateway && o.id() != v.id()
+                })
+            } else {
+                BTreeSet::new()
+            };
+            for id in want.iter().chain(&want_gw) {
+                if !knows(v, id) {
+                    let _ = writeln!(
+                        missing,
+                        "{} does not know {}",
+                        v.container.label(),
+                        &id[..10]
+                    );
+                }
+            }
+        }
+        ensure!(missing.is_empty(), "{missing}");
+        multicast_inside_lan(views)
+    })?;
+    eprintln!(
+        "every node knows its LAN and the gateways know each other after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    // Gateways found each other over the WAN, as gateways: their records carry their LAN's site.
+    for g in views.iter().filter(|v| v.container.role == Role::Gateway) {
+        let sites: BTreeSet<&str> = g.peers.iter().flatten().map(|p| p.site.as_str()).collect();
+        for lan in topology::LANS {
+            ensure!(
+                sites.contains(lan),
+                "{} knows no host of {lan}: {sites:?}",
+                g.container.label()
+            );
+        }
+    }
+
+    // Multicast must stay inside each LAN for a while, not only at one instant.
+    let watch = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch {
+        multicast_inside_lan(&bed.observe()?)?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // T7 (every node knows hosts in the other LANs within 10 s) needs relaying through the
+    // gateways (issue 5): reported, not asserted, until it lands.
+    let views = bed.observe()?;
+    let mut report = String::new();
+    for v in views.iter().filter(|v| v.container.role == Role::Node) {
+        let by_site = v.peers_by_site();
+        let other: Vec<String> = topology::LANS
+            .iter()
+            .filter(|l| **l != v.container.lan)
+            .map(|l| format!("{l}={}", by_site.get(*l).copied().unwrap_or(0)))
+            .collect();
+        let _ = write!(report, " {}[{}]", v.container.label(), other.join(","));
+    }
+    eprintln!("T7 (informational, needs relays): LAN nodes' known hosts in other LANs:{report}");
+    Ok(())
+}
+
+#[test]
+fn compose_file_is_valid_and_shipped_prometheus_config_passes_promtool() -> Result<()> {
+    let root = topology::repo_root();
+    match std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    {
+        Ok(_) => {
+            let out = prometheus::promtool_check(&topology::prometheus_config(&root))?;
+            eprintln!("{}", out.trim());
+        }
+        Err(_) => {
+            eprintln!("SKIPPED promtool check: promtool missing (apt-get install prometheus)")
+        }
+    }
+    match butter_compose_tests::compose::Compose::detect(
+        &topology::compose_file(&root),
+        &topology::project(),
+    ) {
+        Ok(c) => {
+            c.check()?;
+            eprintln!("`{} config` accepts the compose file", c.program());
+        }
+        Err(e) => eprintln!("SKIPPED compose config check: {e:#}"),
+    }
+    Ok(())
+}
+
+/// Variable assignments to try: every variable at "All", then each at its first real value.
+fn assignments(p: &HostPrometheus, board: &Dashboard) -> Result<Vec<BTreeMap<String, String>>> {
+    let mut all = dashboards::builtins();
+    for v in &board.variables {
+        all.insert(
+            v.name.clone(),
+            v.all_value.clone().unwrap_or_else(|| ".*".into()),
+        );
+    }
+    let mut one = dashboards::builtins();
+    for v in &board.variables {
+        let (selector, label) = v.label_values().with_context(|| {
+            format!("{}: variable {} is not label_values()", board.title, v.name)
+        })?;
+        let selector = dashboards::substitute(&selector, &one);
+        let values = p.label_values(&label, &selector)?;
+        let first = values.first().with_context(|| {
+            format!(
+                "{}: variable {} has no values ({selector})",
+                board.title, v.name
+            )
+        })?;
+        one.insert(v.name.clone(), first.clone());
+    }
+    Ok(vec![all, one])
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
+    let Some(bed) = bed("dashboards")? else {
+        return Ok(());
+    };
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        if std::env::var("BUTTER_COMPOSE_REQUIRE").is_ok_and(|v| v == "1") {
+            bail!("prometheus missing (apt-get install prometheus)");
+        }
+        eprintln!("SKIPPED dashboards: prometheus missing (apt-get install prometheus)");
+        return Ok(());
+    }
+    let views = network(&bed)?;
+    let targets: Vec<Target> = views
+        .iter()
+        .filter_map(|v| Target::of(&v.container))
+        .collect();
+    let p = HostPrometheus::start(&targets, Duration::from_secs(1), 0)?;
+    // Enough scrapes for rate() over the substituted $__rate_interval.
+    p.wait_scraped(targets.len(), 8, Duration::from_secs(60))
+        .with_context(|| p.log())?;
+
+    let boards = Dashboard::load_dir(&topology::dashboards_dir(&topology::repo_root()))?;
+    let mut failures = String::new();
+    let mut ran = 0;
+    for b in &boards {
+        for vars in assignments(&p, b)? {
+            for q in &b.queries {
+                let expr = dashboards::substitute(&q.expr, &vars);
+                ensure!(
+                    !expr.contains('$'),
+                    "{} / {}: unsubstituted variable in {expr}",
+                    b.title,
+                    q.panel
+                );
+                ran += 1;
+                match p.query(&expr) {
+                    Ok(s) if !s.is_empty() => {}
+                    Ok(_) => {
+                        let _ = writeln!(
+                            failures,
+                            "{} / {} [{}]: no data: {expr}",
+                            b.title, q.panel, q.ref_id
+                        );
+                    }
+                    Err(e) => {
+                        let _ =
+                            writeln!(failures, "{} / {} [{}]: {e:#}", b.title, q.panel, q.ref_id);
+                    }
+                }
+            }
+        }
+        // Every butter_ series a dashboard names is exported by the live nodes.
+        let names: BTreeSet<String> = b
+            .queries
+            .iter()
+            .flat_map(|q| dashboards::metric_names(&q.expr))
+            .collect();
+        for n in names {
+            if p.query(&format!("count({n})"))?.is_empty() {
+                let _ = writeln!(failures, "{}: metric {n} not exported by any node", b.title);
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "dashboard queries without data:\n{failures}"
+    );
+    eprintln!(
+        "{ran} dashboard queries over {} dashboards returned data",
+        boards.len()
+    );
+    Ok(())
+}
+
+/// Restarts the victim container when dropped, so the shared network stays whole.
+struct Revive<'a> {
+    bed: &'a Testbed,
+    id: String,
+}
+
+impl Drop for Revive<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.bed.engine().start(&self.id) {
+            eprintln!("could not restart the killed container: {e:#}");
+        }
+    }
+}
+
+#[test]
+fn killed_node_leaves_its_lan_peers_tables_within_8_s() -> Result<()> {
+    let Some(bed) = bed("killed_node")? else {
+        return Ok(());
+    };
+    network(&bed)?;
+    let lan = topology::LANS[1];
+    // Everyone in the LAN knows everyone before the kill.
+    let views = until(&bed, Duration::from_secs(15), |views| {
+        let in_lan: Vec<&NodeView> = views.iter().filter(|v| v.container.lan == lan).collect();
+        for v in &in_lan {
+            for o in &in_lan {
+                if let Some(id) = o.id() {
+                    ensure!(
+                        v.id() == Some(id) || knows(v, id),
+                        "{} does not know {}",
+                        v.container.label(),
+                        o.container.label()
+                    );
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let victim = views
+        .iter()
+        .find(|v| {
+            v.container.lan == lan && v.container.role == Role::Node && v.container.number == 2
+        })
+        .context("no node 2 in lan-b")?
+        .clone();
+    let victim_id = victim.id().context("victim has no id")?.to_string();
+    let witnesses: Vec<_> = views
+        .iter()
+        .filter(|v| v.container.lan == lan && v.id() != Some(&victim_id))
+        .map(|v| (v.container.label(), v.container.http()))
+        .collect();
+
+    let _revive = Revive {
+        bed: &bed,
+        id: victim.container.id.clone(),
+    };
+    bed.engine().kill(&victim.container.id)?;
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(8);
+    loop {
+        let still: Vec<String> = witnesses
+            .iter()
+            .filter(|(_, addr)| {
+                addr.and_then(|a| api::peers(a).ok())
+                    .is_none_or(|peers| peers.iter().any(|p| p.id == victim_id))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if still.is_empty() {
+            eprintln!(
+                "{} left every {lan} peer's table {:.2} s after SIGKILL",
+                victim.container.label(),
+                killed.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} still listed 8 s after SIGKILL by: {}",
+                victim.container.label(),
+                still.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(_revive);
+    // The restarted node comes back with its volume, so with the same peer id.
+    let addr = loop {
+        let c = bed
+            .nodes()?
+            .into_iter()
+            .find(|c| c.id == victim.container.id)
+            .context("victim container gone")?;
+        if let Some(a) = c.http().filter(|_| c.running) {
+            break a;
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "victim did not restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = api::status(addr) {
+            ensure!(
+                s.id == victim_id,
+                "restarted node has a new id {} (volume lost?)",
+                s.id
+            );
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(30),
+            "restarted node does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bed.wait_ready(READY_TIMEOUT)?;
+    Ok(())
+}
