@@ -79,9 +79,11 @@ pub struct Config {
     pub heartbeat_fanout: usize,
     /// Possession challenges per heartbeat. Default 4.
     pub challenges_per_beat: usize,
-    /// How often one peer is challenged (its heartbeat then needs an answer). Default 30 s.
+    /// How often one peer is challenged, at least (never more often than twice its turn in the
+    /// heartbeat rotation, so the answer can come on its own heartbeats). Default 30 s.
     pub challenge_interval: Duration,
-    /// Challenges a member may leave unanswered in a row before it counts as absent. Default 2.
+    /// Challenge rounds a member may leave unanswered (nothing heard from it in between) before it
+    /// counts as absent. Default 2.
     pub missed_beats: u32,
     /// How long a single absent member keeps its place before it is replaced. Default 4 s.
     pub grace: Duration,
@@ -232,6 +234,10 @@ pub struct GroupBeat {
 }
 
 /// The aggregated heartbeat between two nodes: every group they share in one message.
+///
+/// Heartbeats are not answered in the steady state: proofs for the receiver's earlier challenges
+/// ride on the next heartbeat the sender sends it anyway. Only a heartbeat showing a view that
+/// differs from the receiver's gets an immediate answer (`reply: true`), so views converge fast.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Whether this answers a heartbeat (answers are not answered).
@@ -240,7 +246,7 @@ pub struct Heartbeat {
     pub groups: Vec<GroupBeat>,
     /// Possession challenges for the receiver.
     pub challenges: Vec<Challenge>,
-    /// Answers to the challenges of the heartbeat being answered.
+    /// Answers to challenges the receiver sent earlier.
     pub proofs: Vec<Proof>,
 }
 
@@ -482,6 +488,8 @@ struct Peer {
     shared: BTreeSet<ItemId>,
     unacked: u32,
     challenges: Vec<Challenge>,
+    /// Proofs we owe the peer (sent on our next heartbeat to it).
+    owed: Vec<Proof>,
     cursor: usize,
     next_challenge: Time,
 }
@@ -1588,7 +1596,13 @@ impl<S: Store> Node<S> {
                 }
             }
             if !challenges.is_empty() {
-                let next = now + self.jittered(self.config.challenge_interval);
+                // Leave the peer at least two turns of its own rotation to answer.
+                let turns = self.peers.len().div_ceil(self.config.heartbeat_fanout) as u32;
+                let every = self
+                    .config
+                    .challenge_interval
+                    .max(self.config.heartbeat_interval * 2 * turns);
+                let next = now + self.jittered(every);
                 if let Some(peer) = self.peers.get_mut(&p) {
                     peer.cursor = (cursor + self.config.challenges_per_beat) % n.max(1);
                     peer.unacked = peer.unacked.saturating_add(1);
@@ -1596,11 +1610,16 @@ impl<S: Store> Node<S> {
                     peer.next_challenge = next;
                 }
             }
+            let proofs = self
+                .peers
+                .get_mut(&p)
+                .map(|peer| std::mem::take(&mut peer.owed))
+                .unwrap_or_default();
             let hb = Heartbeat {
                 reply: false,
                 groups,
                 challenges,
-                proofs: Vec::new(),
+                proofs,
             };
             self.send(p, Message::Heartbeat(hb));
         }
@@ -1664,14 +1683,10 @@ impl<S: Store> Node<S> {
                 reply_groups.push(self.beat_entry(&item, sender_key));
             }
         }
-        if hb.reply {
+        if !hb.proofs.is_empty() || !not_holding.is_empty() {
             self.check_proofs(now, from, &hb.proofs, &not_holding, hosts);
-            return;
         }
-        if hb.challenges.is_empty() && !differs {
-            return;
-        }
-        let proofs = hb
+        let proofs: Vec<Proof> = hb
             .challenges
             .iter()
             .filter_map(|c| {
@@ -1682,6 +1697,27 @@ impl<S: Store> Node<S> {
                 })
             })
             .collect();
+        // Owe the proofs until our next heartbeat to `from`, unless we answer now anyway (views
+        // differ) or `from` is not in our rotation.
+        let answer_now = !hb.reply && (differs || !self.peers.contains_key(&from));
+        let mut proofs = proofs;
+        match self.peers.get_mut(&from) {
+            Some(peer) if !answer_now => {
+                peer.owed.extend(proofs);
+                // Bounded: only the latest answers matter (older challenges were replaced).
+                let excess = peer
+                    .owed
+                    .len()
+                    .saturating_sub(4 * self.config.challenges_per_beat);
+                peer.owed.drain(..excess);
+                return;
+            }
+            Some(peer) => proofs.extend(std::mem::take(&mut peer.owed)),
+            None => {}
+        }
+        if hb.reply || (!answer_now && proofs.is_empty()) {
+            return;
+        }
         let reply = Heartbeat {
             reply: true,
             groups: reply_groups,
@@ -1691,9 +1727,9 @@ impl<S: Store> Node<S> {
         self.send(from, Message::Heartbeat(reply));
     }
 
-    /// Checks the proofs in an answer against our outstanding challenges to `from`. A wrong proof
-    /// is a failure; a peer that says it does not hold the item is simply not a holder; a
-    /// challenge with neither stays outstanding (the answer may be to another heartbeat).
+    /// Checks proofs from `from` against our outstanding challenges to it. A wrong proof is a
+    /// failure; a peer that says it does not hold the item is simply not a holder; a challenge
+    /// with neither stays outstanding (its proof may come on a later heartbeat).
     fn check_proofs(
         &mut self,
         now: Time,
@@ -1952,6 +1988,7 @@ mod tests {
         let id = net.put(0, b"precious");
         net.run_for(Duration::from_secs(3));
         let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        let vid = net.nodes[victim].id();
         assert!(
             net.nodes[victim]
                 .store_mut()
@@ -1962,7 +1999,11 @@ mod tests {
             net.run_for(Duration::from_millis(500));
             for n in &mut net.nodes {
                 while let Some(e) = n.poll_event() {
+                    // Either a challenger sees a wrong proof, or the corrupt holder checks a
+                    // neighbour's proof, finds its own copy bad and drops it.
                     failed |= matches!(e, Event::ProofFailed { item, .. } if item == id);
+                    failed |=
+                        matches!(e, Event::Corrupt { item, from } if item == id && from == vid);
                 }
             }
         }

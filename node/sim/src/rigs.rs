@@ -364,12 +364,22 @@ pub fn maintenance(nodes: usize, replicas_per_node: &[usize], seed: u64) -> Vec<
                 item_size: 16,
                 store_window: (Duration::ZERO, Duration::from_secs(5)),
                 duration: Duration::from_secs(120),
+                measure_from: Duration::from_secs(60),
                 sample_every: Duration::from_secs(10),
                 ..Scenario::default()
             };
+            // Steady state: the last minute, after every item was stored and placed.
+            let secs = (sc.duration - sc.measure_from).as_secs_f64() * nodes as f64;
             let report = World::new(sc).run();
-            let hb = report.rate(&["heartbeat"]);
-            let sm = report.rate(&["summary_pull", "summary"]);
+            let count = |kinds: &[&str]| -> f64 {
+                kinds
+                    .iter()
+                    .map(|k| report.messages.get(*k).copied().unwrap_or(0))
+                    .sum::<u64>() as f64
+                    / secs
+            };
+            let hb = count(&["heartbeat"]);
+            let sm = count(&["summary_pull", "summary"]);
             MaintenanceRow {
                 nodes,
                 items: n_items,

@@ -101,6 +101,9 @@ pub struct Scenario {
     pub duration: Duration,
     /// Metrics sample period.
     pub sample_every: Duration,
+    /// Messages are counted by kind ([`Report::messages`]) only from this time on, so a rate can
+    /// leave out the start-up.
+    pub measure_from: Duration,
 }
 
 impl Default for Scenario {
@@ -128,6 +131,7 @@ impl Default for Scenario {
             sweep_spread: Duration::from_secs(5),
             duration: Duration::from_secs(60),
             sample_every: Duration::from_secs(1),
+            measure_from: Duration::ZERO,
         }
     }
 }
@@ -446,6 +450,7 @@ pub struct World {
     window_failed: usize,
     window_msgs: u64,
     msg_counts: Vec<(&'static str, u64)>,
+    measure_from: Time,
     last_sample: Time,
     progress: Option<Box<dyn Fn(f64) + Send>>,
 }
@@ -487,6 +492,7 @@ impl World {
             window_failed: 0,
             window_msgs: 0,
             msg_counts: Vec::new(),
+            measure_from: Time::from_duration(sc.measure_from),
             last_sample: Time::ZERO,
             progress: None,
             sc,
@@ -860,6 +866,10 @@ impl World {
     }
 
     fn count(&mut self, kind: &'static str) {
+        self.window_msgs += 1;
+        if self.now < self.measure_from {
+            return;
+        }
         // A short list compared by pointer first: message kinds are a handful of static labels.
         match self
             .msg_counts
@@ -869,7 +879,6 @@ impl World {
             Some((_, v)) => *v += 1,
             None => self.msg_counts.push((kind, 1)),
         }
-        self.window_msgs += 1;
     }
 
     fn drain(&mut self, node: &mut SimNode) {
