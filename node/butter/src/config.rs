@@ -47,6 +47,8 @@ pub struct Config {
     pub multicast: MulticastConfig,
     /// Transport limits.
     pub limits: Limits,
+    /// The data overlay (Peer Content Groups and search).
+    pub data: crate::data::DataConfig,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             alone: false,
             multicast: MulticastConfig::default(),
             limits: Limits::default(),
+            data: crate::data::DataConfig::default(),
         }
     }
 }
@@ -92,6 +95,18 @@ impl Config {
             if !ok {
                 return Err(invalid("bootstrap", format!("{b:?} is not host:port")));
             }
+        }
+        if self.data.replicas == 0 || self.data.replicas > 16 {
+            return Err(invalid("data.replicas", "must be between 1 and 16"));
+        }
+        if self.data.max_item_size == 0 || self.data.max_item_size > self.limits.max_body {
+            return Err(invalid(
+                "data.max_item_size",
+                "must be between 1 B and limits.max_body",
+            ));
+        }
+        if !(self.data.heartbeat_secs > 0.0 && self.data.heartbeat_secs <= 60.0) {
+            return Err(invalid("data.heartbeat_secs", "must be in (0, 60]"));
         }
         self.multicast.validate()?;
         self.limits.validate()

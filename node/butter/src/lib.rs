@@ -30,6 +30,7 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod data;
 pub mod discovery;
 pub mod identity;
 mod membership;

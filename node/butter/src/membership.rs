@@ -418,35 +418,6 @@ fn resolver() -> Option<&'static hickory_resolver::TokioResolver> {
         .as_ref()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn literal_and_named_bootstrap_entries_resolve() {
-        assert_eq!(
-            resolve("127.0.0.1:7000").await.unwrap(),
-            vec!["127.0.0.1:7000".parse().unwrap()]
-        );
-        let local = resolve("localhost:7000").await.unwrap();
-        assert!(
-            local
-                .iter()
-                .all(|a| a.port() == 7000 && a.ip().is_loopback()),
-            "{local:?}"
-        );
-        assert!(!local.is_empty());
-        assert!(resolve("no-port").await.is_err());
-        assert!(resolve("host:notaport").await.is_err());
-    }
-
-    #[test]
-    fn site_is_the_subnet() {
-        assert_eq!(site_of("10.1.0.13".parse().unwrap()), "10.1.0.0/24");
-        assert_eq!(site_of("0.0.0.0".parse().unwrap()), "local");
-    }
-}
-
 fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
     let n = node.clone();
     match action {
@@ -621,5 +592,34 @@ fn update_gauges(node: &Node) {
     }
     for (class, n) in by_class {
         m.known_hosts_by_class.with_label_values(&[class]).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literal_and_named_bootstrap_entries_resolve() {
+        assert_eq!(
+            resolve("127.0.0.1:7000").await.unwrap(),
+            vec!["127.0.0.1:7000".parse().unwrap()]
+        );
+        let local = resolve("localhost:7000").await.unwrap();
+        assert!(
+            local
+                .iter()
+                .all(|a| a.port() == 7000 && a.ip().is_loopback()),
+            "{local:?}"
+        );
+        assert!(!local.is_empty());
+        assert!(resolve("no-port").await.is_err());
+        assert!(resolve("host:notaport").await.is_err());
+    }
+
+    #[test]
+    fn site_is_the_subnet() {
+        assert_eq!(site_of("10.1.0.13".parse().unwrap()), "10.1.0.0/24");
+        assert_eq!(site_of("0.0.0.0".parse().unwrap()), "local");
     }
 }

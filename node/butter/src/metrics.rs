@@ -92,6 +92,24 @@ pub struct Metrics {
     pub discoveries: IntCounterVec,
     /// Membership events (probes, suspicions, evictions, beacon errors) by kind.
     pub membership: IntCounterVec,
+    /// Retrievals started here, by outcome.
+    pub retrievals: IntCounterVec,
+    /// Hops to the holder of retrieved items.
+    pub retrieval_hops: Histogram,
+    /// Time to retrieve an item.
+    pub retrieval_duration: Histogram,
+    /// PCG messages by direction and kind.
+    pub pcg_messages: IntCounterVec,
+    /// RBFS messages by direction and kind.
+    pub rbfs_messages: IntCounterVec,
+    /// PCG events (repairs, trims, failed proofs, corrupt data) by kind.
+    pub pcg_events: IntCounterVec,
+    /// Groups this node is in, by state.
+    pub groups: IntGaugeVec,
+    /// Items held.
+    pub items_stored: IntGauge,
+    /// Bytes of item content held.
+    pub stored_bytes: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -188,6 +206,68 @@ impl Metrics {
             ),
             &["kind"],
         ));
+        let retrievals = must(IntCounterVec::new(
+            Opts::new(
+                "butter_retrievals_total",
+                "Item retrievals started on this node, by outcome",
+            ),
+            &["outcome"],
+        ));
+        let retrieval_hops = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "butter_retrieval_hops",
+                "Hops from the asking node to the holder that answered",
+            )
+            .buckets(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]),
+        ));
+        let retrieval_duration = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "butter_retrieval_duration_seconds",
+                "Time to retrieve an item",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        ));
+        let pcg_messages = must(IntCounterVec::new(
+            Opts::new(
+                "butter_pcg_messages_total",
+                "Peer Content Group messages by direction and kind",
+            ),
+            &["direction", "kind"],
+        ));
+        let rbfs_messages = must(IntCounterVec::new(
+            Opts::new(
+                "butter_rbfs_messages_total",
+                "Search messages by direction and kind",
+            ),
+            &["direction", "kind"],
+        ));
+        let pcg_events = must(IntCounterVec::new(
+            Opts::new(
+                "butter_pcg_events_total",
+                "Peer Content Group events (repair, trim, proof_failed, corrupt, ...)",
+            ),
+            &["kind"],
+        ));
+        let groups = must(IntGaugeVec::new(
+            Opts::new(
+                "butter_groups",
+                "Groups this node is a member of, by state (cold < r, goldilocks = r, hot > r)",
+            ),
+            &["state"],
+        ));
+        for s in ["cold", "goldilocks", "hot"] {
+            groups.with_label_values(&[s]).set(0);
+        }
+        let items_stored = must(IntGauge::new(
+            "butter_items_stored",
+            "Items held by this node",
+        ));
+        let stored_bytes = must(IntGauge::new(
+            "butter_stored_bytes",
+            "Bytes of item content held by this node",
+        ));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_open.clone()),
@@ -202,6 +282,15 @@ impl Metrics {
             Box::new(known_hosts_by_class.clone()),
             Box::new(discoveries.clone()),
             Box::new(membership.clone()),
+            Box::new(retrievals.clone()),
+            Box::new(retrieval_hops.clone()),
+            Box::new(retrieval_duration.clone()),
+            Box::new(pcg_messages.clone()),
+            Box::new(rbfs_messages.clone()),
+            Box::new(pcg_events.clone()),
+            Box::new(groups.clone()),
+            Box::new(items_stored.clone()),
+            Box::new(stored_bytes.clone()),
         ] {
             must(registry.register(c));
         }
@@ -219,6 +308,15 @@ impl Metrics {
             known_hosts_by_class,
             discoveries,
             membership,
+            retrievals,
+            retrieval_hops,
+            retrieval_duration,
+            pcg_messages,
+            rbfs_messages,
+            pcg_events,
+            groups,
+            items_stored,
+            stored_bytes,
         }
     }
 

@@ -129,6 +129,14 @@ impl NodeBuilder {
             ^ u64::from(std::process::id());
         let core = membership::core(&self.config, local, seed)
             .map_err(|e| BuildError::Membership(e.to_string()))?;
+        let data = if self.config.data.enabled {
+            Some(Arc::new(
+                crate::data::Data::new(identity.peer_id(), &self.config.data, started, seed)
+                    .map_err(BuildError::Membership)?,
+            ))
+        } else {
+            None
+        };
         let inner = Arc::new(NodeInner {
             id: identity.peer_id(),
             config: self.config,
@@ -137,6 +145,7 @@ impl NodeBuilder {
             transport,
             behaviours: self.behaviours,
             membership: Arc::new(Shared::new(core, started)),
+            data,
             metrics,
             started,
             cancel,
@@ -146,6 +155,7 @@ impl NodeBuilder {
         let node = Node { inner };
         info!(id = %node.id(), addr = %local_addr, site = %node.inner.site, "node started");
         membership::start(&node);
+        crate::data::start(&node);
         Ok(node)
     }
 }
@@ -158,6 +168,7 @@ pub(crate) struct NodeInner {
     pub(crate) transport: Transport,
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
     pub(crate) membership: Arc<Shared>,
+    pub(crate) data: Option<Arc<crate::data::Data>>,
     pub(crate) metrics: Metrics,
     pub(crate) started: Instant,
     pub(crate) cancel: CancellationToken,
@@ -351,12 +362,25 @@ impl Node {
 
     /// Stops background tasks, closes connections and the endpoint; bounded by `grace`.
     pub async fn shutdown(&self, grace: Duration) {
+        // Hand groups over while the node is still fully up, then stop everything.
+        crate::data::hand_off(self, grace / 2).await;
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         let deadline = Instant::now() + grace;
         self.inner.transport.shutdown(grace / 2).await;
         let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
         info!(id = %self.inner.id.short(), "node stopped");
+    }
+
+    /// Stops abruptly, as `kill -9` would: no hand-off, no goodbye. For tests of failure handling.
+    #[doc(hidden)]
+    pub async fn crash(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner
+            .transport
+            .shutdown(Duration::from_millis(100))
+            .await;
     }
 
     /// This node's own record, as sent in hellos.
@@ -416,9 +440,11 @@ impl Inbound for Dispatcher {
                         Err(e) => error(ErrorCode::HandlerFailed, e.0),
                     }
                 }
-                Request::Overlay { name } => {
-                    error(ErrorCode::UnknownName, format!("no overlay named {name:?}"))
-                }
+                Request::Overlay { name } => match crate::data::handle(&node, from, &name, &body) {
+                    Some(Ok(reply)) => (Response::Ok, reply),
+                    Some(Err(e)) => error(ErrorCode::Malformed, e),
+                    None => error(ErrorCode::UnknownName, format!("no overlay named {name:?}")),
+                },
                 other => membership::handle(&node, from, other).await,
             }
         })

@@ -1,0 +1,687 @@
+//! The default data overlay on a real node: Peer Content Groups keep every item alive on `r`
+//! diverse nodes, random breadth-first search finds it. Both are sans-IO state machines in
+//! `butter-proto` ([`pcg`], [`rbfs`]); this module is their thin async driver.
+//!
+//! PCG and RBFS messages travel as `Request::Overlay { name: "pcg" | "rbfs" }` with a postcard
+//! body; blocks of large items are fetched with `Request::Overlay { name: "block" }`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use butter_proto::item::{Assembler, ItemId, MemoryStore, Store};
+use butter_proto::pcg::{self, GroupInfo, HostView};
+use butter_proto::rbfs::{self, QueryId};
+use butter_proto::wire::Request;
+use butter_proto::{PeerId, Time};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::transport::{Remote, RequestError};
+
+/// Data overlay settings (the `[node.data]` section).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Run the data overlay. Default on.
+    pub enabled: bool,
+    /// Group size `r`. Default 3.
+    pub replicas: usize,
+    /// Bytes of item content this node stores for the network. Default 1 GiB.
+    pub storage_bytes: u64,
+    /// Largest item accepted. Default 16 MiB.
+    pub max_item_size: usize,
+    /// PCG heartbeat period in seconds. Default 2.
+    pub heartbeat_secs: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            enabled: true,
+            replicas: 3,
+            storage_bytes: 1 << 30,
+            max_item_size: 16 << 20,
+            heartbeat_secs: 2.0,
+        }
+    }
+}
+
+/// Why storing or retrieving an item failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The data overlay is disabled on this node.
+    #[error("the data overlay is disabled on this node")]
+    Disabled,
+    /// The local store or the group refused the item.
+    #[error("cannot store: {0}")]
+    Put(#[from] pcg::PutError),
+    /// Nobody answered with the item in time.
+    #[error("item {0} not found")]
+    NotFound(ItemId),
+    /// The holder's blocks did not assemble into the item.
+    #[error("item {0} could not be fetched: {1}")]
+    Fetch(ItemId, String),
+    /// A network request failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// How a search ended, for the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct Retrieved {
+    /// The verified content.
+    #[serde(skip)]
+    pub content: Vec<u8>,
+    /// Who answered.
+    pub holder: String,
+    /// Hops to the holder (0: local).
+    pub hops: u8,
+    /// Time taken.
+    pub elapsed_ms: f64,
+}
+
+struct State {
+    pcg: pcg::Node<MemoryStore>,
+    rbfs: rbfs::Node,
+}
+
+enum Outcome {
+    Found {
+        content: Option<butter_proto::item::Item>,
+        manifest: Option<butter_proto::item::Manifest>,
+        holder: PeerId,
+        hops: u8,
+    },
+    NotFound,
+}
+
+/// The overlay's state behind a short lock, with the driver's wake-up and pending searches.
+pub(crate) struct Data {
+    state: Mutex<State>,
+    notify: Notify,
+    epoch: Instant,
+    waiters: Mutex<HashMap<QueryId, oneshot::Sender<Outcome>>>,
+}
+
+impl Data {
+    pub(crate) fn new(
+        me: PeerId,
+        cfg: &DataConfig,
+        epoch: Instant,
+        seed: u64,
+    ) -> Result<Self, String> {
+        let mut pc = pcg::Config {
+            replicas: cfg.replicas,
+            heartbeat_interval: Duration::from_secs_f64(cfg.heartbeat_secs.max(0.05)),
+            ..pcg::Config::default()
+        };
+        pc.item.max_item_size = cfg.max_item_size;
+        pc.validate().map_err(|e| format!("data: {e}"))?;
+        let rc = rbfs::Config {
+            item: pc.item.clone(),
+            ..rbfs::Config::default()
+        };
+        let pcg = pcg::Node::new(me, pc, MemoryStore::new(cfg.storage_bytes), seed)
+            .map_err(|e| format!("data: {e}"))?;
+        let rbfs = rbfs::Node::new(me, rc, seed ^ 0x5eed).map_err(|e| format!("data: {e}"))?;
+        Ok(Data {
+            state: Mutex::new(State { pcg, rbfs }),
+            notify: Notify::new(),
+            epoch,
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(self.epoch.elapsed())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The membership layer's view of other nodes, as PCG and RBFS ask for it.
+struct Hosts {
+    entries: BTreeMap<PeerId, (String, bool, f64)>,
+    /// This node and its site: its own site counts when choosing diverse members.
+    me: (PeerId, String),
+}
+
+impl Hosts {
+    fn of(node: &Node) -> Hosts {
+        let entries = node.inner.membership.read(|c, now| {
+            c.table()
+                .iter()
+                .map(|h| {
+                    let live = matches!(h.liveness, butter_proto::peers::Liveness::Alive);
+                    let score = c.table().score(&h.record.id, now).unwrap_or(0.0);
+                    (h.record.id, (h.record.site.clone(), live, score))
+                })
+                .collect()
+        });
+        Hosts {
+            entries,
+            me: (node.id(), node.site().to_string()),
+        }
+    }
+}
+
+impl HostView for Hosts {
+    fn live_hosts(&self) -> Vec<PeerId> {
+        self.entries
+            .iter()
+            .filter(|(_, (_, live, _))| *live)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn is_live(&self, id: &PeerId) -> bool {
+        self.entries.get(id).is_none_or(|(_, live, _)| *live)
+    }
+
+    fn site(&self, id: &PeerId) -> Option<&str> {
+        if *id == self.me.0 {
+            return Some(&self.me.1);
+        }
+        self.entries.get(id).map(|(s, _, _)| s.as_str())
+    }
+
+    fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
+        // Greedy: each pick prefers a site not yet represented (by the excluded members or earlier
+        // picks), then the higher diversity score.
+        let mut used: BTreeSet<&str> = exclude.iter().filter_map(|e| self.site(e)).collect();
+        let mut pool: Vec<(&PeerId, &str, f64)> = self
+            .entries
+            .iter()
+            .filter(|(id, (_, live, _))| *live && !exclude.contains(id))
+            .map(|(id, (site, _, score))| (id, site.as_str(), *score))
+            .collect();
+        let mut out = Vec::new();
+        while out.len() < k && !pool.is_empty() {
+            let best = pool
+                .iter()
+                .enumerate()
+                .max_by(|(_, a), (_, b)| {
+                    let fresh_a = !used.contains(a.1);
+                    let fresh_b = !used.contains(b.1);
+                    fresh_a
+                        .cmp(&fresh_b)
+                        .then(a.2.total_cmp(&b.2))
+                        .then(b.0.cmp(a.0))
+                })
+                .map(|(i, _)| i);
+            let Some(i) = best else { break };
+            let (id, site, _) = pool.swap_remove(i);
+            used.insert(site);
+            out.push(*id);
+        }
+        out
+    }
+}
+
+impl Node {
+    fn data(&self) -> Result<&Arc<Data>, DataError> {
+        self.inner.data.as_ref().ok_or(DataError::Disabled)
+    }
+
+    /// Stores `content` in the network: here, and in a group of `r` diverse nodes. Returns its id
+    /// (the SHA-256 of the content).
+    pub fn put(&self, content: Vec<u8>) -> Result<ItemId, DataError> {
+        let data = self.data()?;
+        let hosts = Hosts::of(self);
+        let now = data.now();
+        let id = data.lock().pcg.store_item(now, content, &hosts)?;
+        data.notify.notify_one();
+        info!(item = %id.short(), "item stored");
+        Ok(id)
+    }
+
+    /// Finds `id` (locally, through its group, else by random breadth-first search) and returns
+    /// its verified content.
+    pub async fn get(&self, id: ItemId) -> Result<Retrieved, DataError> {
+        let data = self.data()?;
+        let start = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let hosts = Hosts::of(self);
+        {
+            let now = data.now();
+            let mut st = data.lock();
+            let State { pcg, rbfs } = &mut *st;
+            let q = rbfs.find(now, id, pcg.store(), &hosts);
+            data.waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(q, tx);
+        }
+        data.notify.notify_one();
+        let outcome = tokio::time::timeout(Duration::from_secs(20), rx).await;
+        let result = match outcome {
+            Ok(Ok(Outcome::Found {
+                content: Some(item),
+                holder,
+                hops,
+                ..
+            })) => Ok(Retrieved {
+                content: item.content().to_vec(),
+                holder: holder.to_string(),
+                hops,
+                elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+            }),
+            Ok(Ok(Outcome::Found {
+                content: None,
+                manifest: Some(m),
+                holder,
+                hops,
+            })) => {
+                let content = self.fetch_blocks(id, m, holder).await?;
+                Ok(Retrieved {
+                    content,
+                    holder: holder.to_string(),
+                    hops,
+                    elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+            _ => Err(DataError::NotFound(id)),
+        };
+        let label = if result.is_ok() { "found" } else { "not_found" };
+        self.metrics().retrievals.with_label_values(&[label]).inc();
+        if let Ok(r) = &result {
+            self.metrics().retrieval_hops.observe(f64::from(r.hops));
+            self.metrics()
+                .retrieval_duration
+                .observe(start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    async fn fetch_blocks(
+        &self,
+        id: ItemId,
+        manifest: butter_proto::item::Manifest,
+        holder: PeerId,
+    ) -> Result<Vec<u8>, DataError> {
+        let data = self.data()?;
+        let cfg = data.lock().pcg.config().item.clone();
+        let mut asm =
+            Assembler::new(manifest, &cfg).map_err(|e| DataError::Fetch(id, e.to_string()))?;
+        for index in asm.missing() {
+            let body = postcard::to_stdvec(&(id, index))
+                .map_err(|e| DataError::Fetch(id, e.to_string()))?;
+            let bytes = self
+                .send_overlay(holder, "block", Bytes::from(body))
+                .await?;
+            asm.add(index, bytes.to_vec())
+                .map_err(|e| DataError::Fetch(id, e.to_string()))?;
+        }
+        let item = asm
+            .finish()
+            .map_err(|e| DataError::Fetch(id, e.to_string()))?;
+        Ok(item.content().to_vec())
+    }
+
+    /// The item's group as this node sees it.
+    pub fn group(&self, id: &ItemId) -> Option<GroupInfo> {
+        let data = self.inner.data.as_ref()?;
+        let hosts = Hosts::of(self);
+        data.lock().pcg.group(id, &hosts)
+    }
+
+    /// Items this node holds.
+    pub fn items(&self) -> Vec<ItemId> {
+        self.inner
+            .data
+            .as_ref()
+            .map(|d| d.lock().pcg.store().ids())
+            .unwrap_or_default()
+    }
+
+    /// Groups this node is in, by state: `[cold, goldilocks, hot]`.
+    pub fn group_states(&self) -> [usize; 3] {
+        let Some(data) = self.inner.data.as_ref() else {
+            return [0; 3];
+        };
+        let hosts = Hosts::of(self);
+        data.lock().pcg.states(&hosts)
+    }
+
+    /// Test hook: replaces the bytes of a locally held item without changing its id, as a disk
+    /// error or a lying holder would. The possession check must detect it.
+    #[doc(hidden)]
+    pub fn corrupt_local_copy(&self, id: &ItemId, bytes: Vec<u8>) -> bool {
+        self.inner
+            .data
+            .as_ref()
+            .is_some_and(|d| d.lock().pcg.store_mut().corrupt(id, bytes))
+    }
+
+    /// Sends an overlay message and returns the reply body.
+    pub async fn send_overlay(
+        &self,
+        peer: PeerId,
+        name: &str,
+        body: Bytes,
+    ) -> Result<Bytes, RequestError> {
+        let req = Request::Overlay {
+            name: name.to_string(),
+        };
+        let (_, reply) = self
+            .send(peer, &req, body, &format!("overlay:{name}"))
+            .await?;
+        Ok(reply)
+    }
+}
+
+/// Answers `Request::Overlay` for the data overlay's names.
+pub(crate) fn handle(
+    node: &Node,
+    from: Remote,
+    name: &str,
+    body: &[u8],
+) -> Option<Result<Bytes, String>> {
+    let data = node.inner.data.as_ref()?;
+    let now = data.now();
+    match name {
+        "pcg" => {
+            let msg: pcg::Message = match postcard::from_bytes(body) {
+                Ok(m) => m,
+                Err(e) => return Some(Err(format!("bad pcg message: {e}"))),
+            };
+            node.metrics()
+                .pcg_messages
+                .with_label_values(&["in", msg.kind()])
+                .inc();
+            let hosts = Hosts::of(node);
+            data.lock().pcg.handle_message(now, from.id, msg, &hosts);
+            data.notify.notify_one();
+            Some(Ok(Bytes::new()))
+        }
+        "rbfs" => {
+            let msg: rbfs::Message = match postcard::from_bytes(body) {
+                Ok(m) => m,
+                Err(e) => return Some(Err(format!("bad rbfs message: {e}"))),
+            };
+            node.metrics()
+                .rbfs_messages
+                .with_label_values(&["in", msg.kind()])
+                .inc();
+            let hosts = Hosts::of(node);
+            let mut st = data.lock();
+            let State { pcg, rbfs } = &mut *st;
+            rbfs.handle_message(now, from.id, msg, pcg.store(), &hosts);
+            drop(st);
+            data.notify.notify_one();
+            Some(Ok(Bytes::new()))
+        }
+        "block" => {
+            let (id, index): (ItemId, u32) = match postcard::from_bytes(body) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(format!("bad block request: {e}"))),
+            };
+            let st = data.lock();
+            let cfg = st.pcg.config().item.clone();
+            let Some(item) = st.pcg.store().get(&id) else {
+                return Some(Err(format!("item {} not held here", id.short())));
+            };
+            let block = item
+                .manifest(&cfg)
+                .and_then(|m| item.block(&m, index).map(|b| b.to_vec()));
+            Some(
+                block
+                    .map(Bytes::from)
+                    .ok_or_else(|| format!("no block {index}")),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Starts the driver task.
+pub(crate) fn start(node: &Node) {
+    if node.inner.data.is_some() {
+        let n = node.clone();
+        node.inner.tasks.spawn(async move { drive(n).await });
+    }
+}
+
+/// Graceful hand-off: PCG hands every group over, bounded by `limit`.
+pub(crate) async fn hand_off(node: &Node, limit: Duration) {
+    let Some(data) = node.inner.data.as_ref() else {
+        return;
+    };
+    let hosts = Hosts::of(node);
+    let now = data.now();
+    {
+        let mut st = data.lock();
+        if st.pcg.items().next().is_none() {
+            return;
+        }
+        st.pcg.begin_shutdown(now, &hosts);
+    }
+    data.notify.notify_one();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if data.lock().pcg.is_drained() {
+            info!("groups handed over");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warn!("hand-off incomplete at shutdown deadline");
+}
+
+async fn drive(node: Node) {
+    let Some(data) = node.inner.data.clone() else {
+        return;
+    };
+    let cancel = node.cancelled();
+    let mut live: BTreeSet<PeerId> = BTreeSet::new();
+    let mut check_at = Instant::now();
+    {
+        let now = data.now();
+        data.lock().rbfs.start(now);
+    }
+    loop {
+        let hosts = Hosts::of(&node);
+        let now = data.now();
+        let (pcg_tx, rbfs_tx, pcg_ev, rbfs_ev, timeout) = {
+            let mut st = data.lock();
+            let mut pcg_tx = Vec::new();
+            while let Some(t) = st.pcg.poll_transmit() {
+                pcg_tx.push(t);
+            }
+            let mut rbfs_tx = Vec::new();
+            while let Some(t) = st.rbfs.poll_transmit() {
+                rbfs_tx.push(t);
+            }
+            let mut pcg_ev = Vec::new();
+            while let Some(e) = st.pcg.poll_event() {
+                pcg_ev.push(e);
+            }
+            let mut rbfs_ev = Vec::new();
+            while let Some(e) = st.rbfs.poll_event() {
+                rbfs_ev.push(e);
+            }
+            for e in &pcg_ev {
+                if let pcg::Event::ViewChanged(v) = e {
+                    st.rbfs.add_hint(v.item, &v.members);
+                }
+            }
+            let t = [st.pcg.poll_timeout(), st.rbfs.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            (pcg_tx, rbfs_tx, pcg_ev, rbfs_ev, t)
+        };
+        for t in pcg_tx {
+            let body = match postcard::to_stdvec(&t.msg) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(error = %e, "cannot encode pcg message");
+                    continue;
+                }
+            };
+            node.metrics()
+                .pcg_messages
+                .with_label_values(&["out", t.msg.kind()])
+                .inc();
+            let n = node.clone();
+            let d = data.clone();
+            node.inner.tasks.spawn(async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    n.send_overlay(t.to, "pcg", Bytes::from(body)),
+                )
+                .await;
+                if !matches!(r, Ok(Ok(_))) {
+                    debug!(peer = %t.to.short(), "pcg message not delivered");
+                    d.lock().pcg.handle_unreachable(t.to);
+                    d.notify.notify_one();
+                }
+            });
+        }
+        for t in rbfs_tx {
+            let Ok(body) = postcard::to_stdvec(&t.msg) else {
+                continue;
+            };
+            node.metrics()
+                .rbfs_messages
+                .with_label_values(&["out", t.msg.kind()])
+                .inc();
+            let n = node.clone();
+            node.inner.tasks.spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    n.send_overlay(t.to, "rbfs", Bytes::from(body)),
+                )
+                .await;
+            });
+        }
+        for e in pcg_ev {
+            record_pcg(&node, &e);
+        }
+        for e in rbfs_ev {
+            let (q, outcome) = match e {
+                rbfs::Event::Found {
+                    search,
+                    content,
+                    manifest,
+                    holder,
+                    hops,
+                    ..
+                } => (
+                    search,
+                    Outcome::Found {
+                        content,
+                        manifest,
+                        holder,
+                        hops,
+                    },
+                ),
+                rbfs::Event::NotFound { search, .. } => (search, Outcome::NotFound),
+                rbfs::Event::Corrupt { item, holder } => {
+                    warn!(item = %item.short(), holder = %holder.short(), "search answer did not match its id");
+                    node.metrics()
+                        .pcg_events
+                        .with_label_values(&["corrupt_answer"])
+                        .inc();
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some(tx) = data
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&q)
+            {
+                let _ = tx.send(outcome);
+            }
+        }
+        // Members the membership layer dropped are down for PCG too.
+        if Instant::now() >= check_at {
+            check_at = Instant::now() + Duration::from_millis(500);
+            let now_live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
+            let gone: Vec<PeerId> = live.difference(&now_live).copied().collect();
+            if !gone.is_empty() {
+                let mut st = data.lock();
+                for p in gone {
+                    st.pcg.handle_peer_down(now, p, &hosts);
+                }
+            }
+            live = now_live;
+            update_gauges(&node, &data, &hosts);
+        }
+        let wake = timeout
+            .map(|t| data.epoch + t.as_duration())
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        let wake = wake.min(check_at);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = data.notify.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {
+                let hosts = Hosts::of(&node);
+                let now = data.now();
+                let mut st = data.lock();
+                let State { pcg, rbfs } = &mut *st;
+                pcg.handle_timeout(now, &hosts);
+                rbfs.handle_timeout(now, pcg.store(), &hosts);
+            }
+        }
+    }
+}
+
+fn record_pcg(node: &Node, e: &pcg::Event) {
+    let m = node.metrics();
+    let kind = match e {
+        pcg::Event::ViewChanged(_) => "view_changed",
+        pcg::Event::Holding(_) => "holding",
+        pcg::Event::Dropped(_) => "dropped",
+        pcg::Event::Recruited { item, peers } => {
+            info!(item = %item.short(), recruits = peers.len(), "group repaired");
+            "repair"
+        }
+        pcg::Event::Trimmed { item, peers } => {
+            info!(item = %item.short(), removed = peers.len(), "group trimmed");
+            "trim"
+        }
+        pcg::Event::ProofFailed { item, peer } => {
+            warn!(item = %item.short(), peer = %peer.short(), "possession check failed");
+            "proof_failed"
+        }
+        pcg::Event::NoCandidates(_) => "no_candidates",
+        pcg::Event::Corrupt { item, from } => {
+            warn!(item = %item.short(), from = %from.short(), "received data that does not match its id");
+            "corrupt"
+        }
+        pcg::Event::Drained => "drained",
+        _ => "other",
+    };
+    m.pcg_events.with_label_values(&[kind]).inc();
+}
+
+fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
+    let m = node.metrics();
+    let (states, usage) = {
+        let st = data.lock();
+        (st.pcg.states(hosts), st.pcg.store().usage())
+    };
+    for (i, s) in ["cold", "goldilocks", "hot"].iter().enumerate() {
+        m.groups
+            .with_label_values(&[s])
+            .set(i64::try_from(states[i]).unwrap_or(i64::MAX));
+    }
+    m.items_stored
+        .set(i64::try_from(usage.items).unwrap_or(i64::MAX));
+    m.stored_bytes
+        .set(i64::try_from(usage.used).unwrap_or(i64::MAX));
+    node.inner
+        .membership
+        .with(|c, _| c.set_storage_free(usage.limit.saturating_sub(usage.used)));
+}

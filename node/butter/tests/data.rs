@@ -1,0 +1,158 @@
+//! The data overlay on real nodes over loopback QUIC: items stored through different nodes stay
+//! retrievable and their groups return to `r` after nodes crash; a corrupted replica is detected
+//! and replaced; a retrieval never returns bytes that do not match the id.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
+
+use std::time::{Duration, Instant};
+
+use butter::{Config, Node, NodeBuilder};
+use butter_proto::item::ItemId;
+use butter_proto::pcg::GroupState;
+
+async fn network(n: usize) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let mut cfg = Config::for_tests();
+        cfg.site = format!("site-{}", i % 3);
+        cfg.data.heartbeat_secs = 0.5;
+        if let Some(first) = nodes.first() {
+            cfg.bootstrap = vec![first.local_addr().unwrap().to_string()];
+        }
+        nodes.push(NodeBuilder::new(cfg).build().await.unwrap());
+    }
+    let ok = wait(Duration::from_secs(20), || {
+        nodes.iter().all(|x| x.peers().len() >= n - 1)
+    })
+    .await;
+    assert!(
+        ok,
+        "network of {n} did not converge: {:?}",
+        nodes.iter().map(|x| x.peers().len()).collect::<Vec<_>>()
+    );
+    nodes
+}
+
+async fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f()
+}
+
+/// Every live holder's view of `id` is at r with live members, from the point of view of the
+/// first live node that holds it.
+fn at_r(nodes: &[&Node], id: &ItemId) -> bool {
+    let holders: Vec<&&Node> = nodes.iter().filter(|n| n.items().contains(id)).collect();
+    holders.len() >= 3
+        && holders.iter().all(|n| {
+            n.group(id)
+                .is_some_and(|g| g.state == GroupState::Goldilocks)
+        })
+}
+
+fn content(i: usize) -> Vec<u8> {
+    format!("item number {i} ").repeat(50 + i).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_survive_two_crashes_and_groups_return_to_r() {
+    let nodes = network(7).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = nodes[i % nodes.len()].put(content(i)).unwrap();
+        assert_eq!(id, ItemId::of(&content(i)));
+        ids.push(id);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait(Duration::from_secs(20), || ids
+            .iter()
+            .all(|id| at_r(&all, id)))
+        .await,
+        "groups did not reach r = 3"
+    );
+    // Groups span sites.
+    for id in &ids {
+        let g = nodes.iter().find_map(|n| n.group(id)).unwrap();
+        let sites: std::collections::BTreeSet<_> =
+            g.members.iter().filter_map(|m| m.site.clone()).collect();
+        assert!(sites.len() >= 2, "group of {id} sits on one site: {g:?}");
+    }
+    // Retrieval from a node that does not hold the item.
+    for (i, id) in ids.iter().enumerate().take(10) {
+        let asker = nodes.iter().find(|n| !n.items().contains(id)).unwrap();
+        let got = asker.get(*id).await.unwrap();
+        assert_eq!(got.content, content(i));
+    }
+
+    // Crash two nodes at once.
+    nodes[1].crash().await;
+    nodes[2].crash().await;
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 && *i != 2)
+        .map(|(_, n)| n)
+        .collect();
+    let start = Instant::now();
+    let back = wait(Duration::from_secs(30), || {
+        ids.iter().all(|id| at_r(&live, id))
+    })
+    .await;
+    eprintln!("groups back at r after {:?}", start.elapsed());
+    assert!(
+        back,
+        "groups not back at r: {:?}",
+        ids.iter().filter(|id| !at_r(&live, id)).count()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let got = live[i % live.len()].get(*id).await.unwrap();
+        assert_eq!(got.content, content(i), "item {i} content");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_replica_is_detected_and_replaced() {
+    let nodes = network(5).await;
+    let id = nodes[0].put(content(7)).unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait(Duration::from_secs(20), || at_r(&all, &id)).await);
+    let victim = nodes
+        .iter()
+        .skip(1)
+        .find(|n| n.items().contains(&id))
+        .unwrap();
+    assert!(victim.corrupt_local_copy(&id, b"not the content".to_vec()));
+    let detected = wait(Duration::from_secs(60), || {
+        nodes.iter().any(|n| {
+            n.metrics()
+                .encode()
+                .contains("butter_pcg_events_total{kind=\"proof_failed\"}")
+        })
+    })
+    .await;
+    assert!(detected, "no possession check failed");
+    // Every retrieval returns the true bytes.
+    for n in &nodes {
+        let got = n.get(id).await.unwrap();
+        assert_eq!(got.content, content(7));
+    }
+    assert!(
+        wait(Duration::from_secs(30), || at_r(&all, &id)).await,
+        "group not back at r"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_item_fails_in_bounded_time() {
+    let nodes = network(4).await;
+    let start = Instant::now();
+    let err = nodes[0].get(ItemId::of(b"never stored")).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
