@@ -105,7 +105,7 @@ pub fn plot(path: &Path, title: &str, series: &[Sample]) -> Result<(), OutputErr
             100.0 * n as f64 / d as f64
         }
     };
-    let lines: [Line; 4] = [
+    let lines: [Line; 3] = [
         (
             "held at >= r",
             GREEN,
@@ -121,14 +121,23 @@ pub fn plot(path: &Path, title: &str, series: &[Sample]) -> Result<(), OutputErr
             RED,
             Box::new(move |s: &Sample| Some(pct(s.lost, s.stored))),
         ),
-        (
-            "retrieval success",
-            BLUE,
-            Box::new(move |s: &Sample| {
-                (s.found + s.failed > 0).then(|| pct(s.found, s.found + s.failed))
-            }),
-        ),
     ];
+    // Cumulative retrieval success: a window holding only the late failures of lost items would
+    // otherwise read as 0 %.
+    let (mut found, mut failed) = (0usize, 0usize);
+    let cumulative: Vec<(f64, f64)> = series
+        .iter()
+        .filter_map(|s| {
+            found += s.found;
+            failed += s.failed;
+            (found + failed > 0).then(|| (s.t, pct(found, found + failed)))
+        })
+        .collect();
+    chart
+        .draw_series(LineSeries::new(cumulative, BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("retrieval success (cumulative)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     for (label, color, f) in lines {
         let pts: Vec<(f64, f64)> = series
             .iter()

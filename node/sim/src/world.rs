@@ -620,8 +620,20 @@ impl World {
         (0..self.meta.len()).find(|s| self.meta[*s].alive)
     }
 
-    /// Runs to the end of the scenario and returns the report.
-    pub fn run(mut self) -> Report {
+    /// Runs to the end of the scenario and returns the report. A panic inside the run is
+    /// reported with the seed that replays it, then propagated.
+    pub fn run(self) -> Report {
+        let seed = self.sc.seed;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner())) {
+            Ok(report) => report,
+            Err(panic) => {
+                eprintln!("butter-sim: the run with seed {seed} failed; replay it with that seed");
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn run_inner(mut self) -> Report {
         let end = Time::from_duration(self.sc.duration);
         let mut next_progress = Time::ZERO;
         while let Some(Reverse(s)) = self.queue.pop() {
