@@ -2111,6 +2111,36 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_views_converge_on_the_higher_version_then_the_higher_author() {
+        let ids: Vec<PeerId> = (0..5u8).map(|i| PeerId([i; 32])).collect();
+        let hosts = Hosts {
+            me: ids[0],
+            all: ids.iter().map(|p| (*p, "s".to_owned())).collect(),
+            dead: BTreeSet::new(),
+        };
+        let mut n = Node::new(ids[0], Config::default(), MemoryStore::new(1024), 1).unwrap();
+        let item = ItemId::of(b"x");
+        n.restore(
+            Time::ZERO,
+            View::new(item, 2, ids[1], vec![ids[0], ids[1], ids[2]]),
+        );
+        let view = |n: &Node<MemoryStore>| n.group(&item, &hosts).unwrap().view;
+        // Same version, higher author: adopted.
+        let b = View::new(item, 2, ids[3], vec![ids[0], ids[3], ids[4]]);
+        n.handle_message(Time(1), ids[3], Message::ViewUpdate(b.clone()), &hosts);
+        assert_eq!(view(&n), b);
+        // Same version, lower author: ignored, whatever order it arrives in.
+        let a = View::new(item, 2, ids[2], vec![ids[0], ids[2], ids[4]]);
+        n.handle_message(Time(2), ids[2], Message::ViewUpdate(a), &hosts);
+        assert_eq!(view(&n), b);
+        // Higher version wins regardless of author.
+        let c = View::new(item, 3, ids[1], vec![ids[0], ids[1], ids[4]]);
+        n.handle_message(Time(3), ids[1], Message::ViewUpdate(c.clone()), &hosts);
+        assert_eq!(view(&n), c);
+        assert!(b.key() > View::new(item, 2, ids[2], vec![]).key());
+    }
+
+    #[test]
     fn config_validation() {
         assert!(Config::default().validate().is_ok());
         assert!(
