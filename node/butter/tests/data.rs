@@ -128,15 +128,31 @@ async fn corrupted_replica_is_detected_and_replaced() {
         .find(|n| n.items().contains(&id))
         .unwrap();
     assert!(victim.corrupt_local_copy(&id, b"not the content".to_vec()));
+    // Either a challenger sees a wrong proof, or the corrupt holder checks a neighbour's proof
+    // against its own copy, finds its copy bad and drops it (to be pushed a good one).
     let detected = wait(Duration::from_secs(60), || {
         nodes.iter().any(|n| {
-            n.metrics()
-                .encode()
-                .contains("butter_pcg_events_total{kind=\"proof_failed\"}")
+            let m = n.metrics().encode();
+            m.contains("butter_pcg_events_total{kind=\"proof_failed\"}")
+                || m.contains("butter_pcg_events_total{kind=\"corrupt\"}")
         })
     })
     .await;
-    assert!(detected, "no possession check failed");
+    assert!(
+        detected,
+        "no possession check failed: {}",
+        nodes
+            .iter()
+            .map(|n| n
+                .metrics()
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("butter_pcg"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
     // Every retrieval returns the true bytes.
     for n in &nodes {
         let got = n.get(id).await.unwrap();

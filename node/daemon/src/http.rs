@@ -1,6 +1,7 @@
 //! The HTTP side of the daemon: metrics, health, readiness and a JSON view of the node.
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +17,10 @@ pub fn router(node: Node) -> Router {
         .route("/ready", get(ready))
         .route("/peers", get(peers))
         .route("/status", get(status))
+        .route("/items", get(list_items).put(put_item).post(put_item))
+        .route("/items/{id}", get(get_item))
+        .route("/items/{id}/group", get(get_group))
+        .layer(DefaultBodyLimit::max(node.config().data.max_item_size))
         .with_state(node)
 }
 
@@ -50,6 +55,100 @@ async fn peers(State(node): State<Node>) -> Json<Vec<butter::node::PeerSnapshot>
     Json(node.peers())
 }
 
+fn bad_request(msg: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": msg.into() })),
+    )
+        .into_response()
+}
+
+fn parse_id(id: &str) -> Result<butter_proto::item::ItemId, Box<Response>> {
+    id.parse().map_err(|e| {
+        Box::new(bad_request(format!(
+            "{id:?} is not an item id ({e}); ids are 64 hex characters"
+        )))
+    })
+}
+
+async fn put_item(State(node): State<Node>, body: Bytes) -> Response {
+    if body.is_empty() {
+        return bad_request("empty body: send the item's bytes");
+    }
+    match node.put(body.to_vec()) {
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "id": id.to_string(), "bytes": body.len() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn get_item(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match node.get(id).await {
+        Ok(found) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::HeaderName::from_static("x-butter-holder"),
+                    found.holder.clone(),
+                ),
+                (
+                    header::HeaderName::from_static("x-butter-hops"),
+                    found.hops.to_string(),
+                ),
+            ],
+            found.content,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn get_group(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match node.group(&id) {
+        Some(g) => Json(serde_json::json!({
+            "item": id.to_string(),
+            "state": g.state.as_str(),
+            "version": g.view.version,
+            "leader": g.leader.map(|l| l.to_string()),
+            "members": g.members.iter().map(|m| serde_json::json!({
+                "id": m.id.to_string(),
+                "site": m.site,
+                "live": m.live,
+                "holding": m.holding,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "this node is not in the item's group; ask a member (GET /items/{id} finds one)" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn list_items(State(node): State<Node>) -> Json<Vec<String>> {
+    Json(node.items().iter().map(ToString::to_string).collect())
+}
+
 #[derive(Serialize)]
 struct Status {
     id: String,
@@ -61,6 +160,15 @@ struct Status {
     ready: bool,
     uptime_secs: u64,
     version: &'static str,
+    items: usize,
+    groups: Groups,
+}
+
+#[derive(Serialize)]
+struct Groups {
+    cold: usize,
+    goldilocks: usize,
+    hot: usize,
 }
 
 async fn status(State(node): State<Node>) -> Json<Status> {
@@ -78,5 +186,14 @@ async fn status(State(node): State<Node>) -> Json<Status> {
         ready: node.is_ready(),
         uptime_secs: node.uptime().as_secs(),
         version: env!("CARGO_PKG_VERSION"),
+        items: node.items().len(),
+        groups: {
+            let [cold, goldilocks, hot] = node.group_states();
+            Groups {
+                cold,
+                goldilocks,
+                hot,
+            }
+        },
     })
 }

@@ -4,6 +4,7 @@
 //! `/health`, `/ready`, `/peers` and `/status`. Configuration comes from a TOML file, `BUTTER_*`
 //! environment variables and flags, in that order of precedence (flags win).
 
+mod client;
 mod config;
 mod http;
 mod telemetry;
@@ -35,6 +36,41 @@ enum Command {
     },
     /// Print a config file with every key at its default.
     Config,
+    /// Store a file (or stdin with `-`) through a running node; prints the item id.
+    Put {
+        /// The file to store, or `-` for stdin.
+        file: String,
+        /// The node's HTTP address.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+    },
+    /// Retrieve an item by id through a running node (searches the network).
+    Get {
+        /// The item id (64 hex characters).
+        id: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<String>,
+        /// The node's HTTP address.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+    },
+    /// Show a running node's status and known hosts.
+    Status {
+        /// The node's HTTP address.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+    },
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,6 +87,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Put { file, http } => report(client::put(http, &file)),
+        Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
+        Command::Status { http } => report(client::status(http)),
         Command::Config => match toml::to_string_pretty(&config::FileConfig::default()) {
             Ok(s) => {
                 print!("{s}");

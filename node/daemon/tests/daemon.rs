@@ -271,3 +271,115 @@ fn default_config_printed_by_the_binary_round_trips() {
     let _ = child.wait();
     assert!(up, "node started from the printed default config");
 }
+
+fn request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
+    s.write_all(body).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = String::from_utf8_lossy(&buf[..split])
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((status, buf[split + 4..].to_vec()))
+}
+
+#[test]
+fn items_through_the_http_api_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let quic: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let http: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes: Vec<Daemon> = (0..3)
+        .map(|i| {
+            spawn(
+                &dir.path().join(format!("n{i}")),
+                quic[i],
+                http[i],
+                &[quic[0]],
+            )
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || {
+        nodes.iter().all(|n| status_peers(n.http) == Some(2))
+    }));
+
+    let content = b"an article about butter, stored in the network".repeat(20);
+    let (code, body) = request(nodes[0].http, "PUT", "/items", &content).unwrap();
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 64);
+
+    // Retrieved through another node, verified bytes.
+    let (code, got) = request(nodes[2].http, "GET", &format!("/items/{id}"), &[]).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(got, content);
+
+    // The group reaches r = 3 on a 3-node network.
+    assert!(wait_until(Duration::from_secs(15), || {
+        request(nodes[0].http, "GET", &format!("/items/{id}/group"), &[])
+            .and_then(|(c, b)| (c == 200).then_some(b))
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|g| {
+                g["state"] == "goldilocks" && g["members"].as_array().is_some_and(|m| m.len() == 3)
+            })
+    }));
+
+    // Bad ids and missing items are clear errors, not crashes.
+    let (code, _) = request(nodes[1].http, "GET", "/items/not-an-id", &[]).unwrap();
+    assert_eq!(code, 400);
+    let missing = "0".repeat(64);
+    let (code, _) = request(nodes[1].http, "GET", &format!("/items/{missing}"), &[]).unwrap();
+    assert_eq!(code, 404);
+
+    // The CLI does the same.
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, b"hello from the cli").unwrap();
+    let out = Command::new(BIN)
+        .args(["put", "--http", &format!("127.0.0.1:{}", nodes[1].http)])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "get",
+            &cli_id,
+            "--http",
+            &format!("127.0.0.1:{}", nodes[2].http),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello from the cli");
+    let out = Command::new(BIN)
+        .args(["status", "--http", &format!("127.0.0.1:{}", nodes[0].http)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("goldilocks"));
+}
+
+fn status_peers(port: u16) -> Option<u64> {
+    let (_, body) = get(port, "/status")?;
+    serde_json::from_str::<serde_json::Value>(&body).ok()?["peers"].as_u64()
+}
