@@ -8,31 +8,34 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn example(name: &str) -> PathBuf {
-    // `cargo test` builds examples, but `cargo test --test examples` does not: build them once.
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "butter", "--examples"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the examples failed");
-    });
     // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
+    // `cargo test` and `cargo nextest run` build the examples; `cargo test --test examples` does
+    // not, so build them only when missing.
     let exe = std::env::current_exe().unwrap();
-    let dir = exe
+    let path = exe
         .parent()
         .unwrap()
         .parent()
         .unwrap()
         .join("examples")
         .join(name);
+    if !path.exists() {
+        static BUILT: std::sync::Once = std::sync::Once::new();
+        BUILT.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "butter", "--examples"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the examples failed");
+        });
+    }
     assert!(
-        dir.exists(),
+        path.exists(),
         "example {name} not built at {}",
-        dir.display()
+        path.display()
     );
-    dir
+    path
 }
 
 #[test]
