@@ -245,9 +245,14 @@ impl Engine {
         }
     }
 
-    /// Creates a throwaway container of `image` on the default bridge with `env`, labelled
-    /// `butter.bench=1`; returns its id.
-    pub fn create_scratch(&self, image: &str, env: &[&str]) -> Result<String> {
+    /// Creates a throwaway container of `image` with `env` on `network` (the default bridge if
+    /// `None`), labelled `butter.bench=1`; returns its id.
+    pub fn create_scratch(
+        &self,
+        image: &str,
+        env: &[&str],
+        network: Option<&str>,
+    ) -> Result<String> {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             env: Some(env.iter().map(|s| s.to_string()).collect()),
@@ -257,6 +262,7 @@ impl Engine {
             )])),
             host_config: Some(HostConfig {
                 readonly_rootfs: Some(true),
+                network_mode: network.map(String::from),
                 ..Default::default()
             }),
             ..Default::default()

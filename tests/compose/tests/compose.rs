@@ -208,6 +208,16 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    let via_multicast = views
+        .iter()
+        .flat_map(|v| v.peers.iter().flatten())
+        .filter(|p| p.source == "multicast")
+        .count();
+    eprintln!(
+        "{via_multicast} table entries came from multicast (0 means the check above was vacuous: \
+         see a_node_without_bootstrap_finds_its_lan_by_multicast_only)"
+    );
+
     // T7 (every node knows hosts in the other LANs within 10 s) needs relaying through the
     // gateways (issue 5): reported, not asserted, until it lands.
     let views = bed.observe()?;
@@ -359,6 +369,24 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
     Ok(())
 }
 
+/// Every node of `lan` (gateway included) knows every other one.
+fn lan_meshed(views: &[NodeView], lan: &str) -> Result<()> {
+    let in_lan: Vec<&NodeView> = views.iter().filter(|v| v.container.lan == lan).collect();
+    for v in &in_lan {
+        for o in &in_lan {
+            if let Some(id) = o.id() {
+                ensure!(
+                    v.id() == Some(id) || knows(v, id),
+                    "{} does not know {}",
+                    v.container.label(),
+                    o.container.label()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Restarts the victim container when dropped, so the shared network stays whole.
 struct Revive<'a> {
     bed: &'a Testbed,
@@ -382,20 +410,7 @@ fn killed_node_leaves_its_lan_peers_tables_within_8_s() -> Result<()> {
     let lan = topology::LANS[1];
     // Everyone in the LAN knows everyone before the kill.
     let views = until(&bed, Duration::from_secs(15), |views| {
-        let in_lan: Vec<&NodeView> = views.iter().filter(|v| v.container.lan == lan).collect();
-        for v in &in_lan {
-            for o in &in_lan {
-                if let Some(id) = o.id() {
-                    ensure!(
-                        v.id() == Some(id) || knows(v, id),
-                        "{} does not know {}",
-                        v.container.label(),
-                        o.container.label()
-                    );
-                }
-            }
-        }
-        Ok(())
+        lan_meshed(views, lan)
     })?;
     let victim = views
         .iter()
@@ -478,5 +493,88 @@ fn killed_node_leaves_its_lan_peers_tables_within_8_s() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bed.wait_ready(READY_TIMEOUT)?;
+    // Leave the LAN whole for the next test: everyone knows the restarted node again. A killed
+    // peer is "recently dead" for a while, so re-admission is not immediate: measured, bounded.
+    let restarted = Instant::now();
+    until(&bed, Duration::from_secs(90), |views| {
+        lan_meshed(views, lan)
+    })?;
+    eprintln!(
+        "{} known again by every {lan} peer {:.1} s after its restart",
+        victim.container.label(),
+        restarted.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// Removes a throwaway container when dropped.
+struct Scratch<'a> {
+    bed: &'a Testbed,
+    id: String,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = self.bed.engine().remove(&self.id);
+    }
+}
+
+/// Multicast alone: a fresh node with no bootstrap list, started on lan-c, must find every node of
+/// lan-c (and nothing outside it) by beacons.
+#[test]
+#[ignore = "butter-node listening on 0.0.0.0 (the container default) announces no address in \
+            its beacons: node/butter never calls Membership::set_listen_addrs, so receivers \
+            cannot dial the sender (dial_addrs is empty); un-ignore once it does"]
+fn a_node_without_bootstrap_finds_its_lan_by_multicast_only() -> Result<()> {
+    let Some(bed) = bed("multicast_only")? else {
+        return Ok(());
+    };
+    let views = network(&bed)?;
+    let lan = topology::LANS[2];
+    let want = ids(&views, |v| v.container.lan == lan);
+    let network = format!("{}_{lan}", bed.project());
+    let id = bed.engine().create_scratch(
+        &topology::image(),
+        &[
+            "BUTTER_NETWORK=butter-compose",
+            &format!("BUTTER_SITE={lan}"),
+            "BUTTER_DATA_DIR=/data",
+        ],
+        Some(&network),
+    )?;
+    let _scratch = Scratch { bed: &bed, id };
+    bed.engine().start(&_scratch.id)?;
+    let ip = bed
+        .engine()
+        .ip(&_scratch.id)?
+        .context("scratch node has no address")?;
+    let addr = std::net::SocketAddr::from((ip, topology::HTTP_PORT));
+    let start = Instant::now();
+    loop {
+        let peers = api::peers(addr).unwrap_or_default();
+        let known: BTreeSet<String> = peers.iter().map(|p| p.id.clone()).collect();
+        let foreign: Vec<&api::Peer> = peers
+            .iter()
+            .filter(|p| p.source == "multicast" && p.site != lan)
+            .collect();
+        ensure!(
+            foreign.is_empty(),
+            "multicast crossed into {lan}: {foreign:?}"
+        );
+        if want.is_subset(&known) {
+            eprintln!(
+                "a node without bootstrap knew all {} nodes of {lan} after {:.2} s",
+                want.len(),
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "after 10 s a node on {lan} with multicast only knows {} of {}: {peers:?}",
+            known.intersection(&want).count(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

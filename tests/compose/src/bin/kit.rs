@@ -206,10 +206,11 @@ fn container_start(engine: &Engine, image: &str) -> Result<f64> {
     let id = engine.create_scratch(
         image,
         &[
-            "BUTTER_ALONE=1",
-            "BUTTER_NO_MULTICAST=1",
+            "BUTTER_ALONE=true",
+            "BUTTER_NO_MULTICAST=true",
             "BUTTER_DATA_DIR=/data",
         ],
+        None,
     )?;
     let r = (|| {
         let t0 = Instant::now();
