@@ -5,6 +5,18 @@ QBENCH_SRC ?= ../shared/bench/qbench
 BENCH_OUT ?= bench-out
 
 .PHONY: help build release test test-netns lint fmt bench up down status ci
+.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
+
+# The compose testbed (compose/, driven by butter-kit in tests/compose). The image is FROM scratch
+# around a statically linked butter-node, so nothing is pulled from a registry.
+STATIC_TARGET ?= x86_64-unknown-linux-gnu
+STATIC_DIR ?= target/static
+STATIC_BIN := $(STATIC_DIR)/$(STATIC_TARGET)/release/butter-node
+STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static --cfg getrandom_backend="linux_getrandom"
+IMAGE ?= butter-node:local
+SCALE ?= 4
+MONITORING ?=
+KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-compose-tests --bin butter-kit --
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,14 +52,41 @@ bench: ## transport benchmark beside raw quinn (qbench), as a table
 	./target/release/qbench idle | tee -a $(BENCH_OUT)/qbench.txt
 	$(CARGO) bench --locked -p butter --bench transport -- --qbench $(BENCH_OUT)/qbench.txt | tee $(BENCH_OUT)/transport.md
 
-up: release ## bring up the multi-subnet network (netns lab: 3 subnets × 4 nodes; root)
+static: ## statically linked butter-node (glibc, crt-static) in target/static
+	RUSTFLAGS='$(STATIC_RUSTFLAGS)' CARGO_TARGET_DIR=$(STATIC_DIR) $(CARGO) build --release --locked --target $(STATIC_TARGET) -p butter-node
+
+image: static ## the butter-node:local image, FROM scratch (no registry needed)
+	rm -rf $(STATIC_DIR)/image && mkdir -p $(STATIC_DIR)/image/data
+	strip --strip-all -o $(STATIC_DIR)/image/butter-node $(STATIC_BIN)
+	docker build --quiet -f compose/Dockerfile -t $(IMAGE) $(STATIC_DIR)/image
+
+up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (MONITORING=1: Prometheus + Grafana)
+	$(KIT) up --scale $(SCALE) $(if $(MONITORING),--monitoring)
+
+status: ## table of every node in the compose network (LAN, peers per LAN, groups)
+	$(KIT) status
+
+down: ## remove the compose network's containers, networks and volumes
+	$(KIT) down
+
+test-compose: image ## compose tier: 3 LANs up, multicast stays in its LAN, dashboards vs a real Prometheus, kill a node
+	BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
+	  status=$$?; $(KIT) down; exit $$status
+
+bench-kit: image ## image size, start-to-serving time and the memory of the whole compose network (T4, T5)
+	$(KIT) bench --scale $(SCALE)
+
+monitor: ## Debian's prometheus on the host at 127.0.0.1:9090 scraping the compose nodes
+	$(KIT) monitor
+
+lab-up: release ## the netns lab instead of Docker: 3 subnets × 4 nodes (root)
 	netns/lab.sh up --subnets 3 --hosts 4 --bootstrap one-per-subnet --bin target/release/butter-node
 	netns/lab.sh status
 
-status: ## table of every node in the running network
+lab-status: ## table of every node in the netns lab
 	netns/lab.sh status
 
-down: ## stop the network and remove everything it created
+lab-down: ## stop the netns lab and remove everything it created
 	netns/lab.sh down
 
 ci: lint test test-netns ## what CI runs
