@@ -16,6 +16,9 @@ pub struct Series {
     pub timeouts: usize,
     /// Runs that finished within the target bound.
     pub within_target: usize,
+    /// The machine's 1-minute load average at the end of each run: timings on a shared 2-core
+    /// machine mean little without it.
+    pub load: Vec<f64>,
 }
 
 impl Series {
@@ -47,6 +50,16 @@ impl Series {
     }
 }
 
+/// The 1-minute load average (`/proc/loadavg`), if readable.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn ms(d: Option<Duration>) -> String {
     d.map_or_else(
         || "timeout".to_string(),
@@ -59,13 +72,21 @@ pub fn table(series: &[Series]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>5} {:>9} {:>10} {:>10} {:>10} {:>10}  target",
-        "scenario", "runs", "timeouts", "p50", "p99", "max", "in target"
+        "{:<34} {:>5} {:>9} {:>10} {:>10} {:>10} {:>10} {:>11}  target",
+        "scenario", "runs", "timeouts", "p50", "p99", "max", "in target", "load min-max"
     );
     for s in series {
+        let (lo, hi) = s.load.iter().fold((f64::INFINITY, 0.0_f64), |(lo, hi), l| {
+            (lo.min(*l), hi.max(*l))
+        });
+        let load = if s.load.is_empty() {
+            "-".into()
+        } else {
+            format!("{lo:.1}-{hi:.1}")
+        };
         let _ = writeln!(
             out,
-            "{:<34} {:>5} {:>9} {:>10} {:>10} {:>10} {:>7}/{:<2}  {}",
+            "{:<34} {:>5} {:>9} {:>10} {:>10} {:>10} {:>7}/{:<2} {:>11}  {}",
             s.name,
             s.runs(),
             s.timeouts,
@@ -74,6 +95,7 @@ pub fn table(series: &[Series]) -> String {
             ms(s.quantile(1.0)),
             s.within_target,
             s.runs(),
+            load,
             s.target
         );
     }

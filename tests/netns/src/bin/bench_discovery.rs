@@ -11,6 +11,9 @@
 //!   every live table (T8: ≤ 8 s p99). The killed node is then started again (same id) and the
 //!   time until every node knows it again is reported as `rejoin` (T6's late joiner: ≤ 1 s).
 //!
+//! Each run also records the machine's 1-minute load average: on a shared 2-core machine a
+//! compile next door moves these figures more than any change to the node.
+//!
 //! Times count from the instant the lab released the start barrier (or sent the kill), polling
 //! every node's `/peers` in parallel every 50 ms, so they carry up to ~50 ms of polling error.
 //!
@@ -101,10 +104,13 @@ fn time_until(
 }
 
 fn record(series: &mut Series, outcome: Option<Duration>, target: Duration, run: usize) {
+    let load = stats::load_average();
+    series.load.extend(load);
+    let load = load.map_or_else(String::new, |l| format!(" (load {l:.1})"));
     match outcome {
         Some(took) => {
             eprintln!(
-                "  {} run {run}: {:.0} ms",
+                "  {} run {run}: {:.0} ms{load}",
                 series.name,
                 took.as_secs_f64() * 1000.0
             );
@@ -114,7 +120,7 @@ fn record(series: &mut Series, outcome: Option<Duration>, target: Duration, run:
             series.samples.push(took);
         }
         None => {
-            eprintln!("  {} run {run}: timeout", series.name);
+            eprintln!("  {} run {run}: timeout{load}", series.name);
             series.timeouts += 1;
         }
     }
