@@ -97,3 +97,18 @@ k8s-check: ## render every k8s/ overlay (kubectl kustomize) and validate it stri
 
 k8s-dashboards: ## copy dashboards/*.json into the k8s monitoring overlay
 	k8s/dashboards.sh
+
+# Chaos (tests/chaos, butter-chaos): faults through the Engine API and nftables, seeded and logged,
+# with a survival check; reports under chaos-out/<scenario>/. SEED=N replays a run.
+.PHONY: chaos test-chaos
+CHAOS := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-chaos --
+CHAOS_SCENARIO ?= compose/chaos/default.toml
+CHAOS_OUT ?= chaos-out
+
+chaos: ## kill 2 nodes, then a LAN, heal, check every item (T9) on the compose network (`make up` first if it is down)
+	@docker ps -q --filter label=com.docker.compose.project=$${BUTTER_COMPOSE_PROJECT:-butter} --filter label=butter.role | grep -q . || $(MAKE) up
+	$(CHAOS) --out $(CHAOS_OUT) run $(CHAOS_SCENARIO) $(if $(SEED),--seed $(SEED))
+
+test-chaos: image ## chaos tier: the smaller CI scenario (compose/chaos/ci.toml) and each fault once, then down
+	BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
+	  status=$$?; $(KIT) down; exit $$status
