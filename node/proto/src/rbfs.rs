@@ -97,7 +97,7 @@ pub struct Config {
     /// Default 10 s.
     pub summary_interval: Duration,
     /// A neighbour's summary not heard of for this long is pulled again (renewing the
-    /// subscription). Default 120 s.
+    /// subscription). Default 300 s.
     pub summary_refresh: Duration,
     /// Bloom filter bits per item in summaries. Default 16 (false positives ≈ 0.05 %).
     pub summary_bits_per_item: u32,
@@ -124,7 +124,7 @@ impl Default for Config {
             reply: Reply::Path,
             seen_ttl: Duration::from_secs(30),
             summary_interval: Duration::from_secs(10),
-            summary_refresh: Duration::from_secs(120),
+            summary_refresh: Duration::from_secs(300),
             summary_bits_per_item: 16,
             max_hints: 4096,
             jitter: 0.2,
@@ -1180,7 +1180,7 @@ mod tests {
         for _ in 0..25 {
             net.tick(Duration::from_millis(500));
         }
-        // Node 8 pushed once to each of its 5 subscribers; nobody pulled (refresh is 120 s).
+        // Node 8 pushed once to each of its 5 subscribers; nobody pulled (refresh is 300 s).
         assert_eq!(net.other - pulls_before, 5);
         match net.search(3, item.id()) {
             Event::Found { holder, hops, .. } => assert_eq!((holder, hops), (net.ids[8], 1)),
