@@ -135,3 +135,141 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Spawns an example and returns it with the first line it printed.
+fn spawn_example(name: &str, args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    (child, first)
+}
+
+#[test]
+fn persist_stores_through_one_node_and_retrieves_through_another() {
+    let (a_addr, b_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (mut a, _) = spawn_example("ohce", &["--serve", &a_addr]);
+    let (mut b, _) = spawn_example("ohce", &["--serve", &b_addr]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"persisted by the persist example").unwrap();
+    let put = Command::new(example("persist"))
+        .args([
+            "--peer",
+            &a_addr,
+            "--peer",
+            &b_addr,
+            "put",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let id = String::from_utf8_lossy(&put.stdout).trim().to_string();
+    assert_eq!(id.len(), 64);
+    // The storing node has left; the item lives on in its group.
+    let got = Command::new(example("persist"))
+        .args(["--peer", &b_addr, "get", &id])
+        .output()
+        .unwrap();
+    a.kill().ok();
+    b.kill().ok();
+    a.wait().ok();
+    b.wait().ok();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, b"persisted by the persist example");
+}
+
+fn http(addr: &str, method: &str, path: &str, form: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, out)
+}
+
+/// The DOM of `url` after Chromium has loaded it headless (Debian's `chromium` package).
+fn chromium_dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+            url,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (apt install chromium)");
+    assert!(out.status.success(), "chromium failed on {url}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn wiki_article_added_on_one_node_is_readable_on_another_in_a_browser() {
+    let (qa, wa) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (qb, wb) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (mut a, first) = spawn_example("wiki", &["--listen", &qa, "--web", &wa]);
+    assert!(first.contains("open http://"), "{first}");
+    let (mut b, _) = spawn_example("wiki", &["--listen", &qb, "--web", &wb, "--peer", &qa]);
+
+    let (code, reply) = http(
+        &wa,
+        "POST",
+        "/articles",
+        "title=Clarified+butter&text=Butter+without+the+milk+solids.",
+    );
+    assert_eq!(code, 303, "{reply}");
+    let location = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let id = location.trim_start_matches("/articles/").to_string();
+    assert_eq!(id.len(), 64);
+
+    let index = chromium_dom(&format!("http://{wb}/"));
+    let article = chromium_dom(&format!("http://{wb}{location}"));
+    a.kill().ok();
+    b.kill().ok();
+    a.wait().ok();
+    b.wait().ok();
+    assert!(
+        index.contains("Clarified butter") && index.contains(&id),
+        "index on B lacks the article: {index}"
+    );
+    assert!(
+        article.contains("Butter without the milk solids."),
+        "article page on B: {article}"
+    );
+    assert!(article.contains("<h1>Clarified butter</h1>"));
+}
