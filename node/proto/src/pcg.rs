@@ -1654,7 +1654,8 @@ impl<S: Store> Node<S> {
     }
 
     fn on_heartbeat(&mut self, now: Time, from: PeerId, hb: Heartbeat, hosts: &dyn HostView) {
-        let mut reply_groups = Vec::with_capacity(if hb.reply { 0 } else { hb.groups.len() });
+        // (item, sender's view key) of every entry: the answer, if any, is built from these.
+        let mut keys = Vec::with_capacity(if hb.reply { 0 } else { hb.groups.len() });
         let mut differs = false;
         let mut not_holding = Vec::new();
         for mut gb in hb.groups {
@@ -1680,7 +1681,7 @@ impl<S: Store> Node<S> {
                 not_holding.push(item);
             }
             if !hb.reply {
-                reply_groups.push(self.beat_entry(&item, sender_key));
+                keys.push((item, sender_key));
             }
         }
         if !hb.proofs.is_empty() || !not_holding.is_empty() {
@@ -1718,9 +1719,13 @@ impl<S: Store> Node<S> {
         if hb.reply || (!answer_now && proofs.is_empty()) {
             return;
         }
+        let groups = keys
+            .iter()
+            .map(|(item, key)| self.beat_entry(item, *key))
+            .collect();
         let reply = Heartbeat {
             reply: true,
-            groups: reply_groups,
+            groups,
             challenges: Vec::new(),
             proofs,
         };
