@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use butter_proto::item::{Assembler, ItemId, MemoryStore, Store};
+use butter_proto::item::{Assembler, ItemId, Store};
 use butter_proto::pcg::{self, GroupInfo, HostView};
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::wire::Request;
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::Node;
+use crate::store::NodeStore;
 use crate::transport::{Remote, RequestError};
 
 /// Data overlay settings (the `[node.data]` section).
@@ -87,7 +88,7 @@ pub struct Retrieved {
 }
 
 struct State {
-    pcg: pcg::Node<MemoryStore>,
+    pcg: pcg::Node<NodeStore>,
     rbfs: rbfs::Node,
 }
 
@@ -113,6 +114,7 @@ impl Data {
     pub(crate) fn new(
         me: PeerId,
         cfg: &DataConfig,
+        data_dir: Option<&std::path::Path>,
         epoch: Instant,
         seed: u64,
     ) -> Result<Self, String> {
@@ -127,8 +129,28 @@ impl Data {
             item: pc.item.clone(),
             ..rbfs::Config::default()
         };
-        let pcg = pcg::Node::new(me, pc, MemoryStore::new(cfg.storage_bytes), seed)
-            .map_err(|e| format!("data: {e}"))?;
+        let store = match data_dir {
+            Some(dir) => {
+                let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes).map_err(|e| {
+                    format!("data: cannot open the item store in {}: {e}", dir.display())
+                })?;
+                if loaded.items > 0 || loaded.corrupt > 0 {
+                    info!(
+                        items = loaded.items,
+                        corrupt = loaded.corrupt,
+                        "item store loaded and verified"
+                    );
+                }
+                store
+            }
+            None => NodeStore::memory(cfg.storage_bytes),
+        };
+        let views = store.load_views();
+        let mut pcg = pcg::Node::new(me, pc, store, seed).map_err(|e| format!("data: {e}"))?;
+        // Rejoin our groups: within their grace window the others keep us instead of replacing us.
+        for view in views {
+            pcg.restore(Time::ZERO, view);
+        }
         let rbfs = rbfs::Node::new(me, rc, seed ^ 0x5eed).map_err(|e| format!("data: {e}"))?;
         Ok(Data {
             state: Mutex::new(State { pcg, rbfs }),
@@ -509,8 +531,13 @@ async fn drive(node: Node) {
                 rbfs_ev.push(e);
             }
             for e in &pcg_ev {
-                if let pcg::Event::ViewChanged(v) = e {
-                    st.rbfs.add_hint(v.item, &v.members);
+                match e {
+                    pcg::Event::ViewChanged(v) => {
+                        st.rbfs.add_hint(v.item, &v.members);
+                        st.pcg.store().save_view(v);
+                    }
+                    pcg::Event::Dropped(item) => st.pcg.store().drop_view(item),
+                    _ => {}
                 }
             }
             let t = [st.pcg.poll_timeout(), st.rbfs.poll_timeout()]

@@ -36,6 +36,7 @@ pub mod identity;
 mod membership;
 pub mod metrics;
 pub mod node;
+pub mod store;
 pub mod tls;
 pub mod transport;
 

@@ -131,8 +131,14 @@ impl NodeBuilder {
             .map_err(|e| BuildError::Membership(e.to_string()))?;
         let data = if self.config.data.enabled {
             Some(Arc::new(
-                crate::data::Data::new(identity.peer_id(), &self.config.data, started, seed)
-                    .map_err(BuildError::Membership)?,
+                crate::data::Data::new(
+                    identity.peer_id(),
+                    &self.config.data,
+                    self.config.data_dir.as_deref(),
+                    started,
+                    seed,
+                )
+                .map_err(BuildError::Membership)?,
             ))
         } else {
             None

@@ -228,3 +228,95 @@ fn check_all(nodes: &[Proc], ids: &[String]) {
         ids.len()
     );
 }
+
+#[test]
+fn kill_9_during_a_write_storm_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (quic, http) = (free_port(), free_port());
+    let start = |dir: &std::path::Path| {
+        Command::new(BIN)
+            .args(["run", "--no-multicast", "--alone", "--log-level", "warn"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{quic}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = start(dir.path());
+    assert!(wait(Duration::from_secs(10), || json(http, "/status").is_some()).is_some());
+
+    // Writers store items until the node dies under them; only 201 answers count as acknowledged.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let body = content(w * 100_000 + i);
+                    match request(http, "PUT", "/items", &body) {
+                        Some((201, reply)) => {
+                            let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push((v["id"].as_str().unwrap().to_string(), body));
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL, mid-storm
+    child.wait().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 20,
+        "the storm stored only {} items",
+        acked.len()
+    );
+
+    let mut child = start(dir.path());
+    assert!(wait(Duration::from_secs(10), || json(http, "/status").is_some()).is_some());
+    let held = json(http, "/items").unwrap();
+    let held: Vec<&str> = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| !held.contains(&id.as_str()))
+        .collect();
+    for (id, body) in acked.iter().take(50) {
+        let (code, got) = request(http, "GET", &format!("/items/{id}"), &[]).unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(&got, body, "item {id} changed across the crash");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "{} items acknowledged before SIGKILL, {} held after restart",
+        acked.len(),
+        held.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged items lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
