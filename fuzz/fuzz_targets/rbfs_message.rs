@@ -1,0 +1,4 @@
+//! Fuzz target `rbfs_message`: see `butter_fuzz::check_rbfs` for what it feeds and asserts.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| butter_fuzz::check_rbfs(data));
