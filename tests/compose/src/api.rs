@@ -33,15 +33,35 @@ impl Response {
 
 /// `GET http://{addr}{path}`; `path` must already be percent-encoded.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    request("GET", addr, path, &[], timeout)
+}
+
+/// `{method} http://{addr}{path}` with `body` (sent with a Content-Length when not empty).
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.set_nodelay(true)?;
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Length: {}\r\nContent-Type: application/octet-stream\r\n",
+            body.len()
+        )
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{length}Connection: close\r\n\r\n"
     )?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .with_context(|| format!("read {addr}{path}"))?;
@@ -146,9 +166,33 @@ pub struct Status {
     /// Ready (joined).
     #[serde(default)]
     pub ready: bool,
-    /// PCG groups held, once the data overlay reports them.
+    /// PCG groups this node is a member of, by state (absent on nodes without the data overlay).
     #[serde(default)]
-    pub groups: Option<u64>,
+    pub groups: Option<Groups>,
+    /// Items this node holds.
+    #[serde(default)]
+    pub items: Option<u64>,
+}
+
+/// `groups` of `GET /status`: how many groups the node is in, by replica state.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct Groups {
+    /// Fewer than r members.
+    #[serde(default)]
+    pub cold: u64,
+    /// Exactly r members.
+    #[serde(default)]
+    pub goldilocks: u64,
+    /// More than r members.
+    #[serde(default)]
+    pub hot: u64,
+}
+
+impl Groups {
+    /// Groups held in any state.
+    pub fn total(&self) -> u64 {
+        self.cold + self.goldilocks + self.hot
+    }
 }
 
 /// `GET /health` answers 200.
@@ -169,6 +213,30 @@ pub fn status(addr: SocketAddr) -> Result<Status> {
 /// `GET /peers`.
 pub fn peers(addr: SocketAddr) -> Result<Vec<Peer>> {
     json(addr, "/peers")
+}
+
+/// `PUT /items`: stores `content` in the network through the node; returns the item id.
+pub fn put_item(addr: SocketAddr, content: &[u8]) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Put {
+        id: String,
+    }
+    let r = request("PUT", addr, "/items", content, Duration::from_secs(10))?;
+    if r.status != 201 {
+        bail!("{addr} PUT /items: HTTP {}: {}", r.status, r.text());
+    }
+    Ok(serde_json::from_slice::<Put>(&r.body)
+        .with_context(|| format!("{addr} PUT /items: {}", r.text()))?
+        .id)
+}
+
+/// `GET /items/{id}`: retrieves an item through the node (search included); the content.
+pub fn get_item(addr: SocketAddr, id: &str) -> Result<Vec<u8>> {
+    let r = get(addr, &format!("/items/{id}"), Duration::from_secs(15))?;
+    if r.status != 200 {
+        bail!("{addr} GET /items/{id}: HTTP {}: {}", r.status, r.text());
+    }
+    Ok(r.body)
 }
 
 #[cfg(test)]

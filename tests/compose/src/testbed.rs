@@ -235,7 +235,7 @@ pub fn table(views: &[NodeView]) -> String {
     for s in &sites {
         let _ = write!(out, " {s:>6}");
     }
-    let _ = writeln!(out, " {:>6}", "groups");
+    let _ = writeln!(out, " {:>6} {:>4} {:>5}", "groups", "cold", "items");
     for v in views {
         let c = &v.container;
         let addr = c
@@ -261,14 +261,19 @@ pub fn table(views: &[NodeView]) -> String {
             };
             let _ = write!(out, " {n:>6}");
         }
-        let groups = v.status.as_ref().and_then(|s| s.groups).unwrap_or(0);
-        let _ = writeln!(out, " {groups:>6}");
+        let (groups, cold) = v
+            .status
+            .as_ref()
+            .and_then(|s| s.groups)
+            .map_or((0, 0), |g| (g.total(), g.cold));
+        let items = v.status.as_ref().and_then(|s| s.items).unwrap_or(0);
+        let _ = writeln!(out, " {groups:>6} {cold:>4} {items:>5}");
     }
     let ready = views.iter().filter(|v| v.ready).count();
     let _ = writeln!(
         out,
-        "{ready}/{} ready; per-LAN columns count each node's known hosts by site label; \
-         groups = PCG groups held (0 until the data overlay runs on nodes)",
+        "{ready}/{} ready; per-LAN columns: the node's known hosts by site label; groups: PCG \
+         groups it is a member of (cold: fewer than r members); items: items it holds",
         views.len()
     );
     out
