@@ -738,6 +738,10 @@ impl<S: Store> Node<S> {
                 .filter(|m| *m != self.me)
                 .collect();
             let Some(recruit) = self.pick_diverse(1, &exclude, &others, hosts).pop() else {
+                // Nobody to hand over to: tell the group, so it repairs without a grace window.
+                for m in others {
+                    self.send(m, Message::Leave { item: id });
+                }
                 continue;
             };
             let mut members = others;
@@ -2043,6 +2047,24 @@ mod tests {
             3,
             "replacement holds before the leaver goes"
         );
+    }
+
+    #[test]
+    fn leaving_without_a_replacement_tells_the_group_to_skip_the_grace_window() {
+        let mut net = Net::new(3, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        assert_eq!(net.holders(&id).len(), 3);
+        let h = net.hosts(2);
+        let now = net.now;
+        net.nodes[2].begin_shutdown(now, &h);
+        net.deliver();
+        assert_eq!(net.sent.get("leave").copied(), Some(2));
+        let h0 = net.hosts(0);
+        let info = net.nodes[0].group(&id, &h0).unwrap();
+        let leaver = info.members.iter().find(|m| m.id == net.nodes[2].id());
+        assert!(leaver.is_none_or(|m| !m.live), "the leaver is out at once");
+        assert_eq!(info.state, GroupState::Cold);
     }
 
     #[test]
