@@ -112,3 +112,12 @@ chaos: ## kill 2 nodes, then a LAN, heal, check every item (T9) on the compose n
 test-chaos: image ## chaos tier: the smaller CI scenario (compose/chaos/ci.toml) and each fault once, then down
 	BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
 	  status=$$?; $(KIT) down; exit $$status
+
+.PHONY: fuzz
+FUZZ_SECS ?= 600
+FUZZ_TARGETS ?= $(shell sed -n 's/^name = "\(.*\)"$$/\1/p' fuzz/Cargo.toml | tail -n +2)
+fuzz: ## every cargo-fuzz target for FUZZ_SECS (default 600) s, one at a time (nightly, cargo-fuzz; see fuzz/README.md)
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t && \
+	  nice -n 19 $(CARGO) +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECS) || exit 1; \
+	done
