@@ -39,6 +39,10 @@ pub struct Config {
     pub network: String,
     /// Site label (network location) used by the diversity rule; empty = derived from the subnet.
     pub site: String,
+    /// Private network mode: the network CA certificate (PEM). Peers must present a certificate it
+    /// signed, and so must this node (`node.crt` in the data directory, made by `butter-node ca
+    /// sign`). Default none (open network).
+    pub network_ca: Option<PathBuf>,
     /// Bootstrap peers as `host:port` (DNS names are re-resolved). Default none.
     pub bootstrap: Vec<String>,
     /// Ready with no peers at all (a deliberately single node). Default `false`.
@@ -56,6 +60,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
             data_dir: None,
+            network_ca: None,
             network: "butter".into(),
             site: String::new(),
             bootstrap: Vec::new(),
@@ -107,6 +112,12 @@ impl Config {
         }
         if !(self.data.heartbeat_secs > 0.0 && self.data.heartbeat_secs <= 60.0) {
             return Err(invalid("data.heartbeat_secs", "must be in (0, 60]"));
+        }
+        if self.network_ca.is_some() && self.data_dir.is_none() {
+            return Err(invalid(
+                "network_ca",
+                "private network mode needs data_dir (holding node.crt from `butter-node ca sign`)",
+            ));
         }
         self.multicast.validate()?;
         self.limits.validate()

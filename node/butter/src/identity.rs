@@ -33,6 +33,12 @@ pub enum IdentityError {
         /// The parse error.
         source: rcgen::Error,
     },
+    /// The node certificate is not for this node's key.
+    #[error("node.crt is not for this node's key; sign it again with `butter-node ca sign`")]
+    CertificateMismatch,
+    /// The network CA or node certificate cannot be used.
+    #[error("private network: {0}")]
+    Private(String),
     /// Generating the key or certificate failed.
     #[error("cannot generate identity: {0}")]
     Generate(#[from] rcgen::Error),
@@ -106,6 +112,19 @@ impl Identity {
             cert: cert.der().clone(),
             peer_id,
         })
+    }
+
+    /// Uses a CA-signed certificate (private network mode) instead of the self-signed one. The
+    /// certificate must carry this node's key.
+    pub fn with_certificate(
+        mut self,
+        cert: CertificateDer<'static>,
+    ) -> Result<Self, IdentityError> {
+        if peer_id_of_certificate(&cert) != Some(self.peer_id) {
+            return Err(IdentityError::CertificateMismatch);
+        }
+        self.cert = cert;
+        Ok(self)
     }
 
     /// This node's peer id.

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod behaviour;
+pub mod ca;
 pub mod config;
 pub mod data;
 pub mod discovery;

@@ -89,6 +89,29 @@ impl NodeBuilder {
             (None, Some(dir)) => Identity::load_or_generate(dir)?,
             (None, None) => Identity::generate()?,
         };
+        let (identity, ca) = match &self.config.network_ca {
+            None => (identity, None),
+            Some(ca_path) => {
+                let ca = crate::ca::read_cert(ca_path)
+                    .map_err(|e| IdentityError::Private(e.to_string()))?;
+                let dir = self.config.data_dir.clone().unwrap_or_default();
+                let cert = crate::ca::read_cert(&dir.join(crate::ca::NODE_CERT)).map_err(|e| {
+                    IdentityError::Private(format!(
+                        "{e}; issue one with `butter-node ca sign --ca <dir> --data-dir {}`",
+                        dir.display()
+                    ))
+                })?;
+                if !crate::ca::issued_by(&cert, &ca) {
+                    return Err(IdentityError::Private(format!(
+                        "{} was not issued by {}",
+                        dir.join(crate::ca::NODE_CERT).display(),
+                        ca_path.display()
+                    ))
+                    .into());
+                }
+                (identity.with_certificate(cert)?, Some(ca))
+            }
+        };
         let metrics = self.metrics.unwrap_or_default();
         let cancel = CancellationToken::new();
         let slot: Arc<OnceLock<Weak<NodeInner>>> = Arc::new(OnceLock::new());
@@ -100,6 +123,7 @@ impl NodeBuilder {
             metrics.clone(),
             handler,
             cancel.clone(),
+            ca,
         )?;
         let local_addr = transport.local_addr().map_err(|source| BindError::Socket {
             addr: self.config.listen,

@@ -57,11 +57,19 @@ fn check_certificate(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     expected: Option<PeerId>,
+    ca: Option<&CertificateDer<'static>>,
 ) -> Result<PeerId, rustls::Error> {
     if !intermediates.is_empty() {
         return Err(rustls::Error::General(
             "butter peers present exactly one certificate".into(),
         ));
+    }
+    if let Some(ca) = ca {
+        if !crate::ca::issued_by(end_entity, ca) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
+        }
     }
     let got = peer_id_of_certificate(end_entity).ok_or(rustls::Error::InvalidCertificate(
         rustls::CertificateError::BadEncoding,
@@ -90,6 +98,8 @@ pub struct PeerIdMismatch {
 #[derive(Debug)]
 struct PeerVerifier {
     algorithms: WebPkiSupportedAlgorithms,
+    /// The network CA in private network mode.
+    ca: Option<CertificateDer<'static>>,
 }
 
 impl PeerVerifier {
@@ -113,7 +123,7 @@ impl ServerCertVerifier for PeerVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let expected = expected_from_server_name(server_name)?;
-        check_certificate(end_entity, intermediates, expected)?;
+        check_certificate(end_entity, intermediates, expected, self.ca.as_ref())?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -161,7 +171,7 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        check_certificate(end_entity, intermediates, None)?;
+        check_certificate(end_entity, intermediates, None, self.ca.as_ref())?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -190,28 +200,35 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-fn verifier() -> Arc<PeerVerifier> {
+fn verifier(ca: Option<CertificateDer<'static>>) -> Arc<PeerVerifier> {
     Arc::new(PeerVerifier {
         algorithms: provider().signature_verification_algorithms,
+        ca,
     })
 }
 
-/// Builds the rustls server configuration for `identity`.
-pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, rustls::Error> {
+/// Builds the rustls server configuration for `identity` (`ca`: private network mode).
+pub fn server_config(
+    identity: &Identity,
+    ca: Option<CertificateDer<'static>>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier())
+        .with_client_cert_verifier(verifier(ca))
         .with_single_cert(vec![identity.certificate()], identity.private_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
 }
 
-/// Builds the rustls client configuration for `identity`.
-pub fn client_config(identity: &Identity) -> Result<rustls::ClientConfig, rustls::Error> {
+/// Builds the rustls client configuration for `identity` (`ca`: private network mode).
+pub fn client_config(
+    identity: &Identity,
+    ca: Option<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier())
+        .with_custom_certificate_verifier(verifier(ca))
         .with_client_auth_cert(vec![identity.certificate()], identity.private_key())?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
@@ -234,8 +251,8 @@ mod tests {
     fn mismatched_certificate_is_refused() {
         let a = Identity::generate().unwrap();
         let b = Identity::generate().unwrap();
-        assert!(check_certificate(&a.certificate(), &[], Some(a.peer_id())).is_ok());
-        let err = check_certificate(&a.certificate(), &[], Some(b.peer_id())).unwrap_err();
+        assert!(check_certificate(&a.certificate(), &[], Some(a.peer_id()), None).is_ok());
+        let err = check_certificate(&a.certificate(), &[], Some(b.peer_id()), None).unwrap_err();
         assert!(err.to_string().contains("PeerIdMismatch"), "{err}");
     }
 }

@@ -240,13 +240,14 @@ impl Transport {
         metrics: Metrics,
         handler: Arc<dyn Inbound>,
         cancel: CancellationToken,
+        ca: Option<rustls::pki_types::CertificateDer<'static>>,
     ) -> Result<Self, BindError> {
         let tc = Arc::new(transport_config(&limits)?);
-        let server_crypto = QuicServerConfig::try_from(tls::server_config(identity)?)
+        let server_crypto = QuicServerConfig::try_from(tls::server_config(identity, ca.clone())?)
             .map_err(|e| BindError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(tc.clone());
-        let client_crypto = QuicClientConfig::try_from(tls::client_config(identity)?)
+        let client_crypto = QuicClientConfig::try_from(tls::client_config(identity, ca)?)
             .map_err(|e| BindError::Quic(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(tc);

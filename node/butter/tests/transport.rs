@@ -72,7 +72,7 @@ async fn raw_connection(
     alpn: &[u8],
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let identity = Identity::generate().unwrap();
-    let mut tls = butter::tls::client_config(&identity).unwrap();
+    let mut tls = butter::tls::client_config(&identity, None).unwrap();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

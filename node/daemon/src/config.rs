@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// Data directory (identity key, stored items). Without it the identity is ephemeral.
     #[arg(long, env = "BUTTER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Private network mode: the network CA certificate (see `butter-node ca`).
+    #[arg(long, env = "BUTTER_NETWORK_CA")]
+    pub network_ca: Option<PathBuf>,
     /// Bootstrap peer `host:port` (repeat, or comma-separate in BUTTER_BOOTSTRAP).
     #[arg(long, env = "BUTTER_BOOTSTRAP", value_delimiter = ',')]
     pub bootstrap: Vec<String>,
@@ -132,6 +135,9 @@ pub fn load(args: &RunArgs) -> Result<FileConfig, LoadError> {
     }
     if let Some(v) = &args.data_dir {
         cfg.node.data_dir = Some(v.clone());
+    }
+    if let Some(v) = &args.network_ca {
+        cfg.node.network_ca = Some(v.clone());
     }
     if !args.bootstrap.is_empty() {
         cfg.node.bootstrap = args

@@ -55,11 +55,37 @@ enum Command {
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
     },
+    /// Private network mode: create a network CA, or sign a node's certificate with it.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Show a running node's status and known hosts.
     Status {
         /// The node's HTTP address.
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a network CA (ca.key, ca.crt) in a new directory. Keep ca.key secret.
+    Init {
+        /// Where to write the CA.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A name for the network, shown in the CA certificate.
+        #[arg(long, default_value = "butter")]
+        name: String,
+    },
+    /// Sign the certificate of the node whose data directory is given (its key is created if
+    /// missing); then run it with `network_ca = "<data-dir>/ca.crt"`.
+    Sign {
+        /// The CA directory made by `ca init`.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
     },
 }
 
@@ -90,6 +116,21 @@ fn main() -> ExitCode {
         Command::Put { file, http } => report(client::put(http, &file)),
         Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
         Command::Status { http } => report(client::status(http)),
+        Command::Ca(CaCommand::Init { dir, name }) => report(
+            butter::ca::init(&dir, &name)
+                .map(|cert| println!("network CA created; certificate {}", cert.display()))
+                .map_err(Into::into),
+        ),
+        Command::Ca(CaCommand::Sign { ca, data_dir }) => report(
+            butter::ca::sign(&ca, &data_dir)
+                .map(|id| {
+                    println!(
+                        "signed node {id}; run it with --network-ca {}",
+                        data_dir.join(butter::ca::CA_CERT).display()
+                    )
+                })
+                .map_err(Into::into),
+        ),
         Command::Config => match toml::to_string_pretty(&config::FileConfig::default()) {
             Ok(s) => {
                 print!("{s}");

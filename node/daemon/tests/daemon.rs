@@ -383,3 +383,88 @@ fn status_peers(port: u16) -> Option<u64> {
     let (_, body) = get(port, "/status")?;
     serde_json::from_str::<serde_json::Value>(&body).ok()?["peers"].as_u64()
 }
+
+#[test]
+fn private_network_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--dir"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut nodes = Vec::new();
+    let quic: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    for (i, q) in quic.iter().enumerate() {
+        let data = dir.path().join(format!("n{i}"));
+        let out = Command::new(BIN)
+            .args(["ca", "sign", "--ca"])
+            .arg(&ca)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let http = free_port();
+        let bootstrap = if i == 0 {
+            String::new()
+        } else {
+            format!("127.0.0.1:{}", quic[0])
+        };
+        let child = Command::new(BIN)
+            .args([
+                "run",
+                "--no-multicast",
+                "--listen",
+                &format!("127.0.0.1:{q}"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--network-ca")
+            .arg(data.join("ca.crt"))
+            .env("BUTTER_BOOTSTRAP", bootstrap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        nodes.push(Daemon {
+            child,
+            http,
+            quic: *q,
+        });
+    }
+    // An open-network node bootstrapping to the members never joins them.
+    let outsider = spawn(
+        &dir.path().join("outsider"),
+        free_port(),
+        free_port(),
+        &[quic[0]],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| get(n.http, "/peers").is_some_and(|(_, b)| b.matches("\"id\"").count() == 1))
+    }));
+    std::thread::sleep(Duration::from_secs(2));
+    for n in &nodes {
+        let (_, body) = get(n.http, "/peers").unwrap();
+        assert_eq!(
+            body.matches("\"id\"").count(),
+            1,
+            "members know only each other: {body}"
+        );
+    }
+    let (_, body) = get(outsider.http, "/peers").unwrap();
+    assert_eq!(body.trim(), "[]", "the outsider knows nobody");
+}
