@@ -52,6 +52,37 @@ impl Poll {
             .collect()
     }
 
+    /// For each polled host lagging behind its subnet, the polled same-subnet hosts it does not
+    /// know, as `"bt-s1h2 misses bt-s1h7 bt-s1h9"` lines (for diagnosing slow runs).
+    pub fn describe_lan_gaps(&self, lab: &Lab) -> Vec<String> {
+        let known = self.known(lab);
+        let hosts = lab.hosts();
+        let mut out = Vec::new();
+        for (i, k) in self.hosts.iter().zip(&known) {
+            let Some(k) = k else {
+                out.push(format!("{} did not answer", hosts[*i].name));
+                continue;
+            };
+            let missing: Vec<&str> = self
+                .hosts
+                .iter()
+                .filter(|j| *j != i && hosts[**j].subnet == hosts[*i].subnet && !k.contains(j))
+                .map(|j| hosts[*j].name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                let more = missing.len().saturating_sub(6);
+                let shown = missing[..missing.len().min(6)].join(" ");
+                let more = if more > 0 {
+                    format!(" (+{more})")
+                } else {
+                    String::new()
+                };
+                out.push(format!("{} misses {shown}{more}", hosts[*i].name));
+            }
+        }
+        out
+    }
+
     /// Hosts (of those polled) that do not yet know a host in every other subnet of the lab.
     pub fn cross_laggards(&self, lab: &Lab) -> Vec<usize> {
         let known = self.known(lab);

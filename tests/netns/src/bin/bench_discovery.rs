@@ -91,13 +91,36 @@ fn time_until(
     timeout: Duration,
     laggards: impl Fn(&Poll) -> Vec<usize>,
 ) -> Option<Duration> {
+    time_until_explained(lab, hosts, since, timeout, laggards, None).0
+}
+
+/// What to keep once a run is over its target: who still misses whom.
+type Explain<'a> = (Duration, &'a dyn Fn(&Poll) -> Vec<String>);
+
+/// [`time_until`], also returning `explain.1` of the first poll after `explain.0` when the goal
+/// was not reached by then.
+fn time_until_explained(
+    lab: &Lab,
+    hosts: &[usize],
+    since: Instant,
+    timeout: Duration,
+    laggards: impl Fn(&Poll) -> Vec<usize>,
+    mut explain: Option<Explain<'_>>,
+) -> (Option<Duration>, Option<Vec<String>>) {
+    let mut gaps = None;
     loop {
         let poll = Poll::take(lab, hosts);
         if laggards(&poll).is_empty() {
-            return Some(since.elapsed());
+            return (Some(since.elapsed()), gaps);
+        }
+        if let Some((after, describe)) = explain
+            && since.elapsed() > after
+        {
+            gaps = Some(describe(&poll));
+            explain = None;
         }
         if since.elapsed() > timeout {
-            return None;
+            return (None, gaps);
         }
         std::thread::sleep(POLL_EVERY);
     }
@@ -183,10 +206,26 @@ fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, TrafficReport)> 
         if run > 0 {
             lab.restart(0)?;
         }
-        let took = time_until(&lab, &hosts, lab.started(), o.timeout, |p| {
-            p.lan_laggards(&lab)
-        });
-        record(&mut series, took, Duration::from_secs(2), run);
+        let describe = |p: &Poll| p.describe_lan_gaps(&lab);
+        let target = Duration::from_secs(2);
+        let (took, gaps) = time_until_explained(
+            &lab,
+            &hosts,
+            lab.started(),
+            o.timeout,
+            |p| p.lan_laggards(&lab),
+            Some((target, &describe)),
+        );
+        record(&mut series, took, target, run);
+        if let Some(gaps) = gaps {
+            eprintln!(
+                "    at {target:?}, {} nodes still missed peers, e.g.:",
+                gaps.len()
+            );
+            for gap in gaps.iter().take(5) {
+                eprintln!("      {gap}");
+            }
+        }
         if run == 0 {
             sleep_until(lab.started() + TrafficReport::STARTUP);
             let at_startup = lab.traffic(1)?;
