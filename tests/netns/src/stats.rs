@@ -60,11 +60,12 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
-fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "timeout".to_string(),
-        |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0),
-    )
+fn ms(d: Option<Duration>, runs: usize) -> String {
+    match d {
+        _ if runs == 0 => "-".to_string(),
+        None => "timeout".to_string(),
+        Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1000.0),
+    }
 }
 
 /// The summary table, one row per series.
@@ -90,9 +91,9 @@ pub fn table(series: &[Series]) -> String {
             s.name,
             s.runs(),
             s.timeouts,
-            ms(s.quantile(0.5)),
-            ms(s.quantile(0.99)),
-            ms(s.quantile(1.0)),
+            ms(s.quantile(0.5), s.runs()),
+            ms(s.quantile(0.99), s.runs()),
+            ms(s.quantile(1.0), s.runs()),
             s.within_target,
             s.runs(),
             load,
