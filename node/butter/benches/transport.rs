@@ -31,6 +31,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 async fn server() -> Node {
     let mut cfg = Config::for_tests();
     cfg.alone = true;
+    // The benchmark is one peer on purpose far above the default per-peer rate limit.
+    cfg.limits.peer_rate = 1e9;
+    cfg.limits.peer_burst = 1e9;
     cfg.limits.max_body = 1 << 30;
     cfg.limits.max_connections = 4096;
     cfg.limits.request_timeout = Duration::from_secs(60);

@@ -170,6 +170,15 @@ pub struct Limits {
     pub max_connections: usize,
     /// Maximum concurrent request streams a peer may open on one connection. Default 128.
     pub max_streams: u32,
+    /// Sustained requests per second one peer may make. Default 5000.
+    pub peer_rate: f64,
+    /// Requests one peer may burst above its rate. Default 10000.
+    pub peer_burst: f64,
+    /// A peer refused this many times in a row is banned. Default 2000.
+    pub ban_after: u32,
+    /// How long a ban lasts. Default 60 s.
+    #[serde(with = "humantime_secs")]
+    pub ban_for: Duration,
     /// Deadline for a whole request (open, send, reply). Default 10 s.
     #[serde(with = "humantime_secs")]
     pub request_timeout: Duration,
@@ -188,6 +197,10 @@ impl Default for Limits {
             max_body: 64 << 20,
             max_connections: 512,
             max_streams: 128,
+            peer_rate: 5000.0,
+            peer_burst: 10_000.0,
+            ban_after: 2000,
+            ban_for: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
@@ -208,6 +221,12 @@ impl Limits {
         }
         if self.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if !(self.peer_rate > 0.0 && self.peer_burst >= 1.0) {
+            return Err(invalid(
+                "limits.peer_rate",
+                "peer_rate must be > 0 and peer_burst >= 1",
+            ));
         }
         if self.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1"));

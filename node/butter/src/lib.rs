@@ -34,6 +34,7 @@ pub mod config;
 pub mod data;
 pub mod discovery;
 pub mod identity;
+pub mod limiter;
 mod membership;
 pub mod metrics;
 pub mod node;

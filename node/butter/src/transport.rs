@@ -174,6 +174,7 @@ struct Inner {
     tasks: TaskTracker,
     cancel: CancellationToken,
     handler: Arc<dyn Inbound>,
+    limiter: crate::limiter::Limiter,
 }
 
 /// The QUIC transport. Cheap to clone.
@@ -269,11 +270,17 @@ impl Transport {
             local_id: identity.peer_id(),
             pool: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
-            limits,
             metrics,
             tasks: TaskTracker::new(),
             cancel,
             handler,
+            limiter: crate::limiter::Limiter::new(crate::limiter::RateConfig {
+                per_second: limits.peer_rate,
+                burst: limits.peer_burst,
+                ban_after: limits.ban_after,
+                ban_for: limits.ban_for,
+            }),
+            limits,
         });
         let transport = Transport { inner };
         let t = transport.clone();
@@ -438,6 +445,14 @@ impl Transport {
 
     /// Puts a fresh connection in the pool and serves the streams the peer opens on it.
     fn adopt(&self, id: PeerId, conn: Connection, direction: Direction) {
+        if self.inner.limiter.is_banned(&id, Instant::now()) {
+            self.record(Event::HandshakeFailed {
+                direction,
+                reason: "banned",
+            });
+            conn.close(STOP_REFUSED, b"banned");
+            return;
+        }
         {
             let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.insert(id, Pooled { conn: conn.clone() });
@@ -603,6 +618,30 @@ impl Transport {
                     },
                     Bytes::new(),
                     "invalid".to_string(),
+                )
+            }
+            Ok(Ok((request, body)))
+                if self.inner.limiter.check(&from.id, Instant::now())
+                    != crate::limiter::Verdict::Allow =>
+            {
+                let _ = body;
+                self.record(Event::Rejected {
+                    reason: "rate_limited",
+                });
+                if self.inner.limiter.is_banned(&from.id, Instant::now()) {
+                    warn!(peer = %from.id.short(), "peer flooded past its rate limit: banned");
+                    self.record(Event::Rejected { reason: "banned" });
+                    if let Some(conn) = self.pooled(&from.id) {
+                        conn.close(STOP_REFUSED, b"banned");
+                    }
+                }
+                (
+                    Response::Error {
+                        code: ErrorCode::Busy,
+                        message: "rate limit exceeded; slow down".into(),
+                    },
+                    Bytes::new(),
+                    request_kind(&request),
                 )
             }
             Ok(Ok((request, body))) => {
