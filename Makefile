@@ -16,6 +16,10 @@ STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static --c
 IMAGE ?= butter-node:local
 SCALE ?= 4
 MONITORING ?=
+# The compose tier runs as its own project on its own subnets, so it neither disturbs nor is
+# disturbed by a network `make up` (or a chaos run) left on the same engine.
+TEST_PROJECT ?= butter-test
+TEST_SUBNET_PREFIX ?= 10.211
 KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-compose-tests --bin butter-kit --
 
 help: ## this list
@@ -70,7 +74,8 @@ down: ## remove the compose network's containers, networks and volumes
 	$(KIT) down
 
 test-compose: image ## compose tier: 3 LANs up, multicast stays in its LAN, dashboards vs a real Prometheus, kill a node
-	BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
+	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX); \
+	  BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
 	  status=$$?; $(KIT) down; exit $$status
 
 bench-kit: image ## image size, start-to-serving time and the memory of the whole compose network (T4, T5)

@@ -288,6 +288,18 @@ impl Engine {
             .next())
     }
 
+    /// The host pid of a running container's main process (the node), if running.
+    pub fn pid(&self, id: &str) -> Result<Option<u32>> {
+        let c = self.rt.block_on(
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )?;
+        Ok(c.state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0))
+    }
+
     /// Removes a container (forced) and its anonymous volumes.
     pub fn remove(&self, id: &str) -> Result<()> {
         self.rt.block_on(self.docker.remove_container(
