@@ -114,8 +114,13 @@ chaos: ## kill 2 nodes, then a LAN, heal, check every item (T9) on the compose n
 	@docker ps -q --filter label=com.docker.compose.project=$${BUTTER_COMPOSE_PROJECT:-butter} --filter label=butter.role | grep -q . || $(MAKE) up
 	$(CHAOS) --out $(CHAOS_OUT) run $(CHAOS_SCENARIO) $(if $(SEED),--seed $(SEED))
 
+# Like the compose tier, the chaos tier runs as its own project on its own subnets.
+CHAOS_TEST_PROJECT ?= butter-chaos-test
+CHAOS_TEST_SUBNET_PREFIX ?= 10.212
+
 test-chaos: image ## chaos tier: the smaller CI scenario (compose/chaos/ci.toml) and each fault once, then down
-	BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
+	export BUTTER_COMPOSE_PROJECT=$(CHAOS_TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(CHAOS_TEST_SUBNET_PREFIX); \
+	  BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
 	  status=$$?; $(KIT) down; exit $$status
 
 .PHONY: fuzz

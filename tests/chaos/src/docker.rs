@@ -5,7 +5,7 @@
 //! by their compose labels (`com.docker.compose.project`, `…service`, `…container-number`) and the
 //! testbed's own (`butter.role`, `butter.lan`), never by parsing `docker` output.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -60,8 +60,11 @@ pub struct Container {
     pub lan: String,
     /// Running, paused, stopped.
     pub state: State,
-    /// IPv4 address per network, by the compose network name (`lan-a`, `wan`).
+    /// IPv4 address per network, by the compose network name (`lan-a`, `wan`); only while
+    /// running.
     pub ips: BTreeMap<String, Ipv4Addr>,
+    /// The compose networks it is attached to, running or not.
+    pub networks: BTreeSet<String>,
 }
 
 impl Container {
@@ -106,6 +109,7 @@ impl Container {
             lan: lan.into(),
             state,
             ips: BTreeMap::new(),
+            networks: BTreeSet::new(),
         }
     }
 }
@@ -199,10 +203,15 @@ impl Engine {
                     ) => State::Stopped,
                     _ => State::Other,
                 };
-                let ips = c
+                let nets = c
                     .network_settings
                     .and_then(|n| n.networks)
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                let networks = nets
+                    .keys()
+                    .map(|n| n.strip_prefix(&prefix).unwrap_or(n).to_string())
+                    .collect();
+                let ips = nets
                     .into_iter()
                     .filter_map(|(net, ep)| {
                         let ip = ep.ip_address?.parse().ok()?;
@@ -225,6 +234,7 @@ impl Engine {
                     lan: label("butter.lan"),
                     state,
                     ips,
+                    networks,
                 })
             })
             .collect();

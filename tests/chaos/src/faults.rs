@@ -242,7 +242,7 @@ impl<'a> Chaos<'a> {
             if let Err(e) = r {
                 h.errors.push(format!("{}: {e:#}", c.label()));
             }
-            if c.role == Role::Gateway && !c.ips.contains_key(WAN) {
+            if c.role == Role::Gateway && !c.networks.contains(WAN) {
                 let ep = saved.remove(&c.name);
                 match self.engine.attach(WAN, &c.id, &c.service, ep.as_ref()) {
                     Ok(()) => h.reconnected.push(c.label()),

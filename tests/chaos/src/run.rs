@@ -7,6 +7,7 @@
 //! 5. Heal, wait until ready and until every item is at r (up to `settle_secs`), then retrieve
 //!    every item through other nodes and write the report.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -381,6 +382,15 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
     recoveries.push(rec);
 
     let containers = engine.containers()?;
+    let now: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    let then: BTreeSet<&str> = nodes.iter().map(|c| c.id.as_str()).collect();
+    if now != then {
+        bail!(
+            "the compose network was recreated during the run (containers replaced, their data \
+             volumes with them, e.g. by `make up` with a new image): the results are void; \
+             run again"
+        );
+    }
     let obs = survival::observe(&containers, &ids, r, log.t());
     let pb = bar(total, "retrieve");
     pb.set_position(0);
