@@ -38,6 +38,7 @@ pub mod limiter;
 mod membership;
 pub mod metrics;
 pub mod node;
+pub mod overlay;
 pub mod store;
 pub mod tls;
 pub mod transport;

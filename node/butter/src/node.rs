@@ -48,6 +48,7 @@ pub enum BuildError {
 pub struct NodeBuilder {
     config: Config,
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
+    overlays: BTreeMap<String, Arc<dyn crate::overlay::Overlay>>,
     identity: Option<Identity>,
     metrics: Option<Metrics>,
 }
@@ -58,6 +59,7 @@ impl NodeBuilder {
         NodeBuilder {
             config,
             behaviours: BTreeMap::new(),
+            overlays: BTreeMap::new(),
             identity: None,
             metrics: None,
         }
@@ -66,6 +68,14 @@ impl NodeBuilder {
     /// Registers a behaviour under `name` (replacing any earlier one).
     pub fn behaviour(mut self, name: impl Into<String>, behaviour: Arc<dyn Behaviour>) -> Self {
         self.behaviours.insert(name.into(), behaviour);
+        self
+    }
+
+    /// Registers an overlay under each of `names` (messages `Request::Overlay { name }` go to it).
+    pub fn overlay(mut self, names: &[&str], overlay: Arc<dyn crate::overlay::Overlay>) -> Self {
+        for n in names {
+            self.overlays.insert((*n).to_string(), overlay.clone());
+        }
         self
     }
 
@@ -167,6 +177,13 @@ impl NodeBuilder {
         } else {
             None
         };
+        let mut overlays = self.overlays;
+        if data.is_some() {
+            let d: Arc<dyn crate::overlay::Overlay> = Arc::new(crate::overlay::DataOverlay);
+            for n in crate::overlay::DATA_OVERLAY_NAMES {
+                overlays.entry(n.to_string()).or_insert_with(|| d.clone());
+            }
+        }
         let inner = Arc::new(NodeInner {
             id: identity.peer_id(),
             config: self.config,
@@ -174,6 +191,7 @@ impl NodeBuilder {
             local_addr,
             transport,
             behaviours: self.behaviours,
+            overlays,
             membership: Arc::new(Shared::new(core, started)),
             data,
             metrics,
@@ -185,7 +203,9 @@ impl NodeBuilder {
         let node = Node { inner };
         info!(id = %node.id(), addr = %local_addr, site = %node.inner.site, "node started");
         membership::start(&node);
-        crate::data::start(&node);
+        for o in node.distinct_overlays() {
+            o.start(&node);
+        }
         Ok(node)
     }
 }
@@ -197,6 +217,7 @@ pub(crate) struct NodeInner {
     pub(crate) local_addr: SocketAddr,
     pub(crate) transport: Transport,
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
+    overlays: BTreeMap<String, Arc<dyn crate::overlay::Overlay>>,
     pub(crate) membership: Arc<Shared>,
     pub(crate) data: Option<Arc<crate::data::Data>>,
     pub(crate) metrics: Metrics,
@@ -393,13 +414,26 @@ impl Node {
     /// Stops background tasks, closes connections and the endpoint; bounded by `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         // Hand groups over while the node is still fully up, then stop everything.
-        crate::data::hand_off(self, grace / 2).await;
+        for o in self.distinct_overlays() {
+            let _ = tokio::time::timeout(grace / 2, o.shutdown(self)).await;
+        }
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         let deadline = Instant::now() + grace;
         self.inner.transport.shutdown(grace / 2).await;
         let _ = tokio::time::timeout_at(deadline, self.inner.tasks.wait()).await;
         info!(id = %self.inner.id.short(), "node stopped");
+    }
+
+    /// Each registered overlay once (one overlay may answer several names).
+    fn distinct_overlays(&self) -> Vec<Arc<dyn crate::overlay::Overlay>> {
+        let mut out: Vec<Arc<dyn crate::overlay::Overlay>> = Vec::new();
+        for o in self.inner.overlays.values() {
+            if !out.iter().any(|x| Arc::ptr_eq(x, o)) {
+                out.push(o.clone());
+            }
+        }
+        out
     }
 
     /// Stops abruptly, as `kill -9` would: no hand-off, no goodbye. For tests of failure handling.
@@ -470,11 +504,20 @@ impl Inbound for Dispatcher {
                         Err(e) => error(ErrorCode::HandlerFailed, e.0),
                     }
                 }
-                Request::Overlay { name } => match crate::data::handle(&node, from, &name, &body) {
-                    Some(Ok(reply)) => (Response::Ok, reply),
-                    Some(Err(e)) => error(ErrorCode::Malformed, e),
-                    None => error(ErrorCode::UnknownName, format!("no overlay named {name:?}")),
-                },
+                Request::Overlay { name } => {
+                    let Some(o) = node.inner.overlays.get(&name).cloned() else {
+                        return error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
+                    };
+                    let ctx = Context {
+                        peer: from.id,
+                        remote: from.addr,
+                        node: node.clone(),
+                    };
+                    match o.handle(&name, ctx, body).await {
+                        Ok(reply) => (Response::Ok, reply),
+                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
+                    }
+                }
                 other => membership::handle(&node, from, other).await,
             }
         })
