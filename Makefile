@@ -3,8 +3,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 QBENCH_SRC ?= ../shared/bench/qbench
 BENCH_OUT ?= bench-out
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help build release test test-netns lint fmt bench up down status ci
+.PHONY: help build release test test-netns lint fmt bench bench-discovery bench-sim up down status ci
 .PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
 
 # The compose testbed (compose/, driven by butter-kit in tests/compose). The image is FROM scratch
@@ -37,7 +38,8 @@ test: ## unit, property, loopback multi-process and doc tests
 
 test-netns: ## netns lab acceptance tests (root; builds butter-node first)
 	$(CARGO) build --locked -p butter-node
-	BUTTER_NETNS_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile netns --no-fail-fast
+	BUTTER_NETNS_REQUIRE=1 BUTTER_NODE_BIN=$(TARGET_DIR)/debug/butter-node \
+		$(CARGO) nextest run --workspace --locked --profile netns --no-fail-fast
 
 lint: ## rustfmt, clippy -D warnings, rustdoc -D warnings, shellcheck
 	$(CARGO) fmt --all -- --check
@@ -55,6 +57,16 @@ bench: ## transport benchmark beside raw quinn (qbench), as a table
 	./target/release/qbench | tee $(BENCH_OUT)/qbench.txt
 	./target/release/qbench idle | tee -a $(BENCH_OUT)/qbench.txt
 	$(CARGO) bench --locked -p butter --bench transport -- --qbench $(BENCH_OUT)/qbench.txt | tee $(BENCH_OUT)/transport.md
+
+bench-discovery: ## LAN convergence, cross-subnet reach, failure detection in the netns lab (T6-T8; root)
+	@mkdir -p $(BENCH_OUT)
+	$(CARGO) build --release --locked -p butter-node -p butter-netns-tests
+	./target/release/bench-discovery | tee $(BENCH_OUT)/discovery.txt
+
+bench-sim: ## the simulator rigs: churn (T10), retrieval (T11), maintenance (T13), scale (T14)
+	@mkdir -p $(BENCH_OUT)
+	$(CARGO) build --release --locked -p butter-sim
+	for rig in churn retrieval maintenance scale; do ./target/release/butter-sim --quiet $$rig | tee $(BENCH_OUT)/sim-$$rig.txt; done
 
 static: ## statically linked butter-node (glibc, crt-static) in target/static
 	RUSTFLAGS='$(STATIC_RUSTFLAGS)' CARGO_TARGET_DIR=$(STATIC_DIR) $(CARGO) build --release --locked --target $(STATIC_TARGET) -p butter-node
