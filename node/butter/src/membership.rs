@@ -111,6 +111,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<PeerSnapshot> {
                 short: h.record.id.short(),
                 addrs: h.record.addrs.clone(),
                 site: h.record.site.clone(),
+                public: h.record.public,
                 source: h.source.as_str(),
                 state: liveness_label(h.liveness),
                 last_seen_ms: u64::try_from(now.saturating_since(h.last_seen).as_millis())
@@ -197,8 +198,14 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
                     Bytes::new(),
                 );
             }
-            let answer = shared
-                .with(|c, now| c.handle_inbound_hello(now, from.addr, record, &network, sample));
+            // A peer from another site dialled us: we are reachable from outside our LAN.
+            let from_elsewhere = record.site != node.site();
+            let answer = shared.with(|c, now| {
+                if from_elsewhere && !c.local_record(now).public {
+                    c.set_public(true);
+                }
+                c.handle_inbound_hello(now, from.addr, record, &network, sample)
+            });
             match answer {
                 Ok(r) => Response::Hello {
                     record: r.record,

@@ -251,6 +251,8 @@ pub struct PeerSnapshot {
     pub addrs: Vec<SocketAddr>,
     /// Its site label.
     pub site: String,
+    /// Whether it reports being reachable from outside its LAN (a peer of another site dialled it).
+    pub public: bool,
     /// How it was discovered: `multicast`, `bootstrap`, `exchange` or `inbound`.
     pub source: &'static str,
     /// `alive` or `suspect`.

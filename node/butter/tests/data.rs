@@ -30,6 +30,11 @@ async fn network(n: usize) -> Vec<Node> {
         "network of {n} did not converge: {:?}",
         nodes.iter().map(|x| x.peers().len()).collect::<Vec<_>>()
     );
+    // The bootstrap node was dialled from other sites: it knows it is reachable from outside.
+    assert!(
+        nodes[0].record().public,
+        "a node dialled from another site says it is public"
+    );
     nodes
 }
 
