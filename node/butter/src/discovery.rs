@@ -58,6 +58,27 @@ fn interfaces(names: &[String]) -> Vec<(String, Ipv4Addr)> {
     if external.is_empty() { all } else { external }
 }
 
+/// The dialable addresses of a socket bound to an unspecified address: every non-loopback
+/// interface address of the same family with its port (loopback only if there is nothing else).
+pub fn interface_addrs(bound: SocketAddr) -> Vec<SocketAddr> {
+    let all: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() == bound.is_ipv4())
+        .filter(
+            |ip| !matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80),
+        )
+        .collect();
+    let external: Vec<_> = all.iter().copied().filter(|ip| !ip.is_loopback()).collect();
+    let chosen = if external.is_empty() { all } else { external };
+    chosen
+        .into_iter()
+        .take(8)
+        .map(|ip| SocketAddr::new(ip, bound.port()))
+        .collect()
+}
+
 impl Multicast {
     /// Opens the sockets for `cfg`.
     pub fn open(cfg: &MulticastConfig) -> Result<Self, MulticastError> {

@@ -139,17 +139,20 @@ impl NodeBuilder {
             addr: self.config.listen,
             source,
         })?;
+        let listen_addrs = if local_addr.ip().is_unspecified() {
+            // Bound to every interface: announce each interface address (beacons and hellos must
+            // carry something dialable; receivers also try the address a beacon came from).
+            crate::discovery::interface_addrs(local_addr)
+        } else {
+            vec![local_addr]
+        };
+        // The site defaults to the subnet of the first dialable address.
         let site = if self.config.site.is_empty() {
-            membership::site_of(local_addr.ip())
+            membership::site_of(listen_addrs.first().map_or(local_addr.ip(), |a| a.ip()))
         } else {
             self.config.site.clone()
         };
         let started = Instant::now();
-        let listen_addrs = if local_addr.ip().is_unspecified() {
-            Vec::new()
-        } else {
-            vec![local_addr]
-        };
         let local = PeerRecord {
             id: identity.peer_id(),
             addrs: listen_addrs,
