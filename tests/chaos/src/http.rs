@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+/// Connect timeout (capped): every node is one bridge hop from the host.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A response: status, headers (names lower-cased) and body.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -52,8 +55,9 @@ pub fn request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Response> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    // A bridge hop: a node that does not accept within CONNECT_TIMEOUT is gone.
+    let mut s = TcpStream::connect_timeout(&addr, timeout.min(CONNECT_TIMEOUT))
+        .with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.set_nodelay(true)?;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -221,13 +222,19 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
             .filter(|m| m.live && m.holding && live_ids.contains(m.id.as_str()))
             .count()
     };
+    // A node that fails once (killed during the observation) is not asked again in this one:
+    // otherwise every remaining item would wait out a timeout on it and one observation could
+    // take a minute.
+    let dead: Vec<AtomicBool> = up.iter().map(|_| AtomicBool::new(false)).collect();
     let ask = |node: usize, item: usize| -> Option<usize> {
-        let r = http::get(
-            up[node],
-            &format!("/items/{}/group", ids[item]),
-            OBSERVE_TIMEOUT,
-        )
-        .ok()?;
+        if dead[node].load(Ordering::Relaxed) {
+            return None;
+        }
+        let path = format!("/items/{}/group", ids[item]);
+        let Ok(r) = http::get(up[node], &path, OBSERVE_TIMEOUT) else {
+            dead[node].store(true, Ordering::Relaxed);
+            return None;
+        };
         (r.status == 200)
             .then(|| r.json::<Group>().ok())
             .flatten()
