@@ -264,8 +264,11 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = rss_kib();
         let mut conns = Vec::new();
-        for _ in 0..m {
+        for seq in 0..m {
             let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
+            // One request per connection, as the baseline does, so stream state is allocated.
+            let ping = butter_proto::wire::Request::Ping { seq: seq as u64 };
+            c.transport().request_on(&conn, &ping, Bytes::new()).await.expect("ping");
             conns.push(conn);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
