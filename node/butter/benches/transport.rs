@@ -268,7 +268,10 @@ fn main() {
             let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
             // One request per connection, as the baseline does, so stream state is allocated.
             let ping = butter_proto::wire::Request::Ping { seq: seq as u64 };
-            c.transport().request_on(&conn, &ping, Bytes::new()).await.expect("ping");
+            c.transport()
+                .request_on(&conn, &ping, Bytes::new())
+                .await
+                .expect("ping");
             conns.push(conn);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
