@@ -63,6 +63,10 @@ impl FromStr for PeerId {
         if s.len() != 64 {
             return Err(ParsePeerIdError::Length(s.len()));
         }
+        // `from_str_radix` alone would also take a sign: "+f" is not a hex digit pair.
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParsePeerIdError::NotHex);
+        }
         let mut out = [0u8; 32];
         for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
             let hex = std::str::from_utf8(chunk).map_err(|_| ParsePeerIdError::NotHex)?;

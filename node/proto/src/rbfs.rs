@@ -829,7 +829,8 @@ impl Node {
         for (i, t) in targets.into_iter().enumerate() {
             let budget = share + u32::from((i as u32) < extra);
             let next = Query {
-                hops: q.hops + 1,
+                // `hops` comes from the peer: a hostile 255 must not overflow.
+                hops: q.hops.saturating_add(1),
                 ttl: q.ttl - 1,
                 budget,
                 ..q.clone()

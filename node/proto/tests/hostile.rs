@@ -681,3 +681,87 @@ proptest! {
 
 // ---------------------------------------------------------------------------------------------
 // Regressions: inputs the fuzzer found, minimised.
+
+/// Two live peers on two sites, for delivering hostile messages to the state machines.
+struct TwoPeers;
+
+impl pcg::HostView for TwoPeers {
+    fn live_hosts(&self) -> Vec<PeerId> {
+        vec![PeerId([1; 32]), PeerId([2; 32])]
+    }
+    fn is_live(&self, _: &PeerId) -> bool {
+        true
+    }
+    fn site(&self, id: &PeerId) -> Option<&str> {
+        Some(if id.0[0] == 1 { "a" } else { "b" })
+    }
+    fn most_diverse(&self, k: usize, exclude: &std::collections::BTreeSet<PeerId>) -> Vec<PeerId> {
+        let mut v = self.live_hosts();
+        v.retain(|p| !exclude.contains(p));
+        v.truncate(k);
+        v
+    }
+}
+
+/// fuzz `rbfs_message` (minimised): a query arriving with `hops: 255` and TTL left overflowed
+/// `hops + 1` when forwarded (a panic in debug builds, a wrap to 0 in release that resets the hop
+/// count). Forwarded queries now saturate at 255.
+#[test]
+fn regression_query_with_max_hops_is_forwarded_without_overflow() {
+    for strategy in [
+        rbfs::Strategy::Guided,
+        rbfs::Strategy::Flood,
+        rbfs::Strategy::Random,
+    ] {
+        let config = rbfs::Config {
+            strategy,
+            ..rbfs::Config::default()
+        };
+        let mut node = rbfs::Node::new(PeerId([9; 32]), config, 1).expect("valid config");
+        let store = item::MemoryStore::new(1024);
+        let q = Query {
+            id: QueryId(7),
+            item: ItemId::of(b"nobody holds this"),
+            origin: PeerId([1; 32]),
+            hops: u8::MAX,
+            ttl: u8::MAX,
+            budget: u32::MAX,
+        };
+        let now = butter_proto::Time::ZERO;
+        node.handle_message(
+            now,
+            PeerId([1; 32]),
+            rbfs::Message::Query(q),
+            &store,
+            &TwoPeers,
+        );
+        let mut forwarded = 0;
+        while let Some(t) = node.poll_transmit() {
+            if let rbfs::Message::Query(next) = t.msg {
+                assert_eq!(next.hops, u8::MAX);
+                assert_eq!(next.ttl, u8::MAX - 1);
+                forwarded += 1;
+            }
+        }
+        assert!(forwarded > 0, "{strategy:?}: the query was forwarded");
+    }
+}
+
+/// fuzz `ids` (minimised): `u8::from_str_radix` accepts a leading `+`, so 64-character strings
+/// such as `"+0+0…"` parsed as peer and item ids although they are not hex, and printed back as
+/// another string. Both parsers now require 64 hex digits.
+#[test]
+fn regression_ids_with_sign_characters_are_refused() {
+    let found = "04004040404040400044404040404044040400+0404040404044040404040404";
+    let plus = "+f".repeat(32);
+    for s in [found, plus.as_str()] {
+        assert_eq!(s.len(), 64);
+        assert_eq!(
+            s.parse::<PeerId>(),
+            Err(butter_proto::id::ParsePeerIdError::NotHex)
+        );
+        assert_eq!(s.parse::<ItemId>(), Err(item::ParseItemIdError::NotHex));
+    }
+    // Sanity: the same length of real hex still parses.
+    assert!("0f".repeat(32).parse::<PeerId>().is_ok());
+}
