@@ -300,6 +300,43 @@ impl Engine {
             .filter(|p| *p > 0))
     }
 
+    /// Names of the volumes mounted by the project's containers (named and anonymous).
+    pub fn project_volumes(&self, project: &str) -> Result<Vec<String>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("com.docker.compose.project={project}")],
+        )]);
+        let list = self
+            .rt
+            .block_on(self.docker.list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            })))?;
+        let mut out: Vec<String> = list
+            .into_iter()
+            .flat_map(|c| c.mounts.unwrap_or_default())
+            .filter_map(|m| m.name)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes a volume if it still exists; true if it was removed.
+    pub fn remove_volume(&self, name: &str) -> Result<bool> {
+        match self.rt.block_on(
+            self.docker
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>),
+        ) {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes a container (forced) and its anonymous volumes.
     pub fn remove(&self, id: &str) -> Result<()> {
         self.rt.block_on(self.docker.remove_container(

@@ -117,9 +117,15 @@ impl Testbed {
         self.compose.up(Some(opts.scale), profiles)
     }
 
-    /// `compose down -v`, then checks that no network or named volume of the project is left.
+    /// `compose down -v`, then removes the anonymous volumes the containers had (compose 1.29
+    /// can leave those of recreated replicas behind) and checks that no network or named volume
+    /// of the project is left.
     pub fn down(&self) -> Result<()> {
+        let volumes = self.engine.project_volumes(&self.project)?;
         self.compose.down()?;
+        for v in volumes {
+            self.engine.remove_volume(&v)?;
+        }
         let left = self.engine.leftovers(&self.project)?;
         if !left.is_empty() {
             bail!("left after down: {}", left.join(", "));
