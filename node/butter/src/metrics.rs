@@ -268,6 +268,25 @@ impl Metrics {
             "butter_stored_bytes",
             "Bytes of item content held by this node",
         ));
+        // Known labels start at 0, so dashboards show a flat line rather than "no data".
+        for reason in [
+            "malformed",
+            "unknown_message",
+            "unsupported_version",
+            "too_large",
+            "read_timeout",
+            "alpn",
+            "bad_certificate",
+            "peer_id_mismatch",
+            "identity_mismatch",
+            "rate_limited",
+            "banned",
+        ] {
+            rejected.with_label_values(&[reason]);
+        }
+        for method in ["multicast", "bootstrap", "exchange", "inbound"] {
+            discoveries.with_label_values(&[method]);
+        }
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_open.clone()),

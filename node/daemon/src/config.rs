@@ -64,13 +64,13 @@ pub struct RunArgs {
     #[arg(long, env = "BUTTER_SITE")]
     pub site: Option<String>,
     /// Turn LAN multicast discovery off.
-    #[arg(long, env = "BUTTER_NO_MULTICAST")]
+    #[arg(long, env = "BUTTER_NO_MULTICAST", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub no_multicast: bool,
     /// Multicast group and port.
     #[arg(long, env = "BUTTER_MULTICAST_GROUP")]
     pub multicast_group: Option<SocketAddr>,
     /// Be ready with no peers (a deliberately single node).
-    #[arg(long, env = "BUTTER_ALONE")]
+    #[arg(long, env = "BUTTER_ALONE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub alone: bool,
     /// Log format.
     #[arg(long, env = "BUTTER_LOG_FORMAT", value_enum)]
