@@ -317,10 +317,8 @@ pub fn check_pcg(data: &[u8]) {
     for (from, msg) in messages::<pcg::Message>(data).into_iter().take(16) {
         now = Time::from_duration(now.as_duration() + std::time::Duration::from_millis(700));
         node.handle_message(now, from, msg, &hosts);
-        if let Some(t) = node.poll_timeout() {
-            if t <= now {
-                node.handle_timeout(now, &hosts);
-            }
+        if node.poll_timeout().is_some_and(|t| t <= now) {
+            node.handle_timeout(now, &hosts);
         }
         while let Some(t) = node.poll_transmit() {
             postcard::to_stdvec(&t.msg).expect("outgoing messages encode");
@@ -370,10 +368,8 @@ pub fn check_rbfs(data: &[u8]) {
     for (from, msg) in messages::<rbfs::Message>(data).into_iter().take(16) {
         now = Time::from_duration(now.as_duration() + std::time::Duration::from_millis(300));
         node.handle_message(now, from, msg, &store, &hosts);
-        if let Some(t) = node.poll_timeout() {
-            if t <= now {
-                node.handle_timeout(now, &store, &hosts);
-            }
+        if node.poll_timeout().is_some_and(|t| t <= now) {
+            node.handle_timeout(now, &store, &hosts);
         }
         while let Some(t) = node.poll_transmit() {
             postcard::to_stdvec(&t.msg).expect("outgoing messages encode");
