@@ -561,9 +561,6 @@ impl Drop for Scratch<'_> {
 /// Multicast alone: a fresh node with no bootstrap list, started on lan-c, must find every node of
 /// lan-c (and nothing outside it) by beacons.
 #[test]
-#[ignore = "butter-node listening on 0.0.0.0 (the container default) announces no address in \
-            its beacons: node/butter never calls Membership::set_listen_addrs, so receivers \
-            cannot dial the sender (dial_addrs is empty); un-ignore once it does"]
 fn a_node_without_bootstrap_finds_its_lan_by_multicast_only() -> Result<()> {
     let Some(bed) = bed("multicast_only")? else {
         return Ok(());
