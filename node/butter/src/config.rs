@@ -104,10 +104,11 @@ impl Config {
         if self.data.replicas == 0 || self.data.replicas > 16 {
             return Err(invalid("data.replicas", "must be between 1 and 16"));
         }
-        if self.data.max_item_size == 0 || self.data.max_item_size > self.limits.max_body {
+        let block = butter_proto::item::Config::default().block_size;
+        if self.data.max_item_size < block || self.data.max_item_size > self.limits.max_body {
             return Err(invalid(
                 "data.max_item_size",
-                "must be between 1 B and limits.max_body",
+                format!("must be between the block size ({block} B) and limits.max_body"),
             ));
         }
         if !(self.data.heartbeat_secs > 0.0 && self.data.heartbeat_secs <= 60.0) {
@@ -272,6 +273,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
+        let mut c = Config::default();
+        c.data.max_item_size = 1000;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("data.max_item_size")
+        );
         let mut c = Config::default();
         c.limits.max_frame = 10;
         assert!(
