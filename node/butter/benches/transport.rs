@@ -9,7 +9,6 @@
 //! every figure is also shown as a ratio to raw quinn measured in the same job.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use butter::{Config, Node, NodeBuilder, behaviour};
@@ -291,7 +290,6 @@ fn main() {
     });
     rows.push(("RSS idle node", "KiB", idle_kib, Some("idle_kib"), false));
 
-    let _ = Arc::new(());
     println!();
     println!("| figure | butter | raw quinn | ratio |");
     println!("|---|---:|---:|---:|");

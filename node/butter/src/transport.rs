@@ -160,14 +160,10 @@ pub trait Inbound: Send + Sync + 'static {
     fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)>;
 }
 
-struct Pooled {
-    conn: Connection,
-}
-
 struct Inner {
     endpoint: Endpoint,
     local_id: PeerId,
-    pool: Mutex<HashMap<PeerId, Pooled>>,
+    pool: Mutex<HashMap<PeerId, Connection>>,
     open: AtomicUsize,
     limits: Limits,
     metrics: Metrics,
@@ -320,8 +316,8 @@ impl Transport {
     pub fn pooled(&self, peer: &PeerId) -> Option<Connection> {
         let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
         pool.get(peer)
-            .filter(|p| p.conn.close_reason().is_none())
-            .map(|p| p.conn.clone())
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
     }
 
     /// Connects to `addr`, insisting on `expected` when given; reuses a pooled connection.
@@ -455,7 +451,7 @@ impl Transport {
         }
         {
             let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.insert(id, Pooled { conn: conn.clone() });
+            pool.insert(id, conn.clone());
         }
         self.inner.open.fetch_add(1, Ordering::Relaxed);
         self.record(Event::ConnectionOpened);
@@ -471,7 +467,7 @@ impl Transport {
                     let mut pool = t.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
                     if pool
                         .get(&id)
-                        .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+                        .is_some_and(|c| c.stable_id() == conn.stable_id())
                     {
                         pool.remove(&id);
                     }
