@@ -31,6 +31,7 @@ fn record() -> PeerRecord {
         storage_free: 1 << 30,
         known_hosts: 9,
         public: true,
+        relays: vec![],
     }
 }
 

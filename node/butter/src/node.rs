@@ -161,6 +161,7 @@ impl NodeBuilder {
             storage_free: 0,
             known_hosts: 0,
             public: false,
+            relays: vec![],
         };
         let seed = u64::from_le_bytes(identity.peer_id().0[..8].try_into().unwrap_or([0; 8]))
             ^ u64::from(std::process::id());

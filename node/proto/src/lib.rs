@@ -33,6 +33,7 @@ pub mod membership;
 pub mod pcg;
 pub mod peers;
 pub mod rbfs;
+pub mod relay;
 pub mod swim;
 pub mod time;
 pub mod wire;

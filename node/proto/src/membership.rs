@@ -484,6 +484,11 @@ impl Membership {
         self.local.public = public;
     }
 
+    /// Sets the relays this node can be reached through (announced in its record from now on).
+    pub fn set_relays(&mut self, relays: Vec<crate::relay::RelayHint>) {
+        self.local.relays = relays;
+    }
+
     /// Replaces the bootstrap addresses (already resolved; call again whenever names re-resolve).
     /// New addresses are dialled at the next [`handle_timeout`](Self::handle_timeout).
     pub fn set_bootstrap(&mut self, now: Time, addrs: impl IntoIterator<Item = SocketAddr>) {
@@ -997,7 +1002,12 @@ impl Membership {
 }
 
 /// Moves (or inserts) `addr` to the front of `addrs`.
+/// Puts `addr` first in `addrs`. An unspecified address (what a driver passes when the peer came
+/// over a relayed path, which has no address worth announcing) changes nothing.
 fn put_first(addrs: &mut Vec<SocketAddr>, addr: SocketAddr) {
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return;
+    }
     addrs.retain(|a| *a != addr);
     addrs.insert(0, addr);
 }

@@ -724,6 +724,7 @@ mod tests {
             storage_free: storage,
             known_hosts: known,
             public: false,
+            relays: vec![],
         }
     }
 

@@ -41,6 +41,8 @@ pub struct PeerRecord {
     pub known_hosts: u32,
     /// Whether peers outside the node's LAN have dialled it back successfully.
     pub public: bool,
+    /// Relays the node can be reached through when it is not public (at most a few).
+    pub relays: Vec<crate::relay::RelayHint>,
 }
 
 /// Messages a node opens a stream with.
@@ -85,6 +87,13 @@ pub enum Request {
     Gossip {
         /// The updates, at most a few dozen.
         updates: Vec<MemberUpdate>,
+    },
+    /// Opens a relay link (see [`crate::relay`]): the stream stays open and carries
+    /// [`crate::relay::Frame`]s both ways; the relay answers with [`crate::relay::Body::Accepted`]
+    /// or a refusal.
+    Relay {
+        /// Whether the opener wants to be reachable through this node.
+        register: bool,
     },
 }
 
@@ -266,7 +275,7 @@ pub trait Message: Serialize + DeserializeOwned {
 }
 
 impl Message for Request {
-    const VARIANTS: u32 = 6;
+    const VARIANTS: u32 = 7;
 }
 
 impl Message for Response {
@@ -340,6 +349,7 @@ mod tests {
             storage_free: 1 << 30,
             known_hosts: 3,
             public: false,
+            relays: vec![],
         }
     }
 

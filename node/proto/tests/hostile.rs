@@ -74,6 +74,7 @@ fn peer_record() -> impl Strategy<Value = PeerRecord> {
                 storage_free,
                 known_hosts,
                 public,
+                relays: vec![],
             },
         )
 }

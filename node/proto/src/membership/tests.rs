@@ -90,6 +90,7 @@ fn record(n: usize, site: &str, addr: SocketAddr) -> PeerRecord {
         storage_free: 1 << 30,
         known_hosts: 0,
         public: false,
+        relays: vec![],
     }
 }
 
