@@ -53,6 +53,8 @@ pub struct Config {
     pub limits: Limits,
     /// The data overlay (Peer Content Groups and search).
     pub data: crate::data::DataConfig,
+    /// Relaying for peers that cannot be dialled, and hole punching.
+    pub relay: RelayConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             multicast: MulticastConfig::default(),
             limits: Limits::default(),
             data: crate::data::DataConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -121,7 +124,105 @@ impl Config {
             ));
         }
         self.multicast.validate()?;
+        self.relay.validate()?;
         self.limits.validate()
+    }
+}
+
+/// Whether this node can be dialled from outside its LAN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// Learn it: public once a peer of another site has dialled in. Default.
+    #[default]
+    Auto,
+    /// Always announce itself as public (e.g. a node with a public address or a forwarded port).
+    Public,
+    /// Always announce itself as private: it keeps a relay and is reached through it.
+    Private,
+}
+
+/// Relaying and hole punching: how nodes that cannot be dialled are reached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Whether this node can be dialled from outside its LAN. Default `auto`.
+    pub reachability: Reachability,
+    /// Relay traffic for other peers when reachable. Default `true`.
+    pub enabled: bool,
+    /// Try a hole punch to move a relayed connection onto a direct path. Default `true`.
+    pub punch: bool,
+    /// Peers that may attach to this node as their relay. Default 256.
+    pub max_links: usize,
+    /// Relayed sessions (pairs of end points) carried at once. Default 512.
+    pub max_sessions: usize,
+    /// Bytes one relayed session may carry. Default 256 MiB.
+    pub session_bytes: u64,
+    /// How long one relayed session may live. Default 3600 s.
+    #[serde(with = "humantime_secs")]
+    pub session_lifetime: Duration,
+    /// Test only: a relay that alters (`tamper`) or repeats (`replay`) what it carries.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub fault: Option<RelayFault>,
+    /// Test only: drop inbound connections from addresses this node has not sent to, like a NAT
+    /// with endpoint-independent mapping and address-and-port-dependent filtering.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub simulate_nat: bool,
+}
+
+/// How a deliberately broken relay misbehaves (tests of end-to-end integrity only).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayFault {
+    /// Flip a byte in every relayed packet.
+    Tamper,
+    /// Send every relayed packet twice.
+    Replay,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let core = butter_proto::relay::Limits::default();
+        RelayConfig {
+            reachability: Reachability::Auto,
+            enabled: core.enabled,
+            punch: true,
+            max_links: core.max_links,
+            max_sessions: core.max_sessions,
+            session_bytes: core.session_bytes,
+            session_lifetime: core.session_lifetime,
+            fault: None,
+            simulate_nat: false,
+        }
+    }
+}
+
+impl RelayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_links > 65_536 {
+            return Err(invalid("relay.max_links", "must be at most 65536"));
+        }
+        if self.max_sessions > 65_536 {
+            return Err(invalid("relay.max_sessions", "must be at most 65536"));
+        }
+        if self.session_lifetime < Duration::from_secs(1) {
+            return Err(invalid("relay.session_lifetime", "must be at least 1 s"));
+        }
+        Ok(())
+    }
+
+    /// The limits the relay core enforces.
+    pub fn limits(&self) -> butter_proto::relay::Limits {
+        butter_proto::relay::Limits {
+            enabled: self.enabled,
+            max_links: self.max_links,
+            max_sessions: self.max_sessions,
+            session_bytes: self.session_bytes,
+            session_lifetime: self.session_lifetime,
+            ..butter_proto::relay::Limits::default()
+        }
     }
 }
 

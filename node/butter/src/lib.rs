@@ -39,6 +39,7 @@ mod membership;
 pub mod metrics;
 pub mod node;
 pub mod overlay;
+pub mod relay;
 pub mod store;
 pub mod tls;
 pub mod transport;

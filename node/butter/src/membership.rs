@@ -117,6 +117,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Vec<PeerSnapshot> {
                 last_seen_ms: u64::try_from(now.saturating_since(h.last_seen).as_millis())
                     .unwrap_or(u64::MAX),
                 rtt_ms: h.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                relays: h.record.relays.iter().map(|r| r.id.short()).collect(),
+                path: "none",
             })
             .collect();
         v.sort_by_key(|p| p.last_seen_ms);
@@ -131,12 +133,36 @@ pub(crate) async fn introduce(
     expected: Option<PeerId>,
     source: Source,
 ) -> Result<PeerId, RequestError> {
-    let shared = &node.inner.membership;
+    // A private peer elsewhere is dialled through its relay, not at its unreachable addresses.
+    if let Some(exp) = expected {
+        if let Some(r) = node
+            .record_of(&exp)
+            .filter(|r| crate::relay::needs_relay(node, r))
+        {
+            crate::relay::connect_relayed(node, &r).await?;
+            return hello(node, exp, UNSPECIFIED, source).await;
+        }
+    }
     let (id, conn) = node.inner.transport.connect(addr, expected).await?;
     if id == node.id() {
         conn.close(0u32.into(), b"self");
         return Err(RequestError::Unexpected("dialled ourselves".into()));
     }
+    hello(node, id, addr, source).await
+}
+
+/// What the core is told a relayed peer's address is: nothing worth announcing.
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Sends our record to a connected (or reachable) peer and feeds its answer to the core.
+async fn hello(
+    node: &Node,
+    id: PeerId,
+    addr: SocketAddr,
+    source: Source,
+) -> Result<PeerId, RequestError> {
+    let shared = &node.inner.membership;
     let (record, sample_size) = shared.read(|c, now| (c.local_record(now), c.config().sample_size));
     let req = Request::Hello {
         record,
@@ -157,8 +183,36 @@ pub(crate) async fn introduce(
             "hello record does not match the peer's key".into(),
         ));
     }
+    node.inner.relay.remember(sample.iter().cloned());
+    let addr = if crate::relay::is_virtual(&addr) {
+        UNSPECIFIED
+    } else {
+        addr
+    };
     shared.with(|c, now| c.handle_hello(now, addr, record, sample, source));
     Ok(id)
+}
+
+/// Sends our (changed) record to the live hosts we know, so they learn how to reach us.
+pub(crate) fn announce(node: &Node) {
+    let peers: Vec<PeerId> = node.inner.membership.read(|c, _| {
+        c.table()
+            .iter()
+            .filter(|h| h.is_alive())
+            .map(|h| h.id())
+            .take(64)
+            .collect()
+    });
+    for id in peers {
+        let n = node.clone();
+        node.inner.tasks.spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                hello(&n, id, UNSPECIFIED, Source::Exchange),
+            )
+            .await;
+        });
+    }
 }
 
 /// Answers membership requests (ping, indirect ping, hello, gossip).
@@ -199,17 +253,21 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
                 );
             }
             // A peer from another site dialled us: we are reachable from outside our LAN.
-            let from_elsewhere = record.site != node.site();
+            // (Not over a relay: that proves nothing about being reachable.)
+            let relayed = crate::relay::is_virtual(&from.addr);
+            let from_elsewhere = record.site != node.site() && !relayed;
+            let learn = node.config().relay.reachability == crate::config::Reachability::Auto;
+            let observed = if relayed { UNSPECIFIED } else { from.addr };
             let answer = shared.with(|c, now| {
-                if from_elsewhere && !c.local_record(now).public {
+                if from_elsewhere && learn && !c.local_record(now).public {
                     c.set_public(true);
                 }
-                c.handle_inbound_hello(now, from.addr, record, &network, sample)
+                c.handle_inbound_hello(now, observed, record, &network, sample)
             });
             match answer {
                 Ok(r) => Response::Hello {
                     record: r.record,
-                    observed: from.addr,
+                    observed,
                     sample: r.sample,
                 },
                 Err(HelloRefused::WrongNetwork) => {
@@ -241,17 +299,8 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
 
 /// Pings `target` (dialling `addrs` if there is no connection); true on an ack.
 async fn ping(node: &Node, target: PeerId, addrs: &[SocketAddr], seq: u64) -> bool {
-    if node.inner.transport.pooled(&target).is_none() {
-        let mut connected = false;
-        for a in addrs.iter().take(4) {
-            if node.inner.transport.connect(*a, Some(target)).await.is_ok() {
-                connected = true;
-                break;
-            }
-        }
-        if !connected && node.inner.transport.pooled(&target).is_none() {
-            return false;
-        }
+    if node.connection_with(target, addrs).await.is_err() {
+        return false;
     }
     matches!(
         node.send(target, &Request::Ping { seq }, Bytes::new(), "ping")
@@ -489,13 +538,7 @@ fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
                     addrs: target_addrs,
                 };
                 let reply = tokio::time::timeout(Duration::from_secs(2), async {
-                    if n.inner.transport.pooled(&via).is_none() {
-                        for a in via_addrs.iter().take(4) {
-                            if n.inner.transport.connect(*a, Some(via)).await.is_ok() {
-                                break;
-                            }
-                        }
-                    }
+                    n.connection_with(via, &via_addrs).await?;
                     n.send(via, &req, Bytes::new(), "ping_req").await
                 })
                 .await;

@@ -110,6 +110,106 @@ pub struct Metrics {
     pub items_stored: IntGauge,
     /// Bytes of item content held.
     pub stored_bytes: IntGauge,
+    /// Relaying, reachability and hole punching.
+    pub relay: RelayMetrics,
+}
+
+/// Series of the relay layer (issue: wider reach through relays and hole punching).
+#[derive(Clone, Debug)]
+pub struct RelayMetrics {
+    /// Pooled connections by path: `direct`, `relayed`, `punched`.
+    pub connections_by_path: IntGaugeVec,
+    /// Hole-punch attempts by outcome: `success`, `no_reply`, `failed`.
+    pub holepunch: IntCounterVec,
+    /// Packet bytes this node relayed for others.
+    pub relayed_bytes: IntCounter,
+    /// Packets this node relayed for others.
+    pub relayed_packets: IntCounter,
+    /// Relay refusals by reason, as relay (`side=relay`) or as the refused end (`side=client`).
+    pub refused: IntCounterVec,
+    /// 1 for the current reachability state (`public` or `private`), 0 for the other.
+    pub reachability: IntGaugeVec,
+    /// Relay links open (peers attached to this node plus links it opened).
+    pub links: IntGauge,
+    /// Relayed sessions this node carries for others.
+    pub sessions: IntGauge,
+}
+
+impl RelayMetrics {
+    fn new() -> Self {
+        let connections_by_path = must(IntGaugeVec::new(
+            Opts::new(
+                "butter_connections_by_path",
+                "Pooled connections by path (direct, relayed, punched)",
+            ),
+            &["path"],
+        ));
+        for p in ["direct", "relayed", "punched"] {
+            connections_by_path.with_label_values(&[p]).set(0);
+        }
+        let holepunch = must(IntCounterVec::new(
+            Opts::new(
+                "butter_holepunch_total",
+                "Hole-punch attempts by outcome (success, no_reply, failed)",
+            ),
+            &["outcome"],
+        ));
+        for o in ["success", "no_reply", "failed"] {
+            holepunch.with_label_values(&[o]);
+        }
+        let refused = must(IntCounterVec::new(
+            Opts::new(
+                "butter_relay_refused_total",
+                "Relayed traffic refused, by side (relay or client) and reason",
+            ),
+            &["side", "reason"],
+        ));
+        let reachability = must(IntGaugeVec::new(
+            Opts::new(
+                "butter_reachability",
+                "1 for the node's reachability state (public: dialled from outside its LAN; private: needs a relay)",
+            ),
+            &["state"],
+        ));
+        for s in ["public", "private"] {
+            reachability.with_label_values(&[s]).set(0);
+        }
+        RelayMetrics {
+            connections_by_path,
+            holepunch,
+            relayed_bytes: must(IntCounter::new(
+                "butter_relayed_bytes_total",
+                "Packet bytes this node relayed for other peers",
+            )),
+            relayed_packets: must(IntCounter::new(
+                "butter_relayed_packets_total",
+                "Packets this node relayed for other peers",
+            )),
+            refused,
+            reachability,
+            links: must(IntGauge::new(
+                "butter_relay_links",
+                "Relay links open on this node",
+            )),
+            sessions: must(IntGauge::new(
+                "butter_relay_sessions",
+                "Relayed sessions this node carries for other peers",
+            )),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.connections_by_path.clone()),
+            Box::new(self.holepunch.clone()),
+            Box::new(self.relayed_bytes.clone()),
+            Box::new(self.relayed_packets.clone()),
+            Box::new(self.refused.clone()),
+            Box::new(self.reachability.clone()),
+            Box::new(self.links.clone()),
+            Box::new(self.sessions.clone()),
+        ]
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -313,6 +413,10 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        let relay = RelayMetrics::new();
+        for c in relay.collectors() {
+            must(registry.register(c));
+        }
         Metrics {
             registry,
             connections_open,
@@ -336,6 +440,7 @@ impl Metrics {
             groups,
             items_stored,
             stored_bytes,
+            relay,
         }
     }
 

@@ -126,7 +126,8 @@ impl NodeBuilder {
         let cancel = CancellationToken::new();
         let slot: Arc<OnceLock<Weak<NodeInner>>> = Arc::new(OnceLock::new());
         let handler = Arc::new(Dispatcher { node: slot.clone() });
-        let transport = Transport::bind(
+        let plumbing = crate::relay::Plumbing::new();
+        let transport = Transport::bind_relayed(
             &identity,
             self.config.listen,
             self.config.limits.clone(),
@@ -134,7 +135,9 @@ impl NodeBuilder {
             handler,
             cancel.clone(),
             ca,
+            Some(plumbing.clone()),
         )?;
+        let relay = crate::relay::Relayer::new(identity.peer_id(), &self.config.relay, plumbing);
         let local_addr = transport.local_addr().map_err(|source| BindError::Socket {
             addr: self.config.listen,
             source,
@@ -197,6 +200,7 @@ impl NodeBuilder {
             behaviours: self.behaviours,
             overlays,
             membership: Arc::new(Shared::new(core, started)),
+            relay,
             data,
             metrics,
             started,
@@ -207,6 +211,7 @@ impl NodeBuilder {
         let node = Node { inner };
         info!(id = %node.id(), addr = %local_addr, site = %node.inner.site, "node started");
         membership::start(&node);
+        crate::relay::start(&node);
         for o in node.distinct_overlays() {
             o.start(&node);
         }
@@ -223,6 +228,7 @@ pub(crate) struct NodeInner {
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
     overlays: BTreeMap<String, Arc<dyn crate::overlay::Overlay>>,
     pub(crate) membership: Arc<Shared>,
+    pub(crate) relay: crate::relay::Relayer,
     pub(crate) data: Option<Arc<crate::data::Data>>,
     pub(crate) metrics: Metrics,
     pub(crate) started: Instant,
@@ -265,6 +271,10 @@ pub struct PeerSnapshot {
     pub last_seen_ms: u64,
     /// Smoothed round-trip time in milliseconds, if measured.
     pub rtt_ms: Option<f64>,
+    /// Relays it announces (short ids), when it is private.
+    pub relays: Vec<String>,
+    /// How our connection to it runs: `direct`, `relayed`, `punched`, or `none`.
+    pub path: &'static str,
 }
 
 impl Node {
@@ -300,7 +310,25 @@ impl Node {
 
     /// The known hosts, most recently seen first.
     pub fn peers(&self) -> Vec<PeerSnapshot> {
-        membership::snapshot(&self.inner.membership)
+        let mut peers = membership::snapshot(&self.inner.membership);
+        for p in &mut peers {
+            if let Ok(id) = p.id.parse::<PeerId>() {
+                p.path = self.path_to(&id).unwrap_or("none");
+            }
+        }
+        peers
+    }
+
+    /// How the connection to `peer` runs now: `direct`, `relayed`, `punched`, or `None` when
+    /// there is no connection.
+    pub fn path_to(&self, peer: &PeerId) -> Option<&'static str> {
+        let conn = self.inner.transport.pooled(peer)?;
+        Some(self.inner.relay.path_of(peer, &conn))
+    }
+
+    /// The relay this node is reachable through, when it is private and has one.
+    pub fn home_relay(&self) -> Option<PeerId> {
+        self.inner.relay.home().map(|h| h.id)
     }
 
     /// Ready means joined: at least one live peer, or alone by configuration.
@@ -374,16 +402,42 @@ impl Node {
 
     /// The pooled connection to `peer`, dialling its known addresses if there is none.
     pub(crate) async fn connection(&self, peer: PeerId) -> Result<quinn::Connection, DialError> {
+        self.connection_with(peer, &[]).await
+    }
+
+    /// What this node knows about `peer`: its table entry, or a record heard in a sample.
+    pub(crate) fn record_of(&self, peer: &PeerId) -> Option<PeerRecord> {
+        self.inner
+            .membership
+            .read(|c, _| c.table().get(peer).map(|h| h.record.clone()))
+            .or_else(|| self.inner.relay.heard_of(peer))
+    }
+
+    /// The pooled connection to `peer`; otherwise dials it: through one of its relays when it is
+    /// private and elsewhere, else at its known addresses (then `fallback`).
+    pub(crate) async fn connection_with(
+        &self,
+        peer: PeerId,
+        fallback: &[SocketAddr],
+    ) -> Result<quinn::Connection, DialError> {
         if let Some(c) = self.inner.transport.pooled(&peer) {
             return Ok(c);
         }
-        let addrs = self
-            .inner
-            .membership
-            .read(|c, _| c.table().get(&peer).map(|h| h.record.addrs.clone()))
-            .unwrap_or_default();
+        let record = self.record_of(&peer);
+        if let Some(r) = record
+            .as_ref()
+            .filter(|r| crate::relay::needs_relay(self, r))
+        {
+            return crate::relay::connect_relayed(self, r).await;
+        }
+        let mut addrs = record.map(|r| r.addrs).unwrap_or_default();
+        for a in fallback {
+            if !addrs.contains(a) {
+                addrs.push(*a);
+            }
+        }
         let mut last = DialError::NoAddress(peer);
-        for addr in addrs {
+        for addr in addrs.into_iter().take(6) {
             match self.inner.transport.connect(addr, Some(peer)).await {
                 Ok((_, conn)) => return Ok(conn),
                 Err(e) => last = e,
@@ -475,6 +529,20 @@ fn error(code: ErrorCode, message: impl Into<String>) -> (Response, Bytes) {
 }
 
 impl Inbound for Dispatcher {
+    fn link(
+        &self,
+        from: Remote,
+        register: bool,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<()> {
+        let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
+            return Box::pin(async {});
+        };
+        let node = Node { inner };
+        Box::pin(crate::relay::serve_link(node, from, register, send, recv))
+    }
+
     fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)> {
         let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
             return Box::pin(async { error(ErrorCode::Busy, "node is starting or stopping") });

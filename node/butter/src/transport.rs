@@ -93,6 +93,14 @@ pub enum DialError {
     /// The peer's certificate did not yield a peer id.
     #[error("peer presented no usable certificate")]
     NoIdentity,
+    /// A relayed path could not be used.
+    #[error("relay {} cannot carry us: {reason}", relay.short())]
+    Relay {
+        /// The relay that refused or failed.
+        relay: PeerId,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// Why a request failed.
@@ -158,6 +166,22 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait Inbound: Send + Sync + 'static {
     /// Answers one request. The returned label names the request kind in metrics.
     fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)>;
+
+    /// Takes over a stream opened with [`Request::Relay`]: a long-lived relay link. The default
+    /// refuses it.
+    fn link(
+        &self,
+        from: Remote,
+        register: bool,
+        send: SendStream,
+        recv: RecvStream,
+    ) -> BoxFuture<()> {
+        let _ = (from, register, recv);
+        let mut send = send;
+        Box::pin(async move {
+            let _ = send.reset(STOP_REFUSED);
+        })
+    }
 }
 
 struct Inner {
@@ -171,6 +195,7 @@ struct Inner {
     cancel: CancellationToken,
     handler: Arc<dyn Inbound>,
     limiter: crate::limiter::Limiter,
+    plumbing: Option<Arc<crate::relay::Plumbing>>,
 }
 
 /// The QUIC transport. Cheap to clone.
@@ -239,6 +264,21 @@ impl Transport {
         cancel: CancellationToken,
         ca: Option<rustls::pki_types::CertificateDer<'static>>,
     ) -> Result<Self, BindError> {
+        Self::bind_relayed(identity, addr, limits, metrics, handler, cancel, ca, None)
+    }
+
+    /// [`Transport::bind`], with the socket wrapped so relayed routes work.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bind_relayed(
+        identity: &Identity,
+        addr: SocketAddr,
+        limits: Limits,
+        metrics: Metrics,
+        handler: Arc<dyn Inbound>,
+        cancel: CancellationToken,
+        ca: Option<rustls::pki_types::CertificateDer<'static>>,
+        plumbing: Option<Arc<crate::relay::Plumbing>>,
+    ) -> Result<Self, BindError> {
         let tc = Arc::new(transport_config(&limits)?);
         let server_crypto = QuicServerConfig::try_from(tls::server_config(identity, ca.clone())?)
             .map_err(|e| BindError::Quic(e.to_string()))?;
@@ -252,7 +292,14 @@ impl Transport {
         let socket = bind_udp(addr).map_err(|source| BindError::Socket { addr, source })?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| BindError::Quic("no async runtime found".into()))?;
-        let mut endpoint = Endpoint::new(
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|source| BindError::Socket { addr, source })?;
+        let socket = match &plumbing {
+            Some(p) => p.wrap(socket),
+            None => socket,
+        };
+        let mut endpoint = Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             Some(server),
             socket,
@@ -277,6 +324,7 @@ impl Transport {
                 ban_for: limits.ban_for,
             }),
             limits,
+            plumbing,
         });
         let transport = Transport { inner };
         let t = transport.clone();
@@ -320,6 +368,15 @@ impl Transport {
             .cloned()
     }
 
+    /// Every pooled connection with its peer.
+    pub fn connections(&self) -> Vec<(PeerId, Connection)> {
+        let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.iter()
+            .filter(|(_, c)| c.close_reason().is_none())
+            .map(|(p, c)| (*p, c.clone()))
+            .collect()
+    }
+
     /// Connects to `addr`, insisting on `expected` when given; reuses a pooled connection.
     pub async fn connect(
         &self,
@@ -331,6 +388,15 @@ impl Transport {
                 return Ok((id, conn));
             }
         }
+        self.dial(addr, expected).await
+    }
+
+    /// Opens a new connection to `addr` even if one to the peer is pooled (it replaces it).
+    pub async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<(PeerId, Connection), DialError> {
         let max = self.inner.limits.max_connections;
         if self.connection_count() >= max {
             return Err(DialError::TooManyConnections(max));
@@ -485,6 +551,12 @@ impl Transport {
                 _ = self.inner.cancel.cancelled() => break,
                 i = self.inner.endpoint.accept() => match i { Some(i) => i, None => break },
             };
+            if let Some(p) = &self.inner.plumbing {
+                if !p.admits(&incoming.remote_address()) {
+                    incoming.ignore();
+                    continue;
+                }
+            }
             if self.connection_count() >= self.inner.limits.max_connections {
                 self.record(Event::HandshakeFailed {
                     direction: Direction::Inbound,
@@ -574,6 +646,10 @@ impl Transport {
         let start = Instant::now();
         let read = async {
             let (request, header_len) = read_header::<Request>(&mut recv, limits.max_frame).await?;
+            if matches!(request, Request::Relay { .. }) {
+                // A link: frames follow, not a body.
+                return Ok::<_, ReadError>((request, Bytes::new()));
+            }
             let body = recv
                 .read_to_end(limits.max_body)
                 .await
@@ -640,6 +716,16 @@ impl Transport {
                     request_kind(&request),
                 )
             }
+            Ok(Ok((Request::Relay { register }, _))) => {
+                self.record(Event::Request {
+                    direction: Direction::Inbound,
+                    kind: "relay_link".into(),
+                    outcome: "ok",
+                    duration: start.elapsed(),
+                });
+                handler.link(from, register, send, recv).await;
+                return;
+            }
             Ok(Ok((request, body))) => {
                 let kind = request_kind(&request);
                 match timeout(limits.request_timeout, handler.handle(from, request, body)).await {
@@ -705,6 +791,7 @@ pub fn request_kind(request: &Request) -> String {
         Request::Hello { .. } => "hello".into(),
         Request::Behaviour { name } => name.clone(),
         Request::Overlay { name } => format!("overlay:{name}"),
+        Request::Relay { .. } => "relay_link".into(),
         _ => "other".into(),
     }
 }

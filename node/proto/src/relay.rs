@@ -561,7 +561,12 @@ mod tests {
             }
         );
         assert!(
-            out[0].1.body_reason().unwrap().to_string().contains("limit of 1"),
+            out[0]
+                .1
+                .body_reason()
+                .unwrap()
+                .to_string()
+                .contains("limit of 1"),
             "the reason is readable"
         );
         // The existing session still flows.
