@@ -20,6 +20,7 @@ pub fn router(node: Node) -> Router {
         .route("/items", get(list_items).put(put_item).post(put_item))
         .route("/items/{id}", get(get_item))
         .route("/items/{id}/group", get(get_group))
+        .route("/peers/{id}/call/{name}", axum::routing::post(call_peer))
         .layer(DefaultBodyLimit::max(node.config().data.max_item_size))
         .with_state(node)
 }
@@ -145,6 +146,40 @@ async fn get_group(State(node): State<Node>, Path(id): Path<String>) -> Response
     }
 }
 
+/// Calls behaviour `name` on peer `id` with the request body (the daemon registers `echo`);
+/// the reply body comes back with the path the call took in `x-butter-path`.
+async fn call_peer(
+    State(node): State<Node>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let peer: butter::PeerId = match id.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": format!("bad peer id: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    match node.request(peer, &name, body).await {
+        Ok(reply) => (
+            [(
+                header::HeaderName::from_static("x-butter-path"),
+                node.path_to(&peer).unwrap_or("none").to_string(),
+            )],
+            reply,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 async fn list_items(State(node): State<Node>) -> Json<Vec<String>> {
     Json(node.items().iter().map(ToString::to_string).collect())
 }
@@ -162,6 +197,10 @@ struct Status {
     version: &'static str,
     items: usize,
     groups: Groups,
+    /// Reachable from outside its LAN (or configured so).
+    public: bool,
+    /// The relay it is reachable through, when private.
+    home_relay: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -195,5 +234,7 @@ async fn status(State(node): State<Node>) -> Json<Status> {
                 hot,
             }
         },
+        public: node.record().public,
+        home_relay: node.home_relay().map(|r| r.to_string()),
     })
 }

@@ -176,6 +176,11 @@ fn run(args: config::RunArgs) -> ExitCode {
 async fn serve(cfg: config::FileConfig) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&cfg.log, "butter-node")?;
     let node = butter::NodeBuilder::new(cfg.node.clone())
+        // `POST /peers/{id}/call/echo` on any node answers with the body: reachability checks.
+        .behaviour(
+            "echo",
+            butter::behaviour::from_fn(|_ctx, body| async move { Ok(body) }),
+        )
         .build()
         .await
         .context("starting the node")?;

@@ -1,4 +1,4 @@
-//! A tiny HTTP/1.1 GET over `std::net::TcpStream`: enough for the node's JSON API, nothing more.
+//! A tiny HTTP/1.1 client (GET, PUT, POST) over `std::net::TcpStream`: enough for the node's JSON API, nothing more.
 //!
 //! The tests poll dozens of nodes several times a second; a blocking client with short timeouts and
 //! `Connection: close` keeps that simple and dependency-free.
@@ -20,14 +20,29 @@ pub struct Response {
 
 /// `GET http://{addr}{path}` with `timeout` for connect, write and each read.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    send(addr, "GET", path, &[], timeout)
+}
+
+/// `METHOD http://{addr}{path}` with `body`, `timeout` for connect, write and each read.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
     stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)

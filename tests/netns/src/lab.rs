@@ -34,6 +34,8 @@ pub enum Bootstrap {
     OnePerSubnet,
     /// Every host bootstraps from host 1 of every other subnet.
     All,
+    /// NAT topology: every LAN host bootstraps from the first public host.
+    Public,
 }
 
 impl Bootstrap {
@@ -42,6 +44,7 @@ impl Bootstrap {
             Bootstrap::None => "none",
             Bootstrap::OnePerSubnet => "one-per-subnet",
             Bootstrap::All => "all",
+            Bootstrap::Public => "public",
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Config {
     /// Seconds `up` waits for every node's `/health` (0: return right after the start, for
     /// benchmarks that time the start themselves).
     pub wait_secs: u32,
+    /// Topology arguments (`--topology nat --public 1 --nat s1=eim …`); empty: routed.
+    pub topology: Vec<String>,
 }
 
 impl Config {
@@ -74,7 +79,22 @@ impl Config {
             loss: Vec::new(),
             node_args: Vec::new(),
             wait_secs: 30,
+            topology: Vec::new(),
         }
+    }
+
+    /// The NAT topology: a public segment (subnet 0) with `public` hosts, every LAN behind its
+    /// own NAT gateway of type `nats[i]` (`eim` or `symmetric`) for subnet `i + 1`; LAN hosts
+    /// bootstrap from the first public host.
+    pub fn nat(mut self, public: u32, nats: &[&str]) -> Self {
+        self.topology = vec!["--topology".into(), "nat".into(), "--public".into()];
+        self.topology.push(public.to_string());
+        for (i, n) in nats.iter().enumerate() {
+            self.topology.push("--nat".into());
+            self.topology.push(format!("s{}={n}", i + 1));
+        }
+        self.bootstrap = Bootstrap::Public;
+        self
     }
 
     /// Sets the bootstrap mode.
@@ -254,6 +274,7 @@ impl Lab {
         for spec in &config.loss {
             args.extend(["--loss".into(), spec.clone()]);
         }
+        args.extend(config.topology.iter().cloned());
         if !config.node_args.is_empty() {
             args.push("--".into());
             args.extend(config.node_args.iter().cloned());
