@@ -440,7 +440,9 @@ make_nat_subnet() {
 	if [[ " ${FORWARDS[*]} " == *" s$s "* ]]; then
 		forward="iifname \"wan\" udp dport $QUIC_PORT dnat to $(host_addr "$s" 1):$QUIC_PORT"
 	fi
-	# A home router: anything out, only replies (and the forwarded port) in.
+	# A home router: anything out, only replies (and the forwarded port) in; unsolicited
+	# datagrams to the router itself are dropped too (like OpenWrt's wan zone), so they leave no
+	# conntrack entry that would make the masquerade pick another port for a later flow.
 	ip netns exec "$gw" nft -f - <<EOF
 table ip bt_nat {
 	chain pre {
@@ -453,11 +455,16 @@ table ip bt_nat {
 	}
 	chain gate {
 		type filter hook forward priority filter; policy drop;
-		iifname "admin" accept
-		oifname "admin" accept
+		iifname "admin" ip saddr 10.255.$s.1 accept
+		oifname "admin" ip daddr 10.255.$s.1 accept
 		iifname "lan" oifname "wan" accept
 		iifname "wan" oifname "lan" ct state established,related accept
 		iifname "wan" oifname "lan" ct status dnat accept
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "wan" ct state established,related accept
+		iifname "wan" drop
 	}
 }
 EOF

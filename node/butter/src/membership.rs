@@ -170,7 +170,12 @@ async fn hello(
         sample: sample_size,
     };
     let (resp, _) = node.send(id, &req, Bytes::new(), "hello").await?;
-    let Response::Hello { record, sample, .. } = resp else {
+    let Response::Hello {
+        record,
+        sample,
+        observed,
+    } = resp
+    else {
         return Err(RequestError::Unexpected(
             "hello answered with another message".into(),
         ));
@@ -184,6 +189,18 @@ async fn hello(
         ));
     }
     node.inner.relay.remember(sample.iter().cloned());
+    // A peer elsewhere saw us at an address that is not ours: we are behind a NAT, and an
+    // inbound connection no longer proves we can be dialled (it may be a punched hole).
+    if record.site != node.site() && !crate::relay::is_virtual(&addr) && observed.port() != 0 {
+        let ours = shared.read(|c, now| c.local_record(now).addrs);
+        let natted = !ours.iter().any(|a| a.ip() == observed.ip());
+        if natted && node.inner.relay.set_behind_nat() {
+            info!(%observed, "behind a NAT: reachable through a relay unless configured public");
+            if node.config().relay.reachability == crate::config::Reachability::Auto {
+                shared.with(|c, _| c.set_public(false));
+            }
+        }
+    }
     let addr = if crate::relay::is_virtual(&addr) {
         UNSPECIFIED
     } else {
@@ -255,8 +272,10 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
             // A peer from another site dialled us: we are reachable from outside our LAN.
             // (Not over a relay: that proves nothing about being reachable.)
             let relayed = crate::relay::is_virtual(&from.addr);
-            let from_elsewhere = record.site != node.site() && !relayed;
-            let learn = node.config().relay.reachability == crate::config::Reachability::Auto;
+            // Only a connection the peer opened proves it: a hello on one we opened does not.
+            let from_elsewhere = record.site != node.site() && !relayed && from.inbound;
+            let learn = node.config().relay.reachability == crate::config::Reachability::Auto
+                && !node.inner.relay.behind_nat();
             let observed = if relayed { UNSPECIFIED } else { from.addr };
             let answer = shared.with(|c, now| {
                 if from_elsewhere && learn && !c.local_record(now).public {

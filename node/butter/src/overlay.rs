@@ -49,6 +49,7 @@ impl Overlay for DataOverlay {
         let from = Remote {
             id: ctx.peer,
             addr: ctx.remote,
+            inbound: false,
         };
         let reply = match crate::data::handle(&ctx.node, from, name, &body) {
             Some(Ok(b)) => Ok(b),

@@ -346,6 +346,7 @@ pub(crate) struct Relayer {
     connecting: Mutex<HashSet<PeerId>>,
     dialing: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     home: Mutex<Option<RelayHint>>,
+    behind_nat: std::sync::atomic::AtomicBool,
 }
 
 impl Relayer {
@@ -369,6 +370,7 @@ impl Relayer {
             connecting: Mutex::new(HashSet::new()),
             dialing: Mutex::new(HashMap::new()),
             home: Mutex::new(None),
+            behind_nat: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -391,6 +393,16 @@ impl Relayer {
 
     pub(crate) fn heard_of(&self, peer: &PeerId) -> Option<PeerRecord> {
         lock(&self.directory).get(peer).cloned()
+    }
+
+    /// Notes that a peer saw us behind a NAT; true the first time.
+    pub(crate) fn set_behind_nat(&self) -> bool {
+        !self.behind_nat.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether a peer saw us behind a NAT.
+    pub(crate) fn behind_nat(&self) -> bool {
+        self.behind_nat.load(Ordering::Relaxed)
     }
 
     /// The relay this node is registered with, if any.
@@ -556,12 +568,14 @@ async fn punch(node: &Node, relay: PeerId, peer: PeerId) {
         _ => {
             lock(&r.punches).remove(&peer);
             m.with_label_values(&["no_reply"]).inc();
+            info!(peer = %peer.short(), relay = %relay.short(), asked, "no punch reply from the relay");
             return;
         }
     };
     let old = node.inner.transport.pooled(&peer);
-    // Let the peer's punch datagrams leave first; QUIC retransmits the Initial anyway.
-    sleep(Duration::from_millis(50)).await;
+    // Dial at once: our Initial opens our NAT towards the peer before the peer's punch datagrams
+    // reach it (an early punch would make a Linux NAT pick another port for us); the peer's
+    // punches then open its NAT, and QUIC's retransmitted Initial gets through.
     let started = Instant::now();
     match timeout(
         Duration::from_secs(4),
@@ -581,11 +595,11 @@ async fn punch(node: &Node, relay: PeerId, peer: PeerId) {
         }
         Ok(Err(e)) => {
             m.with_label_values(&["failed"]).inc();
-            debug!(peer = %peer.short(), %observed, error = %e, "hole punch failed; staying relayed");
+            info!(peer = %peer.short(), %observed, error = %e, "hole punch failed; staying relayed");
         }
         Err(_) => {
             m.with_label_values(&["failed"]).inc();
-            debug!(peer = %peer.short(), %observed, "hole punch timed out; staying relayed");
+            info!(peer = %peer.short(), %observed, "hole punch timed out; staying relayed");
         }
     }
 }
@@ -902,10 +916,11 @@ fn deliver(node: &Node, link: PeerId, frame: Frame) {
                 return;
             }
             lock(&r.punched).insert(origin);
-            debug!(peer = %origin.short(), %addr, "punching towards a peer");
+            info!(peer = %origin.short(), %addr, "punching towards a peer");
             let plumbing = r.plumbing.clone();
             node.inner.tasks.spawn(async move {
-                for wait in [0u64, 30, 80, 200, 400, 800] {
+                // The dialler sends first (see `punch`); our datagrams follow its Initial.
+                for wait in [150u64, 150, 200, 300, 500, 800] {
                     sleep(Duration::from_millis(wait)).await;
                     plumbing.send_raw(addr, PUNCH);
                 }

@@ -157,6 +157,8 @@ pub struct Remote {
     pub id: PeerId,
     /// The address the request came from.
     pub addr: SocketAddr,
+    /// Whether the peer opened the connection the request came on (it dialled us).
+    pub inbound: bool,
 }
 
 /// A boxed future, as inbound handlers return them.
@@ -526,7 +528,7 @@ impl Transport {
         self.inner.tasks.spawn(
             async move {
                 debug!("connection open");
-                t.serve_connection(id, &conn).await;
+                t.serve_connection(id, &conn, direction).await;
                 let reason = conn.closed().await;
                 debug!(%reason, "connection closed");
                 {
@@ -616,7 +618,7 @@ impl Transport {
         }
     }
 
-    async fn serve_connection(&self, id: PeerId, conn: &Connection) {
+    async fn serve_connection(&self, id: PeerId, conn: &Connection, direction: Direction) {
         let handler = self.inner.handler.clone();
         loop {
             let (send, recv) = tokio::select! {
@@ -628,6 +630,7 @@ impl Transport {
             let from = Remote {
                 id,
                 addr: conn.remote_address(),
+                inbound: direction == Direction::Inbound,
             };
             self.inner
                 .tasks

@@ -92,12 +92,18 @@ fn path_to(lab: &Lab, from: usize, id: &str) -> Result<String> {
         .to_string())
 }
 
-fn wait_path(lab: &Lab, from: usize, to: usize, want: &str, within: Duration) -> Result<Duration> {
+fn wait_path_in(
+    lab: &Lab,
+    from: usize,
+    to: usize,
+    want: &[&str],
+    within: Duration,
+) -> Result<Duration> {
     let id = lab.id_of(to).context("unidentified host")?.to_string();
     let start = Instant::now();
     loop {
         let path = path_to(lab, from, &id)?;
-        if path == want {
+        if want.contains(&path.as_str()) {
             return Ok(start.elapsed());
         }
         if start.elapsed() > within {
@@ -130,14 +136,12 @@ fn private_nodes_behind_eim_nats_punch_a_direct_path() -> Result<()> {
     wait_home_relay(&lab, a, Duration::from_secs(20))?;
     wait_home_relay(&lab, b, Duration::from_secs(20))?;
     let first = call(&lab, a, b, Duration::from_secs(30))?;
-    ensure!(
-        first == "relayed" || first == "punched",
-        "first call went {first:?}: neither relayed nor punched (the NATs should stop a direct dial)"
-    );
-    let took = wait_path(&lab, a, b, "punched", Duration::from_secs(20))?;
-    // The punched path carries the next call.
-    ensure!(call(&lab, a, b, Duration::from_secs(10))? == "punched");
-    println!("eim ↔ eim: direct path {took:?} after the first relayed call");
+    // Either a coordinated punch moved the call off the relay, or both sides dialled each
+    // other's public (observed) address at once, which opens the same hole without a relay.
+    let took = wait_path_in(&lab, a, b, &["punched", "direct"], Duration::from_secs(20))?;
+    let path = call(&lab, a, b, Duration::from_secs(10))?;
+    ensure!(path == "punched" || path == "direct", "path {path}");
+    println!("eim ↔ eim: first call {first}, then {path} after {took:?}");
     Ok(())
 }
 
@@ -176,7 +180,12 @@ fn an_item_stored_behind_a_nat_survives_the_loss_of_its_whole_lan() -> Result<()
     let content: Vec<u8> = b"stored behind a NAT, kept across it ".repeat(400);
     let writer = lab.hosts()[lan_a[0]].http;
     let r = http::send(writer, "PUT", "/items", &content, TIMEOUT)?;
-    ensure!(r.status == 200, "PUT: {}", String::from_utf8_lossy(&r.body));
+    ensure!(
+        r.status == 200 || r.status == 201,
+        "PUT: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
     let put: Value = serde_json::from_slice(&r.body)?;
     let id = put["id"].as_str().context("no id")?.to_string();
     // The group reaches r = 3 with members outside LAN A.
@@ -214,10 +223,7 @@ fn an_item_stored_behind_a_nat_survives_the_loss_of_its_whole_lan() -> Result<()
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "item lost with LAN A: {}",
-                String::from_utf8_lossy(&r.body)
-            );
+            bail!("item lost with LAN A: {}", String::from_utf8_lossy(&r.body));
         }
         sleep(Duration::from_millis(500));
     }
