@@ -110,6 +110,8 @@ pub struct Metrics {
     pub items_stored: IntGauge,
     /// Bytes of item content held.
     pub stored_bytes: IntGauge,
+    /// Background tasks the node tracks (spawned, not yet finished).
+    pub tasks: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -268,6 +270,10 @@ impl Metrics {
             "butter_stored_bytes",
             "Bytes of item content held by this node",
         ));
+        let tasks = must(IntGauge::new(
+            "butter_tasks",
+            "Background tasks the node tracks (spawned and not yet finished)",
+        ));
         // Known labels start at 0, so dashboards show a flat line rather than "no data".
         for reason in [
             "malformed",
@@ -310,6 +316,7 @@ impl Metrics {
             Box::new(groups.clone()),
             Box::new(items_stored.clone()),
             Box::new(stored_bytes.clone()),
+            Box::new(tasks.clone()),
         ] {
             must(registry.register(c));
         }
@@ -336,6 +343,7 @@ impl Metrics {
             groups,
             items_stored,
             stored_bytes,
+            tasks,
         }
     }
 
