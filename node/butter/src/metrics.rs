@@ -110,7 +110,7 @@ pub struct Metrics {
     pub items_stored: IntGauge,
     /// Bytes of item content held.
     pub stored_bytes: IntGauge,
-    /// Background tasks the node tracks (spawned, not yet finished).
+    /// Background tasks the node and its transport track (spawned, not yet finished).
     pub tasks: IntGauge,
 }
 
@@ -272,7 +272,7 @@ impl Metrics {
         ));
         let tasks = must(IntGauge::new(
             "butter_tasks",
-            "Background tasks the node tracks (spawned and not yet finished)",
+            "Background tasks the node and its transport track (spawned, not yet finished)",
         ));
         // Known labels start at 0, so dashboards show a flat line rather than "no data".
         for reason in [
