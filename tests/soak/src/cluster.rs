@@ -167,10 +167,25 @@ impl Cluster {
         out
     }
 
-    /// Stops every node (SIGTERM, then SIGKILL).
+    /// Stops every node: SIGTERM to all at once, SIGKILL to any still running after 10 s.
     pub fn stop_all(&mut self) {
-        for i in 0..self.nodes.len() {
-            let _ = self.stop(i, Stop::Term);
+        for n in &self.nodes {
+            if let Some(pid) = n.pid() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for n in &mut self.nodes {
+            let Some(mut child) = n.child.take() else {
+                continue;
+            };
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
