@@ -472,30 +472,58 @@ pub(crate) fn start(node: &Node) {
     }
 }
 
-/// Graceful hand-off: PCG hands every group over, bounded by `limit`.
-pub(crate) async fn hand_off(node: &Node, limit: Duration) {
+/// Graceful hand-off: PCG hands every group over, bounded by `limit`, and reports how it went.
+/// Afterwards the node takes no new items or group memberships (it declines them), so this serves
+/// both shutdown and draining a live node. Calling it again waits for the same hand-off.
+pub(crate) async fn hand_off(node: &Node, limit: Duration) -> pcg::HandOff {
     let Some(data) = node.inner.data.as_ref() else {
-        return;
+        return pcg::HandOff::default();
     };
     let hosts = Hosts::of(node);
     let now = data.now();
-    {
+    let started = {
         let mut st = data.lock();
-        if st.pcg.items().next().is_none() {
-            return;
-        }
+        let started = !st.pcg.is_leaving();
         st.pcg.begin_shutdown(now, &hosts);
-    }
+        started
+    };
     data.notify.notify_one();
+    // Offer no storage from now on: peers read it as a reason not to pick this node.
+    node.inner.membership.with(|c, _| c.set_storage_free(0));
     let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if data.lock().pcg.is_drained() {
-            info!("groups handed over");
-            return;
+    loop {
+        let (drained, report) = {
+            let st = data.lock();
+            (st.pcg.is_drained(), st.pcg.hand_off().unwrap_or_default())
+        };
+        if drained {
+            if started && report.groups > 0 {
+                info!(
+                    groups = report.groups,
+                    handed_over = report.handed_over,
+                    not_handed_over = report.not_handed_over(),
+                    "groups handed over"
+                );
+            }
+            return report;
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                pending = report.pending,
+                "hand-off incomplete at its deadline"
+            );
+            return report;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    warn!("hand-off incomplete at shutdown deadline");
+}
+
+/// Whether this node handed its groups over (drain or shutdown) and takes no new ones.
+pub(crate) fn is_leaving(node: &Node) -> bool {
+    node.inner
+        .data
+        .as_ref()
+        .is_some_and(|d| d.lock().pcg.is_leaving())
 }
 
 async fn drive(node: Node) {
@@ -695,9 +723,13 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
 
 fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
     let m = node.metrics();
-    let (states, usage) = {
+    let (states, usage, leaving) = {
         let st = data.lock();
-        (st.pcg.states(hosts), st.pcg.store().usage())
+        (
+            st.pcg.states(hosts),
+            st.pcg.store().usage(),
+            st.pcg.is_leaving(),
+        )
     };
     for (i, s) in ["cold", "goldilocks", "hot"].iter().enumerate() {
         m.groups
@@ -708,7 +740,10 @@ fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
         .set(i64::try_from(usage.items).unwrap_or(i64::MAX));
     m.stored_bytes
         .set(i64::try_from(usage.used).unwrap_or(i64::MAX));
-    node.inner
-        .membership
-        .with(|c, _| c.set_storage_free(usage.limit.saturating_sub(usage.used)));
+    let free = if leaving {
+        0
+    } else {
+        usage.limit.saturating_sub(usage.used)
+    };
+    node.inner.membership.with(|c, _| c.set_storage_free(free));
 }

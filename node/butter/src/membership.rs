@@ -634,9 +634,11 @@ fn record(node: &Node, event: Event) {
     }
 }
 
-/// Refreshes the known-host gauges (by site and state, and by diversity class).
+/// Refreshes the known-host gauges (by site and state, and by diversity class) and the task gauge.
 fn update_gauges(node: &Node) {
     let m = node.metrics();
+    let tasks = node.inner.tasks.len() + node.inner.transport.task_count();
+    m.tasks.set(i64::try_from(tasks).unwrap_or(i64::MAX));
     let (by_site, by_class) = node.inner.membership.read(|c, now| {
         let mut by_site = std::collections::BTreeMap::<(String, &'static str), i64>::new();
         for h in c.table().iter() {

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub items_stored: IntGauge,
     /// Bytes of item content held.
     pub stored_bytes: IntGauge,
+    /// Background tasks the node and its transport track (spawned, not yet finished).
+    pub tasks: IntGauge,
     /// Relaying, reachability and hole punching.
     pub relay: RelayMetrics,
 }
@@ -368,6 +370,10 @@ impl Metrics {
             "butter_stored_bytes",
             "Bytes of item content held by this node",
         ));
+        let tasks = must(IntGauge::new(
+            "butter_tasks",
+            "Background tasks the node and its transport track (spawned, not yet finished)",
+        ));
         // Known labels start at 0, so dashboards show a flat line rather than "no data".
         for reason in [
             "malformed",
@@ -410,6 +416,7 @@ impl Metrics {
             Box::new(groups.clone()),
             Box::new(items_stored.clone()),
             Box::new(stored_bytes.clone()),
+            Box::new(tasks.clone()),
         ] {
             must(registry.register(c));
         }
@@ -440,6 +447,7 @@ impl Metrics {
             groups,
             items_stored,
             stored_bytes,
+            tasks,
             relay,
         }
     }

@@ -206,6 +206,7 @@ impl NodeBuilder {
             started,
             cancel,
             tasks: TaskTracker::new(),
+            drained: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = slot.set(Arc::downgrade(&inner));
         let node = Node { inner };
@@ -234,6 +235,8 @@ pub(crate) struct NodeInner {
     pub(crate) started: Instant,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Set by [`Node::drain`].
+    drained: std::sync::atomic::AtomicBool,
 }
 
 /// A running node. Cheap to clone; every clone is a handle to the same node.
@@ -331,9 +334,39 @@ impl Node {
         self.inner.relay.home().map(|h| h.id)
     }
 
-    /// Ready means joined: at least one live peer, or alone by configuration.
+    /// Ready means joined (at least one live peer, or alone by configuration) and not drained.
     pub fn is_ready(&self) -> bool {
-        self.inner.config.alone || !self.peers().is_empty()
+        !self.is_drained() && (self.inner.config.alone || !self.peers().is_empty())
+    }
+
+    /// Hands every group this node is in over to other members and stops taking new items or
+    /// group memberships, while the node stays up and keeps answering (searches, blocks). Waits at
+    /// most `limit` for the replacements to confirm. Afterwards the node reports not ready; stop it
+    /// at leisure, its data already lives elsewhere. Calling it again reports the same hand-off.
+    pub async fn drain(&self, limit: Duration) -> crate::overlay::DrainReport {
+        self.inner
+            .drained
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        info!(id = %self.inner.id.short(), "draining");
+        let mut report = crate::overlay::DrainReport::default();
+        let deadline = Instant::now() + limit;
+        for o in self.distinct_overlays() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Ok(r) =
+                tokio::time::timeout(left + Duration::from_millis(100), o.drain(self, left)).await
+            {
+                report.merge(r);
+            }
+        }
+        report
+    }
+
+    /// Whether [`Node::drain`] was called (or the data overlay is handing off for shutdown).
+    pub fn is_drained(&self) -> bool {
+        self.inner
+            .drained
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || crate::data::is_leaving(self)
     }
 
     /// Time since the node started.

@@ -362,6 +362,11 @@ impl Transport {
         self.inner.open.load(Ordering::Relaxed)
     }
 
+    /// Tasks the transport tracks (accept loop, connection drivers, inbound streams).
+    pub(crate) fn task_count(&self) -> usize {
+        self.inner.tasks.len()
+    }
+
     /// The pooled connection to `peer`, if one is open.
     pub fn pooled(&self, peer: &PeerId) -> Option<Connection> {
         let pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,7 @@
 //! The data overlay on real nodes over loopback QUIC: items stored through different nodes stay
 //! retrievable and their groups return to `r` after nodes crash; a corrupted replica is detected
-//! and replaced; a retrieval never returns bytes that do not match the id.
+//! and replaced; a retrieval never returns bytes that do not match the id; a drained node hands
+//! every group over, so crashing it afterwards leaves every group at `r`.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
@@ -113,6 +114,72 @@ async fn items_survive_two_crashes_and_groups_return_to_r() {
     assert!(
         back,
         "groups not back at r: {:?}",
+        ids.iter().filter(|id| !at_r(&live, id)).count()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let got = live[i % live.len()].get(*id).await.unwrap();
+        assert_eq!(got.content, content(i), "item {i} content");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_every_group_over_and_takes_no_new_items() {
+    let nodes = network(6).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(nodes[i % nodes.len()].put(content(i)).unwrap());
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait(Duration::from_secs(20), || ids
+            .iter()
+            .all(|id| at_r(&all, id)))
+        .await,
+        "groups did not reach r = 3"
+    );
+    let leaver = &nodes[3];
+    let held = leaver.items().len();
+    assert!(held > 0, "the node to drain holds nothing");
+    assert!(leaver.is_ready());
+
+    let report = leaver.drain(Duration::from_secs(10)).await;
+    eprintln!("drained a node holding {held} items: {report:?}");
+    assert_eq!(report.groups, held, "{report:?}");
+    assert_eq!(report.handed_over, held, "{report:?}");
+    assert_eq!(report.not_handed_over, 0, "{report:?}");
+    assert!(!leaver.is_ready(), "a drained node reports not ready");
+    assert!(
+        leaver.put(b"one more".to_vec()).is_err(),
+        "a drained node takes no new items"
+    );
+    assert_eq!(
+        leaver.drain(Duration::from_secs(1)).await,
+        report,
+        "draining twice reports the same hand-off"
+    );
+
+    // Gone without a goodbye. Its replacements already hold the data, so the groups are at r as
+    // soon as the other members hear so on a heartbeat (0.5 s here): well before the crash could
+    // be detected, the grace window (4 s) pass and a repair copy the data.
+    leaver.crash().await;
+    let start = Instant::now();
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, n)| n)
+        .collect();
+    let back = wait(Duration::from_secs(3), || {
+        ids.iter().all(|id| at_r(&live, id))
+    })
+    .await;
+    eprintln!(
+        "every group at r {:?} after the drained node crashed",
+        start.elapsed()
+    );
+    assert!(
+        back,
+        "{} groups below r 3 s after the drained node left",
         ids.iter().filter(|id| !at_r(&live, id)).count()
     );
     for (i, id) in ids.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! `butter-node put | get | status`: a small HTTP client for a running node's API.
+//! `butter-node put | get | status | drain`: a small HTTP client for a running node's API.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +16,11 @@ fn exchange(
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
         format!("no node API at {addr}; start one with `butter-node run` or pass --http")
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(Duration::from_secs(if path.starts_with("/drain") {
+        620
+    } else {
+        30
+    })))?;
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
@@ -108,6 +112,31 @@ pub fn status(addr: SocketAddr) -> anyhow::Result<()> {
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    Ok(())
+}
+
+/// Drains the node and prints how many groups were handed over.
+pub fn drain(addr: SocketAddr, timeout: f64) -> anyhow::Result<()> {
+    if !(timeout.is_finite() && timeout >= 0.0) {
+        bail!("--timeout must be a number of seconds, 0 or more");
+    }
+    let (status, body) = exchange(addr, "POST", &format!("/drain?timeout_secs={timeout}"), &[])?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| format!("drain answered {status} without JSON"))?;
+    println!(
+        "drained: {} groups, {} handed over, {} not handed over (no replacement {}, unconfirmed {}, still pending {}, not holding {}); {} items still held locally",
+        v["groups"],
+        v["handed_over"],
+        v["not_handed_over"],
+        v["no_replacement"],
+        v["unconfirmed"],
+        v["pending"],
+        v["not_holding"],
+        v["items"]
+    );
+    if status != 200 {
+        bail!("{} groups were not handed over", v["not_handed_over"]);
     }
     Ok(())
 }

@@ -1,13 +1,14 @@
-//! The HTTP side of the daemon: metrics, health, readiness and a JSON view of the node.
+//! The HTTP side of the daemon: metrics, health, readiness, a JSON view of the node, the items API
+//! and `POST /drain`.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use butter::Node;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The routes served on the HTTP listener.
 pub fn router(node: Node) -> Router {
@@ -20,7 +21,8 @@ pub fn router(node: Node) -> Router {
         .route("/items", get(list_items).put(put_item).post(put_item))
         .route("/items/{id}", get(get_item))
         .route("/items/{id}/group", get(get_group))
-        .route("/peers/{id}/call/{name}", axum::routing::post(call_peer))
+        .route("/peers/{id}/call/{name}", post(call_peer))
+        .route("/drain", post(drain))
         .layer(DefaultBodyLimit::max(node.config().data.max_item_size))
         .with_state(node)
 }
@@ -43,6 +45,12 @@ async fn health() -> &'static str {
 async fn ready(State(node): State<Node>) -> Response {
     if node.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
+    } else if node.is_drained() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: drained (groups handed over; stop this node when convenient)\n",
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -180,6 +188,33 @@ async fn call_peer(
     }
 }
 
+#[derive(Deserialize)]
+struct DrainParams {
+    /// Longest wait for the replacements to confirm, in seconds. Default 10.
+    timeout_secs: Option<f64>,
+}
+
+/// `POST /drain[?timeout_secs=S]`: hands every group over, stops taking new ones, turns `/ready`
+/// to 503 and answers with the figures (200 if every group was handed over, else 500).
+async fn drain(State(node): State<Node>, Query(p): Query<DrainParams>) -> Response {
+    let limit = p
+        .timeout_secs
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(std::time::Duration::from_secs(10), |s| {
+            std::time::Duration::from_secs_f64(s.min(600.0))
+        });
+    let report = node.drain(limit).await;
+    let code = if report.not_handed_over == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    body["drained"] = serde_json::Value::Bool(true);
+    body["items"] = serde_json::json!(node.items().len());
+    (code, Json(body)).into_response()
+}
+
 async fn list_items(State(node): State<Node>) -> Json<Vec<String>> {
     Json(node.items().iter().map(ToString::to_string).collect())
 }
@@ -193,6 +228,7 @@ struct Status {
     network: String,
     peers: usize,
     ready: bool,
+    drained: bool,
     uptime_secs: u64,
     version: &'static str,
     items: usize,
@@ -223,6 +259,7 @@ async fn status(State(node): State<Node>) -> Json<Status> {
         network: node.config().network.clone(),
         peers: node.peers().len(),
         ready: node.is_ready(),
+        drained: node.is_drained(),
         uptime_secs: node.uptime().as_secs(),
         version: env!("CARGO_PKG_VERSION"),
         items: node.items().len(),

@@ -1,7 +1,7 @@
 //! `butter-node`: the Butter node daemon.
 //!
 //! `butter-node run` starts a node with a QUIC endpoint and an HTTP listener for `/metrics`,
-//! `/health`, `/ready`, `/peers` and `/status`. Configuration comes from a TOML file, `BUTTER_*`
+//! `/health`, `/ready`, `/peers`, `/status`, the items API and `POST /drain`. Configuration comes from a TOML file, `BUTTER_*`
 //! environment variables and flags, in that order of precedence (flags win).
 
 mod client;
@@ -58,6 +58,17 @@ enum Command {
     /// Private network mode: create a network CA, or sign a node's certificate with it.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Drain a running node: hand every group it is in over to other nodes, stop taking new items
+    /// and memberships, and turn `/ready` to not-ready. Prints the figures; exits non-zero if a
+    /// group could not be handed over. The node keeps running: stop it afterwards.
+    Drain {
+        /// The node's HTTP address.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+        /// Longest wait, in seconds, for the replacements to confirm they hold the data.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
     /// Show a running node's status and known hosts.
     Status {
         /// The node's HTTP address.
@@ -116,6 +127,7 @@ fn main() -> ExitCode {
         Command::Put { file, http } => report(client::put(http, &file)),
         Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
         Command::Status { http } => report(client::status(http)),
+        Command::Drain { http, timeout } => report(client::drain(http, timeout)),
         Command::Ca(CaCommand::Init { dir, name }) => report(
             butter::ca::init(&dir, &name)
                 .map(|cert| println!("network CA created; certificate {}", cert.display()))

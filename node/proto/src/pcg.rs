@@ -498,6 +498,31 @@ struct Peer {
 struct Leaving {
     deadline: Time,
     waiting: BTreeSet<ItemId>,
+    report: HandOff,
+}
+
+/// How a graceful hand-off ([`Node::begin_shutdown`]) went, group by group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOff {
+    /// Groups this node was in when the hand-off began.
+    pub groups: usize,
+    /// Groups whose replacement confirmed it holds the data.
+    pub handed_over: usize,
+    /// Groups with no candidate to hand over to: the group was told to repair without this node.
+    pub no_replacement: usize,
+    /// Groups whose replacement had not confirmed by the hand-off deadline.
+    pub unconfirmed: usize,
+    /// Groups this node held no data for (nothing to hand over; the others keep the item).
+    pub not_holding: usize,
+    /// Hand-offs still waiting for their replacement to confirm.
+    pub pending: usize,
+}
+
+impl HandOff {
+    /// Groups not (yet) handed over: every group but the confirmed ones.
+    pub fn not_handed_over(&self) -> usize {
+        self.groups.saturating_sub(self.handed_over)
+    }
 }
 
 /// Blocks requested at once while assembling a large item.
@@ -721,11 +746,16 @@ impl<S: Store> Node<S> {
         }
         let mut waiting = BTreeSet::new();
         let items: Vec<ItemId> = self.items().copied().collect();
+        let mut report = HandOff {
+            groups: items.len(),
+            ..HandOff::default()
+        };
         for id in items {
             let Some(g) = self.groups.get(&id) else {
                 continue;
             };
             let Some(content) = self.store.get(&id) else {
+                report.not_holding += 1;
                 continue;
             };
             let current = g.view.clone();
@@ -742,6 +772,7 @@ impl<S: Store> Node<S> {
                 for m in others {
                     self.send(m, Message::Leave { item: id });
                 }
+                report.no_replacement += 1;
                 continue;
             };
             let mut members = others;
@@ -757,7 +788,12 @@ impl<S: Store> Node<S> {
         }
         let deadline = now + self.config.handoff_timeout;
         let done = waiting.is_empty();
-        self.leaving = Some(Leaving { deadline, waiting });
+        report.pending = waiting.len();
+        self.leaving = Some(Leaving {
+            deadline,
+            waiting,
+            report,
+        });
         if done {
             self.events.push_back(Event::Drained);
         }
@@ -766,6 +802,16 @@ impl<S: Store> Node<S> {
     /// Whether a graceful shutdown has finished.
     pub fn is_drained(&self) -> bool {
         self.leaving.as_ref().is_some_and(|l| l.waiting.is_empty())
+    }
+
+    /// Whether [`Node::begin_shutdown`] was called: this node takes no new group memberships.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.is_some()
+    }
+
+    /// The hand-off figures so far, once [`Node::begin_shutdown`] was called.
+    pub fn hand_off(&self) -> Option<HandOff> {
+        self.leaving.as_ref().map(|l| l.report)
     }
 
     /// The membership layer declared `peer` dead: repair the groups it was in now instead of at the
@@ -791,6 +837,8 @@ impl<S: Store> Node<S> {
     pub fn handle_timeout(&mut self, now: Time, hosts: &dyn HostView) {
         if let Some(l) = &mut self.leaving {
             if !l.waiting.is_empty() && now >= l.deadline {
+                l.report.unconfirmed += l.waiting.len();
+                l.report.pending = 0;
                 l.waiting.clear();
                 self.events.push_back(Event::Drained);
             }
@@ -830,8 +878,12 @@ impl<S: Store> Node<S> {
                     }
                 }
                 if let Some(l) = &mut self.leaving {
-                    if l.waiting.remove(&item) && l.waiting.is_empty() {
-                        self.events.push_back(Event::Drained);
+                    if l.waiting.remove(&item) {
+                        l.report.handed_over += 1;
+                        l.report.pending = l.waiting.len();
+                        if l.waiting.is_empty() {
+                            self.events.push_back(Event::Drained);
+                        }
                     }
                 }
             }
@@ -2039,8 +2091,22 @@ mod tests {
         let h = net.hosts(leaver);
         let now = net.now;
         net.nodes[leaver].begin_shutdown(now, &h);
+        assert!(net.nodes[leaver].is_leaving());
+        assert_eq!(net.nodes[leaver].hand_off().map(|r| r.pending), Some(1));
         net.deliver();
         assert!(net.nodes[leaver].is_drained());
+        let report = net.nodes[leaver].hand_off().unwrap();
+        assert_eq!(
+            (report.groups, report.handed_over, report.pending),
+            (1, 1, 0),
+            "{report:?}"
+        );
+        assert_eq!(report.not_handed_over(), 0);
+        assert_eq!(
+            net.nodes[leaver].store_item(now, b"more".to_vec(), &h),
+            Err(PutError::ShuttingDown),
+            "a leaving node takes no new items"
+        );
         net.dead.insert(net.nodes[leaver].id());
         assert_eq!(
             net.holders(&id).len(),
@@ -2060,6 +2126,12 @@ mod tests {
         net.nodes[2].begin_shutdown(now, &h);
         net.deliver();
         assert_eq!(net.sent.get("leave").copied(), Some(2));
+        let report = net.nodes[2].hand_off().unwrap();
+        assert_eq!(
+            (report.groups, report.no_replacement, report.handed_over),
+            (1, 1, 0)
+        );
+        assert_eq!(report.not_handed_over(), 1);
         let h0 = net.hosts(0);
         let info = net.nodes[0].group(&id, &h0).unwrap();
         let leaver = info.members.iter().find(|m| m.id == net.nodes[2].id());
