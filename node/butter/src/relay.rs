@@ -78,6 +78,9 @@ struct Routes {
     by_addr: HashMap<SocketAddr, Vec<PeerId>>,
 }
 
+/// A relayed datagram for the endpoint, with the virtual address it comes from.
+type Datagram = (Vec<u8>, SocketAddr);
+
 struct LinkTx {
     tx: mpsc::Sender<Frame>,
     seq: u64,
@@ -88,8 +91,8 @@ struct LinkTx {
 pub(crate) struct Plumbing {
     routes: Mutex<Routes>,
     links: Mutex<HashMap<PeerId, LinkTx>>,
-    inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    inbound_rx: Mutex<Option<mpsc::Receiver<(Vec<u8>, SocketAddr)>>>,
+    inbound: mpsc::Sender<Datagram>,
+    inbound_rx: Mutex<Option<mpsc::Receiver<Datagram>>>,
     raw: OnceLock<Arc<dyn AsyncUdpSocket>>,
     v6: OnceLock<bool>,
     dropped: AtomicU64,
@@ -239,7 +242,7 @@ impl Plumbing {
 struct RelaySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     plumbing: Arc<Plumbing>,
-    inbound: Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+    inbound: Mutex<mpsc::Receiver<Datagram>>,
 }
 
 impl fmt::Debug for RelaySocket {
@@ -297,11 +300,12 @@ impl AsyncUdpSocket for RelaySocket {
                     Poll::Ready(Some((data, from))) => {
                         let len = data.len().min(bufs[n].len());
                         bufs[n][..len].copy_from_slice(&data[..len]);
-                        let mut m = RecvMeta::default();
-                        m.addr = from;
-                        m.len = len;
-                        m.stride = len;
-                        meta[n] = m;
+                        meta[n] = RecvMeta {
+                            addr: from,
+                            len,
+                            stride: len,
+                            ..RecvMeta::default()
+                        };
                         n += 1;
                     }
                     _ => break,

@@ -467,6 +467,16 @@ impl Relay {
     }
 }
 
+impl Frame {
+    /// The refusal reason, when this frame is a refusal.
+    pub fn body_reason(&self) -> Option<Refusal> {
+        match self.body {
+            Body::Refused { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,15 +724,5 @@ mod tests {
         bad[5] = 200;
         assert!(decode_frame::<Frame>(&bad, MAX_FRAME).is_err());
         assert!(decode_frame::<Frame>(&enc[..enc.len() - 1], MAX_FRAME).is_err());
-    }
-}
-
-impl Frame {
-    /// The refusal reason, when this frame is a refusal.
-    pub fn body_reason(&self) -> Option<Refusal> {
-        match self.body {
-            Body::Refused { reason, .. } => Some(reason),
-            _ => None,
-        }
     }
 }
