@@ -5,7 +5,7 @@ QBENCH_SRC ?= ../shared/bench/qbench
 BENCH_OUT ?= bench-out
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: help build release test test-netns lint fmt bench bench-discovery bench-sim up down status ci
+.PHONY: help build release test test-netns lint fmt bench bench-discovery bench-relay bench-sim up down status ci
 .PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
 
 # The compose testbed (compose/, driven by butter-kit in tests/compose). The image is FROM scratch
@@ -62,6 +62,11 @@ bench-discovery: ## LAN convergence, cross-subnet reach, failure detection in th
 	@mkdir -p $(BENCH_OUT)
 	$(CARGO) build --release --locked -p butter-node -p butter-netns-tests
 	./target/release/bench-discovery | tee $(BENCH_OUT)/discovery.txt
+
+bench-relay: ## hole-punch success and time by NAT type, relayed vs direct latency in the netns lab (root)
+	@mkdir -p $(BENCH_OUT)
+	$(CARGO) build --release --locked -p butter-node -p butter-netns-tests
+	./target/release/bench-relay | tee $(BENCH_OUT)/relay.txt
 
 bench-sim: ## the simulator rigs: churn (T10), retrieval (T11), maintenance (T13), scale (T14)
 	@mkdir -p $(BENCH_OUT)

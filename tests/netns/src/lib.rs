@@ -6,8 +6,12 @@
 //! - [`http`]: a minimal blocking HTTP GET over `TcpStream`.
 //! - [`observe`]: questions over one poll of every table (who lags, who knows a foreign host).
 //! - [`stats`]: percentiles and the benchmark summary table.
+//! - [`relay_api`]: home relay, path to a peer and `echo` calls (the relay scenarios).
 //! - `tests/discovery.rs`: the issue-3 acceptance scenarios.
+//! - `tests/relay.rs`: the issue-5 acceptance scenarios behind NATs.
 //! - `src/bin/bench_discovery.rs`: T6–T8 figures (`bench-discovery`).
+//! - `src/bin/bench_relay.rs`: hole-punch success and time by NAT type, relayed vs direct latency
+//!   (`bench-relay`).
 //!
 //! # Concepts
 //! The lab is machine-wide state (namespaces named `bt-*`), so one lab exists at a time: a
@@ -34,4 +38,5 @@ pub mod http;
 pub mod lab;
 pub mod node_api;
 pub mod observe;
+pub mod relay_api;
 pub mod stats;

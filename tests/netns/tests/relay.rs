@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use butter_netns_tests::http;
 use butter_netns_tests::lab::{Config, Environment, Lab};
+use butter_netns_tests::relay_api;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -24,72 +25,27 @@ fn hosts_of(lab: &Lab, subnet: u32) -> Vec<usize> {
 }
 
 fn json(http: SocketAddr, path: &str) -> Result<Value> {
-    let r = http::get(http, path, TIMEOUT)?;
-    ensure!(r.status == 200, "GET {path} on {http}: {}", r.status);
-    Ok(serde_json::from_slice(&r.body)?)
+    relay_api::json(http, path)
 }
 
-/// Waits until host `i` says it is reachable through a home relay.
-fn wait_home_relay(lab: &Lab, i: usize, within: Duration) -> Result<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = json(lab.hosts()[i].http, "/status")?;
-        if let Some(relay) = status["home_relay"].as_str() {
-            return Ok(relay.to_string());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} has no home relay after {within:?}: {status}",
-                lab.hosts()[i].name
-            );
-        }
-        sleep(Duration::from_millis(200));
-    }
+fn id(lab: &Lab, i: usize) -> Result<String> {
+    Ok(lab.id_of(i).context("unidentified host")?.to_string())
 }
 
 /// Calls `echo` on `to` from `from` until it answers; returns the path the answer took.
 fn call(lab: &Lab, from: usize, to: usize, within: Duration) -> Result<String> {
-    let id = lab.id_of(to).context("unidentified host")?.to_string();
-    let deadline = Instant::now() + within;
-    let body = b"across two NATs";
-    loop {
-        let r = http::send(
-            lab.hosts()[from].http,
-            "POST",
-            &format!("/peers/{id}/call/echo"),
-            body,
-            TIMEOUT,
-        );
-        match r {
-            Ok(r) if r.status == 200 => {
-                ensure!(r.body == body, "echo answered {:?}", r.body);
-                return path_to(lab, from, &id);
-            }
-            other => {
-                if Instant::now() > deadline {
-                    bail!(
-                        "{} cannot call {} within {within:?}: {:?}",
-                        lab.hosts()[from].name,
-                        lab.hosts()[to].name,
-                        other.map(|r| String::from_utf8_lossy(&r.body).into_owned())
-                    );
-                }
-            }
-        }
-        sleep(Duration::from_millis(500));
-    }
+    relay_api::echo_until(lab.hosts()[from].http, &id(lab, to)?, within).with_context(|| {
+        format!(
+            "{} calling {} (logs under {})",
+            lab.hosts()[from].name,
+            lab.hosts()[to].name,
+            lab.log_path(from).display()
+        )
+    })
 }
 
-fn path_to(lab: &Lab, from: usize, id: &str) -> Result<String> {
-    let peers = json(lab.hosts()[from].http, "/peers")?;
-    Ok(peers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["id"] == id)
-        .and_then(|p| p["path"].as_str())
-        .unwrap_or("unknown")
-        .to_string())
+fn path_to(lab: &Lab, from: usize, to: usize) -> Result<String> {
+    relay_api::path_to(lab.hosts()[from].http, &id(lab, to)?)
 }
 
 fn wait_path_in(
@@ -99,16 +55,15 @@ fn wait_path_in(
     want: &[&str],
     within: Duration,
 ) -> Result<Duration> {
-    let id = lab.id_of(to).context("unidentified host")?.to_string();
     let start = Instant::now();
     loop {
-        let path = path_to(lab, from, &id)?;
+        let path = path_to(lab, from, to)?;
         if want.contains(&path.as_str()) {
             return Ok(start.elapsed());
         }
         if start.elapsed() > within {
             bail!(
-                "path {} → {} is {path:?}, not {want:?}, after {within:?} (logs: {} and {})",
+                "path {} → {} is {path:?}, not one of {want:?}, after {within:?} (logs: {} and {})",
                 lab.hosts()[from].name,
                 lab.hosts()[to].name,
                 lab.log_path(from).display(),
@@ -117,6 +72,11 @@ fn wait_path_in(
         }
         sleep(Duration::from_millis(200));
     }
+}
+
+fn wait_home_relay(lab: &Lab, i: usize, within: Duration) -> Result<String> {
+    relay_api::wait_home_relay(lab.hosts()[i].http, within)
+        .with_context(|| lab.hosts()[i].name.clone())
 }
 
 /// Two private LANs behind NATs of the given types, one public host, `hosts` per LAN.
@@ -158,7 +118,7 @@ fn behind_a_symmetric_nat_the_call_stays_relayed() -> Result<()> {
     // The punch was tried and failed; the relayed path keeps working.
     sleep(Duration::from_secs(8));
     ensure!(
-        path_to(&lab, a, lab.id_of(b).unwrap_or_default())? == "relayed",
+        path_to(&lab, a, b)? == "relayed",
         "a direct path through a symmetric NAT is not possible here"
     );
     ensure!(call(&lab, a, b, Duration::from_secs(10))? == "relayed");
