@@ -537,3 +537,45 @@ pub fn check_config(data: &[u8]) {
         );
     }
 }
+
+/// Relay link frames: the wire checks of [`check_wire`], then the decoded frame is routed by a
+/// relay with a few attached peers, arriving on each of their links. Routing never panics, never
+/// sends to the relay itself, and every frame it emits fits the route bound.
+pub fn check_relay_frame(data: &[u8]) {
+    use butter_proto::relay::{self, Frame, Relay, Routed};
+    check_wire::<Frame>(data);
+    let Ok(frame) = wire::decode_payload::<Frame>(data) else {
+        return;
+    };
+    let me = butter_proto::PeerId([0xee; 32]);
+    let mut r = Relay::new(
+        me,
+        relay::Limits {
+            max_sessions: 2,
+            session_bytes: 4096,
+            ..relay::Limits::default()
+        },
+    );
+    let peers: Vec<butter_proto::PeerId> = (0u8..3)
+        .map(|i| butter_proto::PeerId([i; 32]))
+        .chain(frame.to.iter().copied().take(1))
+        .collect();
+    for (i, p) in peers.iter().enumerate() {
+        let addr = std::net::SocketAddr::from(([192, 0, 2, i as u8], 7000));
+        let _ = r.attach(*p, addr, i % 2 == 0, false);
+    }
+    for (i, link) in peers.iter().enumerate() {
+        let now = butter_proto::Time::from_duration(std::time::Duration::from_secs(i as u64));
+        match r.route(now, *link, frame.clone()) {
+            Routed::Send(out) => {
+                for (next, f) in out {
+                    assert_ne!(next, me, "a relay never sends to itself");
+                    assert!(f.to.len() + f.from.len() <= relay::MAX_ROUTE);
+                }
+            }
+            Routed::Local(_) | Routed::Drop => {}
+            _ => {}
+        }
+    }
+    r.handle_timeout(butter_proto::Time::from_duration(std::time::Duration::from_secs(3600)));
+}

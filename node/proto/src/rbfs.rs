@@ -850,6 +850,17 @@ impl Node {
         if self.seen.contains_key(&q.id) {
             return;
         }
+        // The sender chose `ttl` and `budget`: never spread further than our own searches would.
+        let max_budget = self.config.budget.saturating_mul(
+            self.config
+                .budget_growth
+                .saturating_pow(self.config.attempts.saturating_sub(1)),
+        );
+        let q = Query {
+            ttl: q.ttl.min(self.config.max_hops),
+            budget: q.budget.min(max_budget),
+            ..q
+        };
         self.remember(now, q.id, Some(from));
         if let Some(it) = store.get(&q.item) {
             let manifest = it.manifest(&self.config.item);

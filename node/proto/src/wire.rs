@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn variant_counts_match_the_enums() {
         // The last known variant decodes; one past it is unknown.
-        let last_req = encode_frame(&Request::Gossip { updates: vec![] }, 64).unwrap();
+        let last_req = encode_frame(&Request::Relay { register: false }, 64).unwrap();
         assert_eq!(last_req[LEN_PREFIX + 1] as u32, Request::VARIANTS - 1);
         let err = Response::Error {
             code: ErrorCode::Busy,

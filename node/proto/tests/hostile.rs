@@ -112,6 +112,7 @@ fn request() -> impl Strategy<Value = Request> {
             0..6
         )
         .prop_map(|updates| Request::Gossip { updates }),
+        any::<bool>().prop_map(|register| Request::Relay { register }),
     ]
 }
 
@@ -706,7 +707,8 @@ impl pcg::HostView for TwoPeers {
 
 /// fuzz `rbfs_message` (minimised): a query arriving with `hops: 255` and TTL left overflowed
 /// `hops + 1` when forwarded (a panic in debug builds, a wrap to 0 in release that resets the hop
-/// count). Forwarded queries now saturate at 255.
+/// count). Forwarded queries now saturate at 255; the sender-chosen TTL and budget are clamped to
+/// the receiver's own limits.
 #[test]
 fn regression_query_with_max_hops_is_forwarded_without_overflow() {
     for strategy in [
@@ -740,7 +742,10 @@ fn regression_query_with_max_hops_is_forwarded_without_overflow() {
         while let Some(t) = node.poll_transmit() {
             if let rbfs::Message::Query(next) = t.msg {
                 assert_eq!(next.hops, u8::MAX);
-                assert_eq!(next.ttl, u8::MAX - 1);
+                // The sender's TTL and budget are clamped to what our own searches use.
+                let c = rbfs::Config::default();
+                assert_eq!(next.ttl, c.max_hops - 1);
+                assert!(next.budget <= c.budget * c.budget_growth.pow(c.attempts - 1));
                 forwarded += 1;
             }
         }
