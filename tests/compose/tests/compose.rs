@@ -219,10 +219,10 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
     );
 
     // T7: every node knows hosts in the other LANs (LAN nodes learn them from their gateway and
-    // reach them over relayed paths). Measured from here, asserted within 30 s, reported
-    // against the 10 s target.
+    // reach them over relayed paths). Measured from here, asserted within 60 s (on a fresh
+    // network this loaded machine has taken up to 40 s), reported against the 10 s target.
     let start = Instant::now();
-    until(&bed, Duration::from_secs(30), |views| {
+    until(&bed, Duration::from_secs(60), |views| {
         let mut missing = String::new();
         for v in views {
             let by_site = v.peers_by_site();
@@ -702,10 +702,25 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
     let (lan_a, lan_b) = (topology::LANS[0], topology::LANS[1]);
 
     // Each LAN node announces its own gateway as its relay (seen in its gateway's table), and
-    // some lan-a node runs a relayed connection to a host of another LAN.
+    // some lan-a node runs a relayed connection to a host of another LAN. Every lan-a node also
+    // knows hosts of both other LANs before storing: a group is placed from the writer's table
+    // when the item is stored, and a full group is not moved to other sites later.
     let start = Instant::now();
     let views = until(&bed, Duration::from_secs(60), |views| {
         gateways_are_home_relays(views)?;
+        for v in views
+            .iter()
+            .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
+        {
+            let by_site = v.peers_by_site();
+            for lan in topology::LANS.iter().filter(|l| **l != lan_a) {
+                ensure!(
+                    by_site.get(*lan).copied().unwrap_or(0) > 0,
+                    "{} knows no host of {lan} yet",
+                    v.container.label()
+                );
+            }
+        }
         let relayed = views
             .iter()
             .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
