@@ -153,6 +153,12 @@ pub struct Peer {
     /// alive or suspect.
     #[serde(default)]
     pub state: String,
+    /// The relays it announces (short ids), when it is private.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// How this node's connection to it runs: direct, relayed, punched or none.
+    #[serde(default)]
+    pub path: String,
 }
 
 /// `GET /status`.
@@ -195,6 +201,33 @@ impl Groups {
     }
 }
 
+/// `GET /items/{id}/group`: an item's Peer Content Group as one of its members sees it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Group {
+    /// cold, goldilocks or hot.
+    #[serde(default)]
+    pub state: String,
+    /// The members.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One member of a [`Group`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct Member {
+    /// Peer id.
+    pub id: String,
+    /// Its site label.
+    #[serde(default)]
+    pub site: String,
+    /// Believed alive.
+    #[serde(default)]
+    pub live: bool,
+    /// Known to hold the item.
+    #[serde(default)]
+    pub holding: bool,
+}
+
 /// `GET /health` answers 200.
 pub fn healthy(addr: SocketAddr) -> bool {
     get(addr, "/health", NODE_TIMEOUT).is_ok_and(|r| r.status == 200)
@@ -213,6 +246,12 @@ pub fn status(addr: SocketAddr) -> Result<Status> {
 /// `GET /peers`.
 pub fn peers(addr: SocketAddr) -> Result<Vec<Peer>> {
     json(addr, "/peers")
+}
+
+/// `GET /items/{id}/group`: the item's group, if the node is one of its members (an error
+/// otherwise).
+pub fn group(addr: SocketAddr, id: &str) -> Result<Group> {
+    json(addr, &format!("/items/{id}/group"))
 }
 
 /// `PUT /items`: stores `content` in the network through the node; returns the item id.

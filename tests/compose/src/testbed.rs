@@ -222,7 +222,8 @@ pub fn observe(container: Container) -> NodeView {
     }
 }
 
-/// The status table: node, LAN, role, address, ready, known hosts per LAN, groups held.
+/// The status table: node, LAN, role, address, ready, known hosts per LAN, hosts reached over a
+/// relayed path, groups held.
 pub fn table(views: &[NodeView]) -> String {
     let mut sites: Vec<String> = topology::LANS.iter().map(|s| s.to_string()).collect();
     for v in views {
@@ -241,7 +242,11 @@ pub fn table(views: &[NodeView]) -> String {
     for s in &sites {
         let _ = write!(out, " {s:>6}");
     }
-    let _ = writeln!(out, " {:>6} {:>4} {:>5}", "groups", "cold", "items");
+    let _ = writeln!(
+        out,
+        " {:>7} {:>6} {:>4} {:>5}",
+        "relayed", "groups", "cold", "items"
+    );
     for v in views {
         let c = &v.container;
         let addr = c
@@ -267,6 +272,17 @@ pub fn table(views: &[NodeView]) -> String {
             };
             let _ = write!(out, " {n:>6}");
         }
+        let relayed = v.peers.as_ref().map_or_else(
+            || "?".to_string(),
+            |peers| {
+                peers
+                    .iter()
+                    .filter(|p| p.path == "relayed")
+                    .count()
+                    .to_string()
+            },
+        );
+        let _ = write!(out, " {relayed:>7}");
         let (groups, cold) = v
             .status
             .as_ref()
@@ -278,8 +294,9 @@ pub fn table(views: &[NodeView]) -> String {
     let ready = views.iter().filter(|v| v.ready).count();
     let _ = writeln!(
         out,
-        "{ready}/{} ready; per-LAN columns: the node's known hosts by site label; groups: PCG \
-         groups it is a member of (cold: fewer than r members); items: items it holds",
+        "{ready}/{} ready; per-LAN columns: the node's known hosts by site label; relayed: hosts it \
+         reaches over a relayed path; groups: PCG groups it is a member of (cold: fewer than r \
+         members); items: items it holds",
         views.len()
     );
     out

@@ -218,20 +218,34 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
          see a_node_without_bootstrap_finds_its_lan_by_multicast_only)"
     );
 
-    // T7 (every node knows hosts in the other LANs within 10 s) needs relaying through the
-    // gateways (issue 5): reported, not asserted, until it lands.
-    let views = bed.observe()?;
-    let mut report = String::new();
-    for v in views.iter().filter(|v| v.container.role == Role::Node) {
-        let by_site = v.peers_by_site();
-        let other: Vec<String> = topology::LANS
-            .iter()
-            .filter(|l| **l != v.container.lan)
-            .map(|l| format!("{l}={}", by_site.get(*l).copied().unwrap_or(0)))
-            .collect();
-        let _ = write!(report, " {}[{}]", v.container.label(), other.join(","));
-    }
-    eprintln!("T7 (informational, needs relays): LAN nodes' known hosts in other LANs:{report}");
+    // T7: every node knows hosts in the other LANs (LAN nodes learn them from their gateway and
+    // reach them over relayed paths). Measured from here, asserted within 60 s (on a fresh
+    // network this loaded machine has taken up to 40 s), reported against the 10 s target.
+    let start = Instant::now();
+    until(&bed, Duration::from_secs(60), |views| {
+        let mut missing = String::new();
+        for v in views {
+            let by_site = v.peers_by_site();
+            for lan in topology::LANS.iter().filter(|l| **l != v.container.lan) {
+                if by_site.get(*lan).copied().unwrap_or(0) == 0 {
+                    let _ = writeln!(missing, "{} knows no host of {lan}", v.container.label());
+                }
+            }
+        }
+        ensure!(missing.is_empty(), "{missing}");
+        Ok(())
+    })?;
+    let took = start.elapsed();
+    eprintln!(
+        "T7: every node knows hosts of every other LAN {:.1} s after its own LAN was meshed \
+         (target 10 s: {})",
+        took.as_secs_f64(),
+        if took <= Duration::from_secs(10) {
+            "met"
+        } else {
+            "missed"
+        }
+    );
     Ok(())
 }
 
@@ -300,7 +314,8 @@ fn assignments(
 }
 
 /// Gives the data overlay something to show: every node stores one item, then retrieves the
-/// item of another node of its LAN (other LANs need relays, issue 5).
+/// item of another node of its LAN (retrieval across LANs is checked by
+/// `items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops`).
 fn store_and_retrieve(views: &[NodeView]) -> Result<()> {
     let mut stored: Vec<(String, String, std::net::SocketAddr)> = Vec::new();
     for v in views {
@@ -613,4 +628,279 @@ fn a_node_without_bootstrap_finds_its_lan_by_multicast_only() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts the given containers again when dropped (a stopped LAN comes back for the next test).
+struct ReviveAll<'a> {
+    bed: &'a Testbed,
+    ids: Vec<String>,
+}
+
+impl Drop for ReviveAll<'_> {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            if let Err(e) = self.bed.engine().start(id) {
+                eprintln!("could not restart a stopped container: {e:#}");
+            }
+        }
+    }
+}
+
+/// A peer id shortened for messages.
+fn short(id: &str) -> &str {
+    &id[..10.min(id.len())]
+}
+
+/// Whether `relay`, a short id as `/peers` shows in `relays`, names the peer `id`.
+fn names(relay: &str, id: &str) -> bool {
+    !relay.is_empty() && id.starts_with(relay)
+}
+
+/// Every LAN node announces its own gateway as its first relay, as its gateway's table shows.
+fn gateways_are_home_relays(views: &[NodeView]) -> Result<()> {
+    let mut bad = String::new();
+    for g in views.iter().filter(|v| v.container.role == Role::Gateway) {
+        let gw = g.id().context("gateway without id")?;
+        for n in views
+            .iter()
+            .filter(|v| v.container.role == Role::Node && v.container.lan == g.container.lan)
+        {
+            let id = n.id().context("node without id")?;
+            let relays = g
+                .peers
+                .iter()
+                .flatten()
+                .find(|p| p.id == id)
+                .map(|p| p.relays.clone());
+            if relays
+                .as_ref()
+                .is_none_or(|r| !r.first().is_some_and(|r| names(r, gw)))
+            {
+                let _ = writeln!(
+                    bad,
+                    "{} announces relays {relays:?} to {}, expected its gateway {}",
+                    n.container.label(),
+                    g.container.label(),
+                    short(gw)
+                );
+            }
+        }
+    }
+    ensure!(bad.is_empty(), "{bad}");
+    Ok(())
+}
+
+/// Issue 5 in compose: LAN nodes keep their gateway as home relay and reach other LANs only
+/// through it; an item stored by a private node of lan-a gets group members on other LANs, so
+/// with every lan-a container (gateway included) SIGKILLed it is still retrieved from lan-b.
+#[test]
+fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<()> {
+    let Some(bed) = bed("lan_a_stops")? else {
+        return Ok(());
+    };
+    network(&bed)?;
+    let (lan_a, lan_b) = (topology::LANS[0], topology::LANS[1]);
+
+    // Each LAN node announces its own gateway as its relay (seen in its gateway's table), and
+    // some lan-a node runs a relayed connection to a host of another LAN. Every lan-a node also
+    // knows hosts of both other LANs before storing: a group is placed from the writer's table
+    // when the item is stored, and a full group is not moved to other sites later.
+    let start = Instant::now();
+    let views = until(&bed, Duration::from_secs(60), |views| {
+        gateways_are_home_relays(views)?;
+        for v in views
+            .iter()
+            .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
+        {
+            let by_site = v.peers_by_site();
+            for lan in topology::LANS.iter().filter(|l| **l != lan_a) {
+                ensure!(
+                    by_site.get(*lan).copied().unwrap_or(0) > 0,
+                    "{} knows no host of {lan} yet",
+                    v.container.label()
+                );
+            }
+        }
+        let relayed = views
+            .iter()
+            .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
+            .flat_map(|v| v.peers.iter().flatten())
+            .any(|p| p.site != lan_a && p.path == "relayed");
+        ensure!(
+            relayed,
+            "no {lan_a} node has a relayed connection to a host of another LAN"
+        );
+        Ok(())
+    })?;
+    eprintln!(
+        "every LAN node announces its gateway as relay, and a {lan_a} node runs a relayed path, \
+         after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    // LAN nodes have no route out of their LAN: every connection they have to a host of
+    // another LAN is relayed.
+    for v in views.iter().filter(|v| v.container.role == Role::Node) {
+        for p in v.peers.iter().flatten() {
+            ensure!(
+                p.site == v.container.lan || p.path == "relayed" || p.path == "none",
+                "{} reaches {} of {} over a {} path",
+                v.container.label(),
+                short(&p.id),
+                p.site,
+                p.path
+            );
+        }
+    }
+
+    // Store items through the lan-a nodes (private: they reach other LANs only via gw-a).
+    let writers: Vec<&NodeView> = views
+        .iter()
+        .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
+        .collect();
+    ensure!(!writers.is_empty(), "no {lan_a} node");
+    let mut items: Vec<(String, Vec<u8>, std::net::SocketAddr)> = Vec::new();
+    for i in 0..8 {
+        let w = writers[i % writers.len()];
+        let addr = w.container.http().context("node without address")?;
+        let content = format!(
+            "item {i} stored in {lan_a} through {} at {:?}: {}",
+            w.container.label(),
+            std::time::SystemTime::now(),
+            "y".repeat(2000 + i)
+        )
+        .into_bytes();
+        let id = api::put_item(addr, &content)?;
+        items.push((id, content, addr));
+    }
+
+    // Every item's group gets a member holding it outside lan-a (not gw-a, which is in lan-a).
+    let placed = Instant::now();
+    let deadline = placed + Duration::from_secs(60);
+    loop {
+        let mut pending = String::new();
+        for (id, _, addr) in &items {
+            match api::group(*addr, id) {
+                Ok(g) => {
+                    let sites: BTreeSet<&str> = g
+                        .members
+                        .iter()
+                        .filter(|m| m.holding)
+                        .map(|m| m.site.as_str())
+                        .collect();
+                    if sites.len() < 2 || sites.iter().all(|s| *s == lan_a) {
+                        let _ = writeln!(
+                            pending,
+                            "{}: {} group holds it on {sites:?}",
+                            short(id),
+                            g.state
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(pending, "{}: {e:#}", short(id));
+                }
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after 60 s some groups have no member outside {lan_a}:\n{pending}{}",
+            testbed::table(&bed.observe()?)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "all {} groups hold their item on at least 2 LANs {:.1} s after storing",
+        items.len(),
+        placed.elapsed().as_secs_f64()
+    );
+
+    // Stop (SIGKILL: no hand-off) every container of lan-a, gateway included.
+    let victims: Vec<String> = bed
+        .nodes()?
+        .into_iter()
+        .filter(|c| c.lan == lan_a && c.running)
+        .map(|c| c.id)
+        .collect();
+    ensure!(
+        victims.len() == topology::DEFAULT_SCALE + 1,
+        "{} running containers in {lan_a}",
+        victims.len()
+    );
+    let revive = ReviveAll {
+        bed: &bed,
+        ids: victims.clone(),
+    };
+    for id in &victims {
+        bed.engine().kill(id)?;
+    }
+    let killed = Instant::now();
+    ensure!(
+        bed.observe()?.iter().all(|v| v.container.lan != lan_a),
+        "{lan_a} still has running containers"
+    );
+
+    // Every item comes back through lan-b nodes, with the bytes stored.
+    let readers: Vec<std::net::SocketAddr> = bed
+        .observe()?
+        .iter()
+        .filter(|v| v.container.role == Role::Node && v.container.lan == lan_b)
+        .filter_map(|v| v.container.http())
+        .collect();
+    ensure!(!readers.is_empty(), "no {lan_b} node");
+    for (i, (id, content, _)) in items.iter().enumerate() {
+        let reader = readers[i % readers.len()];
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let got = loop {
+            match api::get_item(reader, id) {
+                Ok(got) => break got,
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("{id} not retrievable through {reader} with {lan_a} down: {e:#}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        ensure!(
+            &got == content,
+            "{id} through {reader}: {} bytes that differ from the {} stored",
+            got.len(),
+            content.len()
+        );
+    }
+    eprintln!(
+        "all {} items retrieved with matching bytes through {lan_b} within {:.1} s of killing \
+         every {lan_a} container",
+        items.len(),
+        killed.elapsed().as_secs_f64()
+    );
+
+    // Leave the network whole for the next test: lan-a meshed again, the gateways know each
+    // other, lan-a nodes relayed through gw-a again (restarted peers are "recently dead" to
+    // the others for a while, so this is bounded, not immediate).
+    drop(revive);
+    bed.wait_ready(READY_TIMEOUT)?;
+    let restarted = Instant::now();
+    until(&bed, Duration::from_secs(90), |views| {
+        lan_meshed(views, lan_a)?;
+        let gateways = ids(views, |v| v.container.role == Role::Gateway);
+        for g in views.iter().filter(|v| v.container.role == Role::Gateway) {
+            for id in &gateways {
+                ensure!(
+                    g.id() == Some(id.as_str()) || knows(g, id),
+                    "{} does not know gateway {}",
+                    g.container.label(),
+                    short(id)
+                );
+            }
+        }
+        gateways_are_home_relays(views)
+    })?;
+    eprintln!(
+        "{lan_a} whole again (meshed, gateways known, relayed through gw-a) {:.1} s after \
+         its restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
