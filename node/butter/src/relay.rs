@@ -1008,6 +1008,10 @@ async fn maintain(node: &Node) {
     m.with_label_values(&["private"]).set(i64::from(!public));
     let mode = node.config().relay.reachability;
     if mode == Reachability::Public || (public && mode == Reachability::Auto) {
+        // Reachable now: stop announcing a relay (the link may stay until it idles).
+        if lock(&r.home).take().is_some() {
+            node.inner.membership.with(|c, _| c.set_relays(Vec::new()));
+        }
         return;
     }
     if r.home().is_some_and(|h| r.plumbing.has_link(&h.id)) {
