@@ -16,6 +16,18 @@ pub struct Response {
     pub status: u16,
     /// Body, de-chunked.
     pub body: Vec<u8>,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `GET http://{addr}{path}` with `timeout` for connect, write and each read.
@@ -62,17 +74,26 @@ fn parse(raw: &[u8]) -> Result<Response> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("bad status line {status_line:?}"))?;
-    let chunked = lines.any(|line| {
-        let lower = line.to_ascii_lowercase();
-        lower.starts_with("transfer-encoding:") && lower.contains("chunked")
-    });
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     let body = &raw[split + 4..];
     let body = if chunked {
         dechunk(body)?
     } else {
         body.to_vec()
     };
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body,
+        headers,
+    })
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {

@@ -78,7 +78,11 @@ pub fn echo(addr: SocketAddr, id: &str, body: &[u8]) -> Result<(String, Duration
         );
     }
     ensure!(r.body == body, "echo answered other bytes");
-    Ok((path_to(addr, id)?, took))
+    let path = match r.header("x-butter-path") {
+        Some(p) => p.to_string(),
+        None => path_to(addr, id)?,
+    };
+    Ok((path, took))
 }
 
 /// Calls `echo` until it answers or `within` passes; returns the path of the answer.
