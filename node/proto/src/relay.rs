@@ -347,10 +347,16 @@ impl Relay {
                 return Routed::Drop;
             }
             let target = *frame.to.last().unwrap_or(&link);
+            // The way back is the sender's claim: a bad one is answered to the link alone.
+            let to = if reason == Refusal::BadRoute || frame.from.len() > MAX_ROUTE {
+                Vec::new()
+            } else {
+                frame.from.clone()
+            };
             Routed::Send(vec![(
                 link,
                 Frame {
-                    to: frame.from.clone(),
+                    to,
                     from: Vec::new(),
                     body: Body::Refused { target, reason },
                 },
@@ -647,6 +653,17 @@ mod tests {
                 ..
             }
         ));
+        // A forged, overlong way back is not echoed: the refusal goes to the link alone.
+        let forged = Frame {
+            to: vec![id(2)],
+            from: vec![id(9); 40],
+            body: Body::Packet(vec![1]),
+        };
+        let Routed::Send(out) = r.route(Time::ZERO, id(1), forged) else {
+            panic!()
+        };
+        assert_eq!(out[0].0, id(1));
+        assert!(out[0].1.to.is_empty());
         let loop_ = packet(vec![id(100), id(2)], 1);
         assert!(matches!(
             r.route(Time::ZERO, id(1), loop_),
