@@ -5,8 +5,8 @@
 //! to a reachable node, its **home relay**, and announces it in its record. Another node that wants
 //! it opens a link to that relay (or, when it cannot reach the relay directly, goes through its own
 //! home relay first) and dials a **virtual address** standing for the route. Every datagram the
-//! QUIC endpoint sends to a virtual address is wrapped in a link frame by [`RelaySocket`]; frames
-//! arriving for this node are handed back to the endpoint as datagrams from the virtual address of
+//! QUIC endpoint sends to a virtual address is wrapped in a link frame by the endpoint's socket
+//! wrapper; frames arriving for this node are handed back to the endpoint as datagrams from the virtual address of
 //! the route back. The QUIC connection, and its mutual TLS, therefore runs end to end over the relay:
 //! the relay carries ciphertext it cannot read, forge or usefully replay, and everything above the
 //! transport (behaviours, membership, PCG, search) works over it unchanged.
