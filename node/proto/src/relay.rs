@@ -294,6 +294,9 @@ impl Relay {
         registered: bool,
         outbound: bool,
     ) -> Result<(), Refusal> {
+        if peer == self.local {
+            return Err(Refusal::BadRoute);
+        }
         if !self.links.contains_key(&peer) && !outbound {
             let inbound = self.links.values().filter(|l| l.registered).count();
             if registered && !self.limits.enabled {
@@ -336,6 +339,10 @@ impl Relay {
 
     /// Routes a frame that arrived on the link with `link`.
     pub fn route(&mut self, now: Time, link: PeerId, mut frame: Frame) -> Routed {
+        if link == self.local {
+            // No link leads to ourselves; a driver bug, not something to answer.
+            return Routed::Drop;
+        }
         if frame.to.is_empty() {
             return match frame.body {
                 Body::Keepalive => Routed::Drop,
@@ -695,6 +702,15 @@ mod tests {
             Err(Refusal::TooManyLinks { max: 1 })
         );
         r.attach(id(3), addr(3), false, true).unwrap();
+        assert_eq!(
+            r.attach(id(100), addr(100), false, true),
+            Err(Refusal::BadRoute),
+            "never a link to itself"
+        );
+        assert_eq!(
+            r.route(Time::ZERO, id(100), packet(vec![id(3)], 1)),
+            Routed::Drop
+        );
         r.detach(&id(1));
         r.attach(id(2), addr(2), true, false).unwrap();
     }
