@@ -5,12 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 mod common;
 
-use common::{BIN, free_port, request};
+use common::{BIN, free_port, json, request, spawn_site_node, wait};
 
 const NODES: usize = 6;
 const ITEMS: usize = 60;
@@ -29,26 +29,10 @@ impl Drop for Proc {
     }
 }
 
-fn json(port: u16, path: &str) -> Option<serde_json::Value> {
-    let (code, body) = request(port, "GET", path, &[])?;
-    (code == 200).then(|| serde_json::from_slice(&body).ok())?
-}
-
 fn content(i: usize) -> Vec<u8> {
     let mut v = format!("drain item {i}:").into_bytes();
     v.extend((0..2048u32).map(|k| (k.wrapping_mul(2654435761).wrapping_add(i as u32) >> 11) as u8));
     v
-}
-
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    None
 }
 
 /// The items each node's local store holds.
@@ -89,22 +73,7 @@ fn a_drained_node_hands_its_groups_over_before_it_is_killed() {
     let quic: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let mut nodes: Vec<Proc> = (0..NODES)
         .map(|i| {
-            let http = free_port();
-            let child = Command::new(BIN)
-                .args(["run", "--no-multicast", "--log-level", "warn"])
-                .args(["--listen", &format!("127.0.0.1:{}", quic[i])])
-                .args(["--http", &format!("127.0.0.1:{http}")])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("n{i}")))
-                .args(["--site", &format!("site-{}", i % 3)])
-                .args([
-                    "--bootstrap",
-                    &format!("127.0.0.1:{},127.0.0.1:{}", quic[0], quic[1]),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let (child, http) = spawn_site_node(dir.path(), i, &quic);
             Proc {
                 child,
                 id: String::new(),

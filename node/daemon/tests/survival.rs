@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, request};
+use common::{BIN, free_port, json, request, spawn_site_node, wait};
 
 struct Proc {
     child: Child,
@@ -24,11 +24,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn json(port: u16, path: &str) -> Option<serde_json::Value> {
-    let (code, body) = request(port, "GET", path, &[])?;
-    (code == 200).then(|| serde_json::from_slice(&body).ok())?
 }
 
 fn content(i: usize) -> Vec<u8> {
@@ -57,39 +52,13 @@ fn at_r(nodes: &[Proc], id: &str) -> bool {
     })
 }
 
-fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    None
-}
-
 #[test]
 fn items_survive_sigkill_of_two_nodes_and_of_a_whole_site() {
     let dir = tempfile::tempdir().unwrap();
     let quic: Vec<u16> = (0..10).map(|_| free_port()).collect();
     let mut nodes: Vec<Proc> = (0..10)
         .map(|i| {
-            let http = free_port();
-            let child = Command::new(BIN)
-                .args(["run", "--no-multicast", "--log-level", "warn"])
-                .args(["--listen", &format!("127.0.0.1:{}", quic[i])])
-                .args(["--http", &format!("127.0.0.1:{http}")])
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("n{i}")))
-                .args(["--site", &format!("site-{}", i % 3)])
-                .args([
-                    "--bootstrap",
-                    &format!("127.0.0.1:{},127.0.0.1:{}", quic[0], quic[1]),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let (child, http) = spawn_site_node(dir.path(), i, &quic);
             Proc {
                 child,
                 id: String::new(),

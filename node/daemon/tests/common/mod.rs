@@ -47,3 +47,47 @@ pub fn request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16,
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     request(port, "GET", path, &[]).map(|(c, b)| (c, String::from_utf8_lossy(&b).into_owned()))
 }
+
+/// `GET path` as JSON when the status is 200.
+pub fn json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let (code, body) = request(port, "GET", path, &[])?;
+    (code == 200).then(|| serde_json::from_slice(&body).ok())?
+}
+
+/// Polls `f` every 250 ms for up to `limit`; how long it took to hold, if it did.
+pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+/// Starts node `i` of a loopback network on site `site-{i % 3}`, QUIC on `quic[i]`, data under
+/// `dir/n{i}`, bootstrapping from nodes 0 and 1, multicast off. Returns it and its HTTP port.
+pub fn spawn_site_node(
+    dir: &std::path::Path,
+    i: usize,
+    quic: &[u16],
+) -> (std::process::Child, u16) {
+    let http = free_port();
+    let child = std::process::Command::new(BIN)
+        .args(["run", "--no-multicast", "--log-level", "warn"])
+        .args(["--listen", &format!("127.0.0.1:{}", quic[i])])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{i}")))
+        .args(["--site", &format!("site-{}", i % 3)])
+        .args([
+            "--bootstrap",
+            &format!("127.0.0.1:{},127.0.0.1:{}", quic[0], quic[1]),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, http)
+}
