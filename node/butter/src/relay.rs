@@ -95,7 +95,6 @@ pub(crate) struct Plumbing {
     inbound_rx: Mutex<Option<mpsc::Receiver<Datagram>>>,
     raw: OnceLock<Arc<dyn AsyncUdpSocket>>,
     v6: OnceLock<bool>,
-    dropped: AtomicU64,
     /// Test only: behave like a NAT's filter (see [`crate::config::RelayConfig`]).
     nat_sim: std::sync::atomic::AtomicBool,
     contacted: Mutex<HashSet<SocketAddr>>,
@@ -115,7 +114,6 @@ impl Plumbing {
             inbound_rx: Mutex::new(Some(rx)),
             raw: OnceLock::new(),
             v6: OnceLock::new(),
-            dropped: AtomicU64::new(0),
             nat_sim: std::sync::atomic::AtomicBool::new(false),
             contacted: Mutex::new(HashSet::new()),
         })
@@ -201,13 +199,8 @@ impl Plumbing {
     fn send(&self, peer: &PeerId, frame: Frame) -> bool {
         let links = lock(&self.links);
         match links.get(peer) {
-            Some(l) => {
-                let ok = l.tx.try_send(frame).is_ok();
-                if !ok {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                ok
-            }
+            // A full queue drops the frame, like a full UDP buffer; QUIC retransmits.
+            Some(l) => l.tx.try_send(frame).is_ok(),
             None => false,
         }
     }
@@ -900,9 +893,8 @@ fn deliver(node: &Node, link: PeerId, frame: Frame) {
             let Some(addr) = r.plumbing.addr_for(&route) else {
                 return;
             };
-            if r.plumbing.inbound.try_send((p, addr)).is_err() {
-                r.plumbing.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            // A full queue drops the datagram, like a full socket buffer.
+            let _ = r.plumbing.inbound.try_send((p, addr));
         }
         Body::Refused { target, reason } => {
             node.metrics()
