@@ -706,6 +706,10 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
             info!(item = %item.short(), removed = peers.len(), "group trimmed");
             "trim"
         }
+        pcg::Event::Spread { item, peer } => {
+            info!(item = %item.short(), recruit = %peer.short(), "group spreading to another site");
+            "spread"
+        }
         pcg::Event::ProofFailed { item, peer } => {
             warn!(item = %item.short(), peer = %peer.short(), "possession check failed");
             "proof_failed"

@@ -24,6 +24,11 @@
 //!   node that restarts quickly with its data is not replaced; with two or more absent, repair is
 //!   immediate. **Trim**: when more than `r` members are live and at least `r` hold the data, the
 //!   leader drops pending recruits first, then holders that share a site, then the lowest-ranked.
+//! - **Spread**: a group placed while its node knew only its own site (a LAN that had not yet met
+//!   the others) would die with that site. Every [`Config::spread_interval`] the leader of a healthy
+//!   group whose holders share a site recruits one live host on a site the group lacks; that
+//!   recruit is not trimmed while it fetches, and once it holds, trimming removes a holder of the
+//!   shared site. The group ends with `r` members on as many sites as the table offers.
 //! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
 //!   [`GroupState::Hot`] (> r).
 //! - **Graceful shutdown**: [`Node::begin_shutdown`] hands every group this node holds to a
@@ -97,6 +102,10 @@ pub struct Config {
     pub tombstone_ttl: Duration,
     /// Longest graceful shutdown. Default 5 s.
     pub handoff_timeout: Duration,
+    /// How often the leader of a healthy group whose members share a site looks for a live host on
+    /// a site the group lacks, recruits it and (once it holds) trims a member of the shared site.
+    /// Groups placed before the node knew other sites spread out this way. Default 10 s.
+    pub spread_interval: Duration,
     /// Item size limits and block size.
     pub item: item::Config,
 }
@@ -116,6 +125,7 @@ impl Default for Config {
             orphan_timeout: Duration::from_secs(20),
             tombstone_ttl: Duration::from_secs(600),
             handoff_timeout: Duration::from_secs(5),
+            spread_interval: Duration::from_secs(10),
             item: item::Config::default(),
         }
     }
@@ -368,6 +378,14 @@ pub enum Event {
         /// The recruits.
         peers: Vec<PeerId>,
     },
+    /// As leader of a healthy group whose members share a site, recruited a member on a site the
+    /// group lacked (a member of the shared site is trimmed once it holds).
+    Spread {
+        /// The item.
+        item: ItemId,
+        /// The recruit.
+        peer: PeerId,
+    },
     /// As leader, trimmed members.
     Trimmed {
         /// The item.
@@ -481,6 +499,8 @@ struct Group {
     orphan_since: Option<Time>,
     /// Peers that declined or failed to take the item: not asked again for a while.
     avoid: BTreeSet<PeerId>,
+    /// When the leader next checks whether the group can spread over more sites.
+    next_spread: Time,
 }
 
 #[derive(Debug, Default)]
@@ -993,6 +1013,7 @@ impl<S: Store> Node<S> {
     fn install_view(&mut self, now: Time, view: View) {
         let item = view.item;
         let me = self.me;
+        let spread_interval = self.config.spread_interval;
         let old_members: Vec<PeerId> = self
             .groups
             .get(&item)
@@ -1020,6 +1041,7 @@ impl<S: Store> Node<S> {
             fetching: Fetching::None,
             orphan_since: None,
             avoid: BTreeSet::new(),
+            next_spread: now + spread_interval,
         });
         let mut members = Vec::with_capacity(view.members.len());
         for id in &view.members {
@@ -1232,9 +1254,17 @@ impl<S: Store> Node<S> {
             let mut remove: Vec<PeerId> = absent.iter().map(|m| m.id).collect();
             let mut excess = live_count.saturating_sub(r);
             if holders.len() >= r {
+                // A recruit bringing a site the holders lack stays (it is fetching); a holder of a
+                // shared site goes instead once it holds.
+                let holder_sites: BTreeSet<&str> =
+                    holders.iter().filter_map(|p| hosts.site(p)).collect();
                 for m in &pending {
                     if excess == 0 {
                         break;
+                    }
+                    if hosts.site(&m.id).is_some_and(|s| !holder_sites.contains(s)) {
+                        excess -= 1;
+                        continue;
                     }
                     remove.push(m.id);
                     excess -= 1;
@@ -1248,6 +1278,7 @@ impl<S: Store> Node<S> {
                 excess -= 1;
             }
             if remove.is_empty() {
+                self.push_to_pending(now, item, &pending, &content);
                 return;
             }
             let members: Vec<PeerId> = current
@@ -1280,7 +1311,66 @@ impl<S: Store> Node<S> {
             }
             return;
         }
+        if pending.is_empty() && absent.is_empty() {
+            self.spread(now, item, &current, &avoid, &holders, &content, hosts);
+        }
         self.push_to_pending(now, item, &pending, &content);
+    }
+
+    /// A healthy group whose holders share a site recruits one live host on a site it lacks, at
+    /// most once per spread interval; trimming then removes a holder of the shared site.
+    #[allow(clippy::too_many_arguments)]
+    fn spread(
+        &mut self,
+        now: Time,
+        item: ItemId,
+        current: &View,
+        avoid: &BTreeSet<PeerId>,
+        holders: &[PeerId],
+        content: &Item,
+        hosts: &dyn HostView,
+    ) {
+        let Some(g) = self.groups.get_mut(&item) else {
+            return;
+        };
+        if now < g.next_spread {
+            return;
+        }
+        let every = self.config.spread_interval;
+        let next = now + self.jittered(every);
+        if let Some(g) = self.groups.get_mut(&item) {
+            g.next_spread = next;
+        }
+        // Only where two holders are known to share a site (an unknown site is no evidence).
+        let known: Vec<&str> = holders.iter().filter_map(|p| hosts.site(p)).collect();
+        let sites: BTreeSet<&str> = known.iter().copied().collect();
+        if sites.len() == known.len() {
+            return;
+        }
+        let mut exclude: BTreeSet<PeerId> = current.members.iter().copied().collect();
+        exclude.extend(avoid.iter().copied());
+        exclude.insert(self.me);
+        let Some(recruit) = hosts
+            .most_diverse(4, &exclude)
+            .into_iter()
+            .find(|c| !exclude.contains(c) && hosts.site(c).is_some_and(|s| !sites.contains(s)))
+        else {
+            return;
+        };
+        let mut members = current.members.clone();
+        members.push(recruit);
+        let view = View::new(item, current.version + 1, self.me, members);
+        self.install_view(now, view.clone());
+        for m in &view.members {
+            if *m != recruit {
+                self.send(*m, Message::ViewUpdate(view.clone()));
+            }
+        }
+        self.push_data(now, recruit, &view, content);
+        self.events.push_back(Event::Spread {
+            item,
+            peer: recruit,
+        });
     }
 
     /// Pushes data again to live members that do not hold it (lost it, failed a proof, missed the
@@ -1842,6 +1932,8 @@ mod tests {
         me: PeerId,
         all: Vec<(PeerId, String)>,
         dead: BTreeSet<PeerId>,
+        /// Not in the known-host table yet.
+        unknown: BTreeSet<PeerId>,
     }
 
     impl HostView for Hosts {
@@ -1849,7 +1941,7 @@ mod tests {
             self.all
                 .iter()
                 .map(|(p, _)| *p)
-                .filter(|p| *p != self.me && !self.dead.contains(p))
+                .filter(|p| *p != self.me && !self.dead.contains(p) && !self.unknown.contains(p))
                 .collect()
         }
         fn is_live(&self, id: &PeerId) -> bool {
@@ -1874,6 +1966,7 @@ mod tests {
         nodes: Vec<Node<MemoryStore>>,
         sites: Vec<(PeerId, String)>,
         dead: BTreeSet<PeerId>,
+        unknown: BTreeSet<PeerId>,
         now: Time,
         sent: BTreeMap<&'static str, usize>,
     }
@@ -1899,6 +1992,7 @@ mod tests {
                 nodes,
                 sites,
                 dead: BTreeSet::new(),
+                unknown: BTreeSet::new(),
                 now: Time::ZERO,
                 sent: BTreeMap::new(),
             }
@@ -1908,6 +2002,7 @@ mod tests {
                 me: self.nodes[i].id(),
                 all: self.sites.clone(),
                 dead: self.dead.clone(),
+                unknown: self.unknown.clone(),
             }
         }
         fn idx(&self, id: &PeerId) -> usize {
@@ -1993,6 +2088,81 @@ mod tests {
         let info = net.nodes[holders[0]].group(&id, &h).unwrap();
         assert_eq!(info.state, GroupState::Goldilocks);
         assert!(info.leader.is_some());
+    }
+
+    fn events(net: &mut Net) -> Vec<Event> {
+        let mut out = Vec::new();
+        for n in &mut net.nodes {
+            while let Some(e) = n.poll_event() {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    fn sites_of(net: &Net, holders: &[usize]) -> BTreeSet<String> {
+        holders.iter().map(|i| net.sites[*i].1.clone()).collect()
+    }
+
+    #[test]
+    fn a_group_placed_on_one_site_spreads_once_other_sites_are_known() {
+        let mut net = Net::new(9, 3, Config::default());
+        // Only site s0 (nodes 0, 3, 6) is known when the item is stored.
+        net.unknown = net
+            .sites
+            .iter()
+            .filter(|(_, s)| s != "s0")
+            .map(|(p, _)| *p)
+            .collect();
+        let id = net.put(0, b"stored before the LAN knew the others");
+        net.run_for(Duration::from_secs(5));
+        let holders = net.holders(&id);
+        assert_eq!(holders.len(), 3);
+        assert_eq!(sites_of(&net, &holders).len(), 1, "one site: {holders:?}");
+        events(&mut net);
+        net.unknown.clear();
+        net.run_for(Duration::from_secs(60));
+        let holders = net.holders(&id);
+        assert_eq!(holders.len(), 3, "back to r: {holders:?}");
+        assert_eq!(sites_of(&net, &holders).len(), 3, "spread: {holders:?}");
+        let spreads = events(&mut net)
+            .iter()
+            .filter(|e| matches!(e, Event::Spread { item, .. } if *item == id))
+            .count();
+        assert_eq!(spreads, 2, "one recruit per missing site");
+        let views: BTreeSet<(u64, Vec<PeerId>)> = holders
+            .iter()
+            .map(|i| {
+                let v = &net.nodes[*i].groups[&id].view;
+                (v.version, v.members.clone())
+            })
+            .collect();
+        assert_eq!(views.len(), 1, "one agreed view: {views:?}");
+        // Settled: nothing moves any more.
+        net.run_for(Duration::from_secs(60));
+        assert_eq!(net.holders(&id), holders);
+        assert!(
+            events(&mut net)
+                .iter()
+                .all(|e| !matches!(e, Event::Spread { .. }))
+        );
+    }
+
+    #[test]
+    fn a_group_does_not_spread_when_no_other_site_is_known() {
+        let mut net = Net::new(6, 1, Config::default());
+        let id = net.put(0, b"one site only");
+        net.run_for(Duration::from_secs(5));
+        let holders = net.holders(&id);
+        let replicates = net.sent["replicate"];
+        net.run_for(Duration::from_secs(60));
+        assert_eq!(net.holders(&id), holders);
+        assert_eq!(net.sent["replicate"], replicates, "no transfers");
+        assert!(
+            events(&mut net)
+                .iter()
+                .all(|e| !matches!(e, Event::Spread { .. }))
+        );
     }
 
     #[test]
@@ -2216,6 +2386,7 @@ mod tests {
             me: ids[0],
             all: ids.iter().map(|p| (*p, "s".to_owned())).collect(),
             dead: BTreeSet::new(),
+            unknown: BTreeSet::new(),
         };
         let mut n = Node::new(ids[0], Config::default(), MemoryStore::new(1024), 1).unwrap();
         let item = ItemId::of(b"x");

@@ -909,6 +909,7 @@ impl World {
             let k = match e {
                 pcg::Event::Recruited { .. } => "recruited",
                 pcg::Event::Trimmed { .. } => "trimmed",
+                pcg::Event::Spread { .. } => "spread",
                 pcg::Event::ProofFailed { .. } => "proof_failed",
                 pcg::Event::NoCandidates(_) => "no_candidates",
                 pcg::Event::Corrupt { .. } => "corrupt",
