@@ -62,6 +62,12 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 const DIRECTORY_MAX: usize = 4096;
 /// The datagram a punching node sends: too short for QUIC to answer or misread.
 const PUNCH: &[u8] = b"\0btr";
+/// Digests of the latest relayed datagrams received, over all routes, kept to catch a relay that
+/// replays what it carries (QUIC never sends the same datagram twice: every packet has a new
+/// number, retransmissions included).
+const REPLAY_WINDOW: usize = 8192;
+/// How long a relay caught replaying what it carries is not used (and its datagrams dropped).
+const DISTRUST_FOR: Duration = Duration::from_secs(600);
 
 /// True for an address that stands for a relayed route.
 pub fn is_virtual(addr: &SocketAddr) -> bool {
@@ -98,6 +104,8 @@ pub(crate) struct Plumbing {
     /// Test only: behave like a NAT's filter (see [`crate::config::RelayConfig`]).
     nat_sim: std::sync::atomic::AtomicBool,
     contacted: Mutex<HashSet<SocketAddr>>,
+    /// Relays caught replaying datagrams, with what they did and when: nothing goes through them.
+    distrusted: Mutex<HashMap<PeerId, (&'static str, Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,7 +124,26 @@ impl Plumbing {
             v6: OnceLock::new(),
             nat_sim: std::sync::atomic::AtomicBool::new(false),
             contacted: Mutex::new(HashSet::new()),
+            distrusted: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Why `relay` is not used now, if it was caught misbehaving within [`DISTRUST_FOR`].
+    fn distrust_of(&self, relay: &PeerId) -> Option<(&'static str, Instant)> {
+        let mut d = lock(&self.distrusted);
+        match d.get(relay).copied() {
+            Some((_, at)) if at.elapsed() >= DISTRUST_FOR => {
+                d.remove(relay);
+                None
+            }
+            other => other,
+        }
+    }
+
+    /// True when a relay on `route` (all but its last hop) is distrusted.
+    fn blocked(&self, route: &[PeerId]) -> bool {
+        let relays = &route[..route.len().saturating_sub(1)];
+        relays.iter().any(|x| self.distrust_of(x).is_some())
     }
 
     /// Test only: drop inbound connections from addresses this node never sent to.
@@ -260,6 +287,9 @@ impl AsyncUdpSocket for RelaySocket {
         let Some(route) = self.plumbing.route_of(&transmit.destination) else {
             return Ok(());
         };
+        if self.plumbing.blocked(&route) {
+            return Ok(());
+        }
         let Some((first, rest)) = route.split_first() else {
             return Ok(());
         };
@@ -344,6 +374,40 @@ pub(crate) struct Relayer {
     dialing: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     home: Mutex<Option<RelayHint>>,
     behind_nat: std::sync::atomic::AtomicBool,
+    replays: Mutex<ReplayGuard>,
+}
+
+/// A bounded window of digests of relayed datagrams received.
+struct ReplayGuard {
+    keys: std::hash::RandomState,
+    seen: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl ReplayGuard {
+    fn new() -> Self {
+        ReplayGuard {
+            keys: std::hash::RandomState::new(),
+            seen: HashSet::with_capacity(REPLAY_WINDOW),
+            order: std::collections::VecDeque::with_capacity(REPLAY_WINDOW),
+        }
+    }
+
+    /// True when `packet` from `addr` was already received within the window.
+    fn replayed(&mut self, addr: SocketAddr, packet: &[u8]) -> bool {
+        use std::hash::BuildHasher;
+        let digest = self.keys.hash_one((addr, packet));
+        if !self.seen.insert(digest) {
+            return true;
+        }
+        self.order.push_back(digest);
+        if self.order.len() > REPLAY_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
 }
 
 impl Relayer {
@@ -368,7 +432,12 @@ impl Relayer {
             dialing: Mutex::new(HashMap::new()),
             home: Mutex::new(None),
             behind_nat: std::sync::atomic::AtomicBool::new(false),
+            replays: Mutex::new(ReplayGuard::new()),
         }
+    }
+
+    fn distrust_of(&self, relay: &PeerId) -> Option<(&'static str, Instant)> {
+        self.plumbing.distrust_of(relay)
     }
 
     fn now(&self) -> Time {
@@ -454,6 +523,13 @@ async fn connect_relayed_now(node: &Node, record: &PeerRecord) -> Result<Connect
         if hint.id == node.id() {
             continue;
         }
+        if let Some((what, _)) = node.inner.relay.distrust_of(&hint.id) {
+            last = DialError::Relay {
+                relay: hint.id,
+                reason: format!("not used: it {what}"),
+            };
+            continue;
+        }
         let route = match route_via(node, hint, peer).await {
             Ok(r) => r,
             Err(e) => {
@@ -515,12 +591,20 @@ async fn dial_route(node: &Node, peer: PeerId, route: &[PeerId]) -> Result<Conne
     })?;
     let start = Instant::now();
     lock(&r.refusals).remove(&peer);
+    let relays = &route[..route.len() - 1];
     let refused = async {
         loop {
             sleep(Duration::from_millis(25)).await;
             if let Some((reason, at)) = lock(&r.refusals).get(&peer).copied() {
                 if at >= start {
-                    return reason;
+                    return reason.to_string();
+                }
+            }
+            for x in relays {
+                if let Some((what, at)) = r.distrust_of(x) {
+                    if at >= start {
+                        return refused_reason(what, x);
+                    }
                 }
             }
         }
@@ -528,6 +612,17 @@ async fn dial_route(node: &Node, peer: PeerId, route: &[PeerId]) -> Result<Conne
     tokio::select! {
         res = node.inner.transport.connect(addr, Some(peer)) => match res {
             Ok((_, conn)) => {
+                // The handshake may finish just as a replay is caught: refuse it then too.
+                if let Some((what, x)) = relays
+                    .iter()
+                    .find_map(|x| r.distrust_of(x).map(|(what, _)| (what, *x)))
+                {
+                    conn.close(0u32.into(), b"relay misbehaved");
+                    return Err(DialError::Relay {
+                        relay: x,
+                        reason: refused_reason(what, &x),
+                    });
+                }
                 info!(peer = %peer.short(), route = ?route.iter().map(PeerId::short).collect::<Vec<_>>(), "relayed connection up");
                 Ok(conn)
             }
@@ -541,7 +636,7 @@ async fn dial_route(node: &Node, peer: PeerId, route: &[PeerId]) -> Result<Conne
         },
         reason = refused => {
             warn!(peer = %peer.short(), relay = %relay.short(), %reason, "relay refused");
-            Err(DialError::Relay { relay, reason: reason.to_string() })
+            Err(DialError::Relay { relay, reason })
         }
     }
 }
@@ -890,9 +985,17 @@ fn deliver(node: &Node, link: PeerId, frame: Frame) {
             let mut route = Vec::with_capacity(frame.from.len() + 1);
             route.push(link);
             route.extend(frame.from);
+            if r.plumbing.blocked(&route) {
+                return;
+            }
+            let relays = &route[..route.len() - 1];
             let Some(addr) = r.plumbing.addr_for(&route) else {
                 return;
             };
+            if lock(&r.replays).replayed(addr, &p) {
+                distrust(node, relays, "replayed relayed datagrams");
+                return;
+            }
             // A full queue drops the datagram, like a full socket buffer.
             let _ = r.plumbing.inbound.try_send((p, addr));
         }
@@ -928,6 +1031,53 @@ fn deliver(node: &Node, link: PeerId, frame: Frame) {
             }
         }
         _ => {}
+    }
+}
+
+fn refused_reason(what: &str, relay: &PeerId) -> String {
+    format!(
+        "{what}: detected and refused; relay {} is not used for {} s",
+        relay.short(),
+        DISTRUST_FOR.as_secs()
+    )
+}
+
+/// `relays` carried a datagram twice: stop using them, drop what they carry, close the
+/// connections through them, and find another home relay if ours is one.
+fn distrust(node: &Node, relays: &[PeerId], what: &'static str) {
+    let r = &node.inner.relay;
+    let now = Instant::now();
+    {
+        let mut d = lock(&r.plumbing.distrusted);
+        for x in relays {
+            d.insert(*x, (what, now));
+        }
+    }
+    node.metrics()
+        .relay
+        .refused
+        .with_label_values(&["peer", "replay"])
+        .inc();
+    warn!(
+        relays = ?relays.iter().map(PeerId::short).collect::<Vec<_>>(),
+        what,
+        for_secs = DISTRUST_FOR.as_secs(),
+        "relay misbehaved: its connections are closed and it is not used"
+    );
+    for (peer, conn) in node.inner.transport.connections() {
+        let through = r
+            .plumbing
+            .route_of(&conn.remote_address())
+            .is_some_and(|route| route.iter().any(|x| relays.contains(x)));
+        if through {
+            info!(peer = %peer.short(), "closing a connection through a misbehaving relay");
+            conn.close(0u32.into(), b"relay misbehaved");
+        }
+    }
+    let home = r.home();
+    if home.is_some_and(|h| relays.contains(&h.id)) {
+        lock(&r.home).take();
+        node.inner.membership.with(|c, _| c.set_relays(Vec::new()));
     }
 }
 
@@ -1015,6 +1165,7 @@ async fn maintain(node: &Node) {
             c.table()
                 .iter()
                 .filter(|h| h.is_alive() && h.record.public && h.id() != node.id())
+                .filter(|h| r.distrust_of(&h.id()).is_none())
                 .map(|h| {
                     (
                         h.record.site != node.site(),
