@@ -38,6 +38,11 @@ pub struct DataConfig {
     pub max_item_size: usize,
     /// PCG heartbeat period in seconds. Default 2.
     pub heartbeat_secs: f64,
+    /// Test only: answer every possession challenge with a wrong proof, like a peer claiming to
+    /// hold data it does not.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub lie: bool,
 }
 
 impl Default for DataConfig {
@@ -48,6 +53,7 @@ impl Default for DataConfig {
             storage_bytes: 1 << 30,
             max_item_size: 16 << 20,
             heartbeat_secs: 2.0,
+            lie: false,
         }
     }
 }
@@ -574,7 +580,14 @@ async fn drive(node: Node) {
                 .min();
             (pcg_tx, rbfs_tx, pcg_ev, rbfs_ev, t)
         };
-        for t in pcg_tx {
+        for mut t in pcg_tx {
+            if node.config().data.lie {
+                if let pcg::Message::Heartbeat(hb) = &mut t.msg {
+                    for p in &mut hb.proofs {
+                        p.hash = [0x11; 32];
+                    }
+                }
+            }
             let body = match postcard::to_stdvec(&t.msg) {
                 Ok(b) => b,
                 Err(e) => {
@@ -642,6 +655,7 @@ async fn drive(node: Node) {
                 rbfs::Event::NotFound { search, .. } => (search, Outcome::NotFound),
                 rbfs::Event::Corrupt { item, holder } => {
                     warn!(item = %item.short(), holder = %holder.short(), "search answer did not match its id");
+                    node.inner.transport.strike(&holder, "wrong_data");
                     node.metrics()
                         .pcg_events
                         .with_label_values(&["corrupt_answer"])
@@ -712,11 +726,19 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
         }
         pcg::Event::ProofFailed { item, peer } => {
             warn!(item = %item.short(), peer = %peer.short(), "possession check failed");
+            node.inner.transport.strike(peer, "wrong_proof");
             "proof_failed"
         }
         pcg::Event::NoCandidates(_) => "no_candidates",
+        pcg::Event::ViewRefused { item, from } => {
+            warn!(item = %item.short(), from = %from.short(), "refused a group view from outside the group (or too far ahead)");
+            "view_refused"
+        }
         pcg::Event::Corrupt { item, from } => {
             warn!(item = %item.short(), from = %from.short(), "received data that does not match its id");
+            if *from != node.id() {
+                node.inner.transport.strike(from, "wrong_data");
+            }
             "corrupt"
         }
         pcg::Event::Drained => "drained",

@@ -69,6 +69,9 @@ pub trait HostView {
     fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId>;
 }
 
+/// The most a view's version may exceed the one a node holds (a leader adds one per change).
+pub const MAX_VERSION_JUMP: u64 = 1 << 20;
+
 /// PCG settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -402,6 +405,14 @@ pub enum Event {
     },
     /// A group is short and no candidate is available.
     NoCandidates(ItemId),
+    /// A view or trim that would evict this node came from outside its group, or leapt too far
+    /// ahead in version: refused.
+    ViewRefused {
+        /// The item.
+        item: ItemId,
+        /// Who sent it.
+        from: PeerId,
+    },
     /// Received data that does not match its id (dropped).
     Corrupt {
         /// The item.
@@ -884,7 +895,7 @@ impl<S: Store> Node<S> {
         match msg {
             Message::Heartbeat(hb) => self.on_heartbeat(now, from, hb, hosts),
             Message::ViewUpdate(view) => {
-                self.adopt(now, view, hosts);
+                self.adopt(now, from, view, hosts);
             }
             Message::Replicate {
                 view,
@@ -923,12 +934,17 @@ impl<S: Store> Node<S> {
             Message::Trim(view) => {
                 let item = view.item;
                 if !view.contains(&self.me) {
-                    let newer = self
-                        .groups
-                        .get(&item)
-                        .is_none_or(|g| view.key() >= g.view.key());
-                    if newer {
+                    // Only a member of the group as we know it may trim us: a stranger's Trim
+                    // (a forged view) would otherwise make every holder drop the item at once.
+                    let from_member = self.groups.get(&item).is_some_and(|g| {
+                        view.key() >= g.view.key()
+                            && g.view.contains(&from)
+                            && view.version <= g.view.version.saturating_add(MAX_VERSION_JUMP)
+                    });
+                    if from_member {
                         self.forget(now, item, false);
+                    } else {
+                        self.events.push_back(Event::ViewRefused { item, from });
                     }
                 }
             }
@@ -1094,13 +1110,23 @@ impl<S: Store> Node<S> {
     }
 
     /// Adopts `view` if it is newer. Returns whether it did.
-    fn adopt(&mut self, now: Time, view: View, hosts: &dyn HostView) -> bool {
+    fn adopt(&mut self, now: Time, from: PeerId, view: View, hosts: &dyn HostView) -> bool {
         let item = view.item;
         if self.tombstones.contains_key(&item) {
             return false;
         }
         match self.groups.get(&item) {
             Some(g) if view.key() <= g.view.key() => return false,
+            // A view that leaps ahead, or that drops us and comes from outside the group as we
+            // know it, is refused: a stranger must not be able to evict the holders (who would
+            // drop the item) or freeze the group with an unreachable version.
+            Some(g)
+                if view.version > g.view.version.saturating_add(MAX_VERSION_JUMP)
+                    || (!view.contains(&self.me) && !g.view.contains(&from)) =>
+            {
+                self.events.push_back(Event::ViewRefused { item, from });
+                return false;
+            }
             None if !view.contains(&self.me) => return false,
             _ => {}
         }
@@ -1484,7 +1510,7 @@ impl<S: Store> Node<S> {
                         self.send(from, Message::Decline { item });
                         return;
                     }
-                    self.adopt(now, view, hosts);
+                    self.adopt(now, from, view, hosts);
                     self.events.push_back(Event::Holding(item));
                     self.send(from, Message::Holding { item });
                 }
@@ -1511,7 +1537,7 @@ impl<S: Store> Node<S> {
             self.events.push_back(Event::Corrupt { item, from });
             return;
         };
-        self.adopt(now, view, hosts);
+        self.adopt(now, from, view, hosts);
         let missing = asm.missing();
         if let Some(g) = self.groups.get_mut(&item) {
             g.fetching = Fetching::Blocks {
@@ -1811,7 +1837,7 @@ impl<S: Store> Node<S> {
                 continue;
             }
             if let Some(view) = gb.view.take() {
-                self.adopt(now, view, hosts);
+                self.adopt(now, from, view, hosts);
             }
             let sender_key = (gb.version > 0).then_some((gb.version, gb.author));
             if let Some(g) = self.groups.get_mut(&item) {
@@ -2408,6 +2434,43 @@ mod tests {
         n.handle_message(Time(3), ids[1], Message::ViewUpdate(c.clone()), &hosts);
         assert_eq!(view(&n), c);
         assert!(b.key() > View::new(item, 2, ids[2], vec![]).key());
+    }
+
+    #[test]
+    fn a_stranger_cannot_evict_the_holders_with_forged_views_or_trims() {
+        let mut net = Net::new(7, 3, Config::default());
+        let id = net.put(0, b"keep me");
+        net.run_for(Duration::from_secs(5));
+        let holders = net.holders(&id);
+        assert_eq!(holders.len(), 3);
+        let stranger = (0..7).find(|i| !holders.contains(i)).unwrap();
+        let sid = net.nodes[stranger].id();
+        let version = net.nodes[holders[0]].groups[&id].view.version;
+        // A view naming only the stranger, one version ahead; a trim; a view leaping ahead.
+        let forged = View::new(id, version + 1, sid, vec![sid]);
+        let leap = View::new(id, version + MAX_VERSION_JUMP + 1, sid, vec![sid]);
+        for h in &holders {
+            let hv = net.hosts(*h);
+            let now = net.now;
+            for msg in [
+                Message::ViewUpdate(forged.clone()),
+                Message::Trim(forged.clone()),
+                Message::ViewUpdate(leap.clone()),
+            ] {
+                net.nodes[*h].handle_message(now, sid, msg, &hv);
+            }
+        }
+        let refused = events(&mut net)
+            .iter()
+            .filter(|e| matches!(e, Event::ViewRefused { from, .. } if *from == sid))
+            .count();
+        assert_eq!(refused, 9, "every forged message refused");
+        net.run_for(Duration::from_secs(40));
+        assert_eq!(net.holders(&id), holders, "nobody dropped the item");
+        for h in &holders {
+            let v = &net.nodes[*h].groups[&id].view;
+            assert!(!v.contains(&sid) && v.version < version + 5, "{v:?}");
+        }
     }
 
     #[test]

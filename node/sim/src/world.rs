@@ -912,6 +912,7 @@ impl World {
                 pcg::Event::Spread { .. } => "spread",
                 pcg::Event::ProofFailed { .. } => "proof_failed",
                 pcg::Event::NoCandidates(_) => "no_candidates",
+                pcg::Event::ViewRefused { .. } => "view_refused",
                 pcg::Event::Corrupt { .. } => "corrupt",
                 pcg::Event::Dropped(_) => "dropped",
                 pcg::Event::Holding(_) => "holding",
