@@ -278,6 +278,9 @@ pub struct Limits {
     pub peer_burst: f64,
     /// A peer refused this many times in a row is banned. Default 2000.
     pub ban_after: u32,
+    /// A peer caught lying about data this many times (a wrong possession proof, bytes that do not
+    /// match their id; each within 10 min of the last) is banned. Default 3.
+    pub ban_after_lies: u32,
     /// How long a ban lasts. Default 60 s.
     #[serde(with = "humantime_secs")]
     pub ban_for: Duration,
@@ -302,6 +305,7 @@ impl Default for Limits {
             peer_rate: 5000.0,
             peer_burst: 10_000.0,
             ban_after: 2000,
+            ban_after_lies: 3,
             ban_for: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),

@@ -4,6 +4,10 @@
 //! that keeps flooding past the bucket (`ban_after` refusals more than it was served) is banned
 //! for `ban_for`: its connections are closed and new handshakes from
 //! its key are refused until the ban ends.
+//!
+//! A peer caught lying about data (a possession proof that does not match, bytes that do not match
+//! their id) gets a strike; `ban_after_lies` strikes, each within [`STRIKE_MEMORY`] of the last,
+//! ban it the same way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +27,12 @@ pub struct RateConfig {
     pub ban_after: u32,
     /// Ban length.
     pub ban_for: Duration,
+    /// Strikes (lies about data) before a ban.
+    pub ban_after_lies: u32,
 }
+
+/// Strikes are forgotten when none came for this long.
+pub const STRIKE_MEMORY: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 struct Bucket {
@@ -49,6 +58,7 @@ pub struct Limiter {
     config: RateConfig,
     buckets: Mutex<HashMap<PeerId, Bucket>>,
     bans: Mutex<HashMap<PeerId, Instant>>,
+    strikes: Mutex<HashMap<PeerId, (u32, Instant)>>,
 }
 
 impl Limiter {
@@ -58,7 +68,32 @@ impl Limiter {
             config,
             buckets: Mutex::new(HashMap::new()),
             bans: Mutex::new(HashMap::new()),
+            strikes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records that `peer` lied about data; true when this strike bans it.
+    pub fn strike(&self, peer: &PeerId, now: Instant) -> bool {
+        let mut strikes = self.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        if strikes.len() > 65_536 {
+            strikes.retain(|_, (_, at)| now.saturating_duration_since(*at) < STRIKE_MEMORY);
+        }
+        let s = strikes.entry(*peer).or_insert((0, now));
+        if now.saturating_duration_since(s.1) >= STRIKE_MEMORY {
+            s.0 = 0;
+        }
+        s.0 += 1;
+        s.1 = now;
+        if s.0 < self.config.ban_after_lies.max(1) {
+            return false;
+        }
+        strikes.remove(peer);
+        drop(strikes);
+        self.bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*peer, now + self.config.ban_for);
+        true
     }
 
     /// Accounts one request from `peer`.
@@ -121,6 +156,7 @@ mod tests {
             burst: 5.0,
             ban_after: 20,
             ban_for: Duration::from_secs(30),
+            ban_after_lies: 3,
         });
         let p = PeerId::from_public_key(b"p");
         let now = Instant::now();

@@ -387,6 +387,8 @@ impl Metrics {
             "identity_mismatch",
             "rate_limited",
             "banned",
+            "wrong_proof",
+            "wrong_data",
         ] {
             rejected.with_label_values(&[reason]);
         }

@@ -324,6 +324,7 @@ impl Transport {
                 burst: limits.peer_burst,
                 ban_after: limits.ban_after,
                 ban_for: limits.ban_for,
+                ban_after_lies: limits.ban_after_lies,
             }),
             limits,
             plumbing,
@@ -510,6 +511,24 @@ impl Transport {
 
     fn record(&self, event: Event) {
         self.inner.metrics.record(&event);
+    }
+
+    /// `peer` lied about data (`reason`: `wrong_proof`, `wrong_data`): counted, and banned once it
+    /// has done so `ban_after_lies` times — its connection closed, its handshakes refused.
+    pub(crate) fn strike(&self, peer: &PeerId, reason: &'static str) {
+        self.record(Event::Rejected { reason });
+        if self.inner.limiter.strike(peer, Instant::now()) {
+            warn!(peer = %peer.short(), reason, for_secs = self.inner.limits.ban_for.as_secs(), "peer lied about data repeatedly: banned");
+            self.record(Event::Rejected { reason: "banned" });
+            if let Some(conn) = self.pooled(peer) {
+                conn.close(STOP_REFUSED, b"banned");
+            }
+        }
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.inner.limiter.is_banned(peer, Instant::now())
     }
 
     /// Puts a fresh connection in the pool and serves the streams the peer opens on it.

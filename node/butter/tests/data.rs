@@ -12,11 +12,17 @@ use butter_proto::item::ItemId;
 use butter_proto::pcg::GroupState;
 
 async fn network(n: usize) -> Vec<Node> {
+    network_with(n, |_, _| {}).await
+}
+
+/// `n` nodes on three sites, `tweak` applied to each config (by index) before it starts.
+async fn network_with(n: usize, tweak: impl Fn(usize, &mut Config)) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n {
         let mut cfg = Config::for_tests();
         cfg.site = format!("site-{}", i % 3);
         cfg.data.heartbeat_secs = 0.5;
+        tweak(i, &mut cfg);
         if let Some(first) = nodes.first() {
             cfg.bootstrap = vec![first.local_addr().unwrap().to_string()];
         }
@@ -243,4 +249,55 @@ async fn a_missing_item_fails_in_bounded_time() {
     let err = nodes[0].get(ItemId::of(b"never stored")).await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_lying_about_holding_data_is_banned_and_replaced() {
+    // Node 4 claims to hold what it is given but answers every possession challenge wrongly.
+    let nodes = network_with(5, |i, cfg| cfg.data.lie = i == 4).await;
+    let (honest, liar) = (&nodes[..4], &nodes[4]);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(honest[i % 4].put(content(100 + i)).unwrap());
+    }
+    let held = |n: &Node| ids.iter().filter(|id| n.items().contains(id)).count();
+    assert!(
+        wait(Duration::from_secs(20), || held(liar) > 0).await,
+        "the liar was never given an item"
+    );
+    // Its co-members catch the wrong proofs and ban it after a few.
+    let banned = wait(Duration::from_secs(90), || {
+        honest.iter().any(|n| n.transport().is_banned(&liar.id()))
+    })
+    .await;
+    let lies: u64 = honest
+        .iter()
+        .map(|n| n.metrics().rejected("wrong_proof"))
+        .sum();
+    assert!(banned, "nobody banned the liar ({lies} wrong proofs seen)");
+    assert!(lies >= 3, "banned after {lies} wrong proofs");
+    let bans: u64 = honest.iter().map(|n| n.metrics().rejected("banned")).sum();
+    assert!(bans >= 1, "the ban is counted");
+    // Honest peers are served throughout: every item comes back intact from every honest node.
+    for (i, id) in ids.iter().enumerate() {
+        for n in honest {
+            let got = n.get(*id).await.unwrap();
+            assert_eq!(got.content, content(100 + i), "item {i}");
+        }
+    }
+    // Groups with the liar get an honest member in its place once their leader banned it.
+    let banning: Vec<&Node> = honest
+        .iter()
+        .filter(|n| n.transport().is_banned(&liar.id()))
+        .collect();
+    let repaired = wait(Duration::from_secs(60), || {
+        ids.iter().all(|id| {
+            banning.iter().all(|b| {
+                b.group(id)
+                    .is_none_or(|g| !g.view.members.contains(&liar.id()) || !b.items().contains(id))
+            })
+        })
+    })
+    .await;
+    assert!(repaired, "groups kept the banned liar");
 }
