@@ -9,6 +9,8 @@
 //! - [`loss`]: packet loss with nftables inside a container's network namespace (`nsenter`).
 //! - [`faults`]: the fault actions and `heal`, each written to the fault log.
 //! - [`log`]: the JSON-lines fault log with timestamps.
+//! - [`exporter`]: faults as Prometheus series (`/metrics` while a scenario runs) for the
+//!   dashboards' "Chaos faults" annotation.
 //! - [`http`]: a tiny HTTP/1.0 client for the node API.
 //! - [`survival`]: store seeded items, observe replica health, retrieve and verify every item.
 //! - [`report`]: the summary table, `report.json` and the `health.svg` plot.
@@ -42,6 +44,7 @@
 //!     out: "chaos-out".into(),
 //!     up: false,
 //!     root: ".".into(),
+//!     metrics: None,
 //! })?;
 //! println!("{}reports in {}", report.table(), dir.display());
 //! std::process::exit(report.exit_code());
@@ -49,6 +52,7 @@
 //! ```
 
 pub mod docker;
+pub mod exporter;
 pub mod faults;
 pub mod http;
 pub mod log;

@@ -23,6 +23,7 @@ pub fn unix_ms() -> u64 {
 pub struct FaultLog {
     out: Mutex<Option<BufWriter<File>>>,
     start: Instant,
+    exporter: std::sync::OnceLock<std::sync::Arc<crate::exporter::Exporter>>,
 }
 
 impl FaultLog {
@@ -37,6 +38,7 @@ impl FaultLog {
         Ok(FaultLog {
             out: Mutex::new(out),
             start,
+            exporter: std::sync::OnceLock::new(),
         })
     }
 
@@ -50,7 +52,13 @@ impl FaultLog {
         Ok(FaultLog {
             out: Mutex::new(Some(BufWriter::new(f))),
             start,
+            exporter: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Also counts every fault and heal in `exporter` (Prometheus series for annotations).
+    pub fn export_to(&self, exporter: std::sync::Arc<crate::exporter::Exporter>) {
+        let _ = self.exporter.set(exporter);
     }
 
     /// Seconds since the run started.
@@ -68,6 +76,9 @@ impl FaultLog {
             line.extend(f);
         }
         let line = Value::Object(line);
+        if let Some(e) = self.exporter.get() {
+            e.observe(&line);
+        }
         if let Ok(mut guard) = self.out.lock()
             && let Some(w) = guard.as_mut()
         {

@@ -104,6 +104,10 @@ enum Cmd {
         /// Repository root (for --up).
         #[arg(long, default_value = ".")]
         root: PathBuf,
+        /// Serve the faults as Prometheus series here while running, for the dashboards'
+        /// "Chaos faults" annotation (`off` to disable).
+        #[arg(long, default_value = "0.0.0.0:9465")]
+        metrics: String,
     },
 }
 
@@ -124,8 +128,15 @@ fn real_main() -> Result<i32> {
         items,
         up,
         root,
+        metrics,
     } = &cli.command
     {
+        let metrics = match metrics.as_str() {
+            "off" | "" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--metrics {a:?}: expected an address like 0.0.0.0:9465, or off")
+            })?),
+        };
         let sc = Scenario::load(scenario)?;
         let (report, dir) = run::run(Options {
             scenario: sc,
@@ -134,6 +145,7 @@ fn real_main() -> Result<i32> {
             out: cli.out.clone(),
             up: *up,
             root: root.clone(),
+            metrics,
         })?;
         println!();
         print!("{}", report.table());

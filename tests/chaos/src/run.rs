@@ -49,6 +49,8 @@ pub struct Options {
     pub up: bool,
     /// Repository root (for `--up`).
     pub root: PathBuf,
+    /// Serve the faults as Prometheus series here while running (see [`crate::exporter`]).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Replica health observed in the background.
@@ -217,6 +219,19 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
     let start = Instant::now();
     let started_unix_ms = unix_ms();
     let log = Arc::new(FaultLog::create(Some(&dir.join("faults.jsonl")), start)?);
+    if let Some(addr) = opts.metrics {
+        // Annotations are a nicety: a busy port must not stop the run.
+        match crate::exporter::Exporter::start(addr) {
+            Ok(e) => {
+                println!(
+                    "butter-chaos: faults as Prometheus series on http://{}/metrics",
+                    e.addr()
+                );
+                log.export_to(Arc::new(e));
+            }
+            Err(e) => eprintln!("butter-chaos: {e:#}; running without it"),
+        }
+    }
     println!(
         "butter-chaos: scenario {name}, seed {seed} (replay with --seed {seed}), reports in {}",
         dir.display()

@@ -141,6 +141,24 @@ fn ci_scenario_loses_nothing() {
         .join("ci.toml");
     let scenario = Scenario::load(&path).unwrap();
     let out = out_dir("run");
+    // A real Prometheus scrapes the driver's fault series during the run, as the compose
+    // monitoring profile does, to check the dashboards' "Chaos faults" annotation query.
+    let chaos_metrics = std::net::SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    ));
+    let prom = butter_compose_tests::prometheus::HostPrometheus::start_with_chaos(
+        &[],
+        Duration::from_secs(1),
+        0,
+        chaos_metrics,
+    )
+    .expect("prometheus (Debian package `prometheus`) for the annotation check");
+    let started_ms = butter_chaos::log::unix_ms();
     let (report, dir) = run::run(Options {
         scenario,
         seed: Some(1),
@@ -148,8 +166,47 @@ fn ci_scenario_loses_nothing() {
         out,
         up: false,
         root: topology::repo_root(),
+        metrics: Some(chaos_metrics),
     })
     .unwrap();
+    let ended_ms = butter_chaos::log::unix_ms();
+    // The annotation query of every dashboard returns the faults, at times within the run.
+    std::thread::sleep(Duration::from_secs(3));
+    for file in [
+        "butter-overview",
+        "butter-data",
+        "butter-membership",
+        "butter-transport",
+    ] {
+        let path = topology::repo_root()
+            .join("dashboards")
+            .join(format!("{file}.json"));
+        let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let expr = d["annotations"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "Chaos faults")
+            .and_then(|a| a["expr"].as_str())
+            .unwrap_or_else(|| panic!("{file}: no Chaos faults annotation"));
+        let samples = prom.query(expr).unwrap();
+        let kills: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.metric.get("action").map(String::as_str) == Some("kill"))
+            .map(|s| s.value.1.parse().unwrap())
+            .collect();
+        assert!(
+            kills.len() >= 2,
+            "{file}: {expr} returned {samples:?}; prometheus log: {}",
+            prom.log()
+        );
+        for ms in kills {
+            assert!(
+                (started_ms as f64..=ended_ms as f64).contains(&ms),
+                "{file}: fault at {ms} outside the run {started_ms}..{ended_ms}"
+            );
+        }
+    }
     println!("{}", report.table());
     for f in ["report.json", "health.svg", "faults.jsonl", "summary.txt"] {
         assert!(dir.join(f).is_file(), "{f} written");

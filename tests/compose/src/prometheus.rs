@@ -42,8 +42,12 @@ impl Target {
     }
 }
 
-/// The host Prometheus config for `targets`, scraped every `interval`.
-pub fn config(targets: &[Target], interval: Duration) -> Value {
+/// Where `butter-chaos run` serves its fault series by default (job `chaos`).
+pub const CHAOS_METRICS: &str = "127.0.0.1:9465";
+
+/// The host Prometheus config for `targets`, scraped every `interval`, and the chaos driver's
+/// fault series at `chaos` (for the dashboards' "Chaos faults" annotation).
+pub fn config(targets: &[Target], interval: Duration, chaos: SocketAddr) -> Value {
     let groups: Vec<Value> = targets
         .iter()
         .map(|t| {
@@ -60,6 +64,10 @@ pub fn config(targets: &[Target], interval: Duration) -> Value {
             "job_name": "butter",
             "metrics_path": "/metrics",
             "static_configs": groups,
+        }, {
+            "job_name": "chaos",
+            "metrics_path": "/metrics",
+            "static_configs": [{"targets": [chaos.to_string()]}],
         }],
     })
 }
@@ -107,9 +115,21 @@ fn free_port() -> Result<u16> {
 }
 
 impl HostPrometheus {
-    /// Starts `prometheus` scraping `targets` every `interval`, listening on `127.0.0.1:port`
-    /// (0 = any free port), and waits until it is ready.
+    /// Starts `prometheus` scraping `targets` every `interval` (and the chaos driver at its
+    /// default address), listening on `127.0.0.1:port` (0 = any free port), and waits until it
+    /// is ready.
     pub fn start(targets: &[Target], interval: Duration, port: u16) -> Result<Self> {
+        let chaos = CHAOS_METRICS.parse().context("chaos metrics address")?;
+        Self::start_with_chaos(targets, interval, port, chaos)
+    }
+
+    /// [`HostPrometheus::start`], scraping the chaos driver at `chaos`.
+    pub fn start_with_chaos(
+        targets: &[Target],
+        interval: Duration,
+        port: u16,
+        chaos: SocketAddr,
+    ) -> Result<Self> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -117,7 +137,10 @@ impl HostPrometheus {
             std::env::temp_dir().join(format!("butter-kit-prom-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(dir.join("data"))?;
         let cfg = dir.join("prometheus.yml");
-        std::fs::write(&cfg, serde_json::to_vec_pretty(&config(targets, interval))?)?;
+        std::fs::write(
+            &cfg,
+            serde_json::to_vec_pretty(&config(targets, interval, chaos))?,
+        )?;
         let port = if port == 0 { free_port()? } else { port };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
@@ -251,7 +274,12 @@ mod tests {
         let path = std::env::temp_dir().join(format!("butter-kit-cfg-{}.yml", std::process::id()));
         std::fs::write(
             &path,
-            serde_json::to_vec(&config(&[t], Duration::from_secs(1))).unwrap(),
+            serde_json::to_vec(&config(
+                &[t],
+                Duration::from_secs(1),
+                CHAOS_METRICS.parse().unwrap(),
+            ))
+            .unwrap(),
         )
         .unwrap();
         let r = promtool_check(&path);
