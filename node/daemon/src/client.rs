@@ -1,45 +1,187 @@
-//! `butter-node put | get | status | drain`: a small HTTP client for a running node's API.
+//! `butter-node put | get | status | drain | health`: a small HTTP client for a running node's API.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// One HTTP/1.0 exchange: (status, body).
+/// Why one HTTP exchange failed, kept apart so `health` can say what to do about each.
+#[derive(Debug)]
+enum Failure {
+    /// No TCP connection (refused, unreachable, or no answer within the connect timeout).
+    Connect(std::io::Error),
+    /// Connected, but sending or reading failed or ran out of time.
+    Io(std::io::Error),
+    /// Something answered that is not an HTTP reply.
+    Malformed(&'static str),
+}
+
+/// How long one exchange may take.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connect: Duration,
+    /// Longest wait for each read or write.
+    io: Duration,
+    /// Whole exchange, connect included, if bounded.
+    total: Option<Duration>,
+}
+
+/// One HTTP/1.0 exchange within `limits`: (status, body).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    limits: Limits,
+) -> Result<(u16, Vec<u8>), Failure> {
+    let deadline = limits.total.map(|t| Instant::now() + t);
+    // The I/O timeout for the next step: `io`, shortened to what is left of the deadline.
+    let left = |cap: Duration| -> std::io::Result<Duration> {
+        let Some(d) = deadline else { return Ok(cap) };
+        match d.saturating_duration_since(Instant::now()) {
+            Duration::ZERO => Err(std::io::ErrorKind::TimedOut.into()),
+            rest => Ok(rest.min(cap)),
+        }
+    };
+    let connect = left(limits.connect).map_err(Failure::Connect)?;
+    let mut s = TcpStream::connect_timeout(&addr, connect).map_err(Failure::Connect)?;
+    let io = |s: &mut TcpStream| -> std::io::Result<Vec<u8>> {
+        s.set_write_timeout(Some(left(limits.io)?))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            s.set_read_timeout(Some(left(limits.io)?))?;
+            match s.read(&mut chunk) {
+                Ok(0) => return Ok(buf),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let buf = io(&mut s).map_err(Failure::Io)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(Failure::Malformed("malformed HTTP reply"))?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(Failure::Malformed("malformed status line"))?;
+    Ok((status, buf[split + 4..].to_vec()))
+}
+
+/// One HTTP/1.0 exchange for the CLI commands: (status, body).
 fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
-        format!("no node API at {addr}; start one with `butter-node run` or pass --http")
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(if path.starts_with("/drain") {
-        620
+    let limits = Limits {
+        connect: Duration::from_secs(3),
+        io: Duration::from_secs(if path.starts_with("/drain") { 620 } else { 30 }),
+        total: None,
+    };
+    request(addr, method, path, body, limits).map_err(|f| match f {
+        Failure::Connect(e) => anyhow::Error::new(e).context(format!(
+            "no node API at {addr}; start one with `butter-node run` or pass --http"
+        )),
+        Failure::Io(e) => e.into(),
+        Failure::Malformed(m) => anyhow::anyhow!(m),
+    })
+}
+
+/// Where to reach a node listening on `addr`: an unspecified address (`0.0.0.0`, `::`, as a
+/// container's `BUTTER_HTTP` has) means the loopback of the same family, same port.
+pub fn dialable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// `butter-node health`: whether the node at `addr` answers 200 on `/ready` (or `/health` if
+/// `live`) within `timeout`. `Ok` holds a line for stdout; `Err` one line saying what failed and
+/// what to do.
+pub fn health(addr: SocketAddr, live: bool, timeout: f64) -> Result<String, String> {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err("--timeout must be a positive number of seconds".into());
+    }
+    let timeout =
+        Duration::try_from_secs_f64(timeout).map_err(|_| "--timeout is too large".to_string())?;
+    let addr = dialable(addr);
+    let (path, what) = if live {
+        ("/health", "not live")
     } else {
-        30
-    })))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("malformed HTTP reply")?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed status line")?;
-    Ok((status, buf[split + 4..].to_vec()))
+        ("/ready", "not ready")
+    };
+    let limits = Limits {
+        connect: timeout,
+        io: timeout,
+        total: Some(timeout),
+    };
+    let secs = timeout.as_secs_f64();
+    match request(addr, "GET", path, &[], limits) {
+        Ok((200, body)) => Ok(format!(
+            "{}: 200 from {addr}{path}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Ok((status, body)) => {
+            let body = String::from_utf8_lossy(&body);
+            let body = body.trim();
+            // The node's own reason, without the "not ready: " it starts with.
+            let reason = body.strip_prefix("not ready:").unwrap_or(body).trim();
+            let hint = if reason.contains("no live peer") {
+                "; check that --bootstrap or multicast reaches a peer, or run a deliberately \
+                 single node with --alone"
+            } else if status != 503 {
+                "; is --http the HTTP address of a butter-node?"
+            } else {
+                ""
+            };
+            let reason = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            };
+            Err(format!("{what}: {status} from {addr}{path}{reason}{hint}"))
+        }
+        Err(Failure::Connect(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(format!(
+            "cannot connect to {addr}: no answer within {secs} s; is the node running? is --http \
+             right?"
+        )),
+        Err(Failure::Connect(e)) => Err(format!(
+            "cannot connect to {addr}: {e}; is the node running? is --http right?"
+        )),
+        Err(Failure::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Err(format!(
+                "{what}: {addr}{path} accepted the connection but did not answer within {secs} s; \
+                 is the node overloaded or stuck? (--timeout to wait longer)"
+            ))
+        }
+        Err(Failure::Io(e)) => Err(format!(
+            "{what}: {addr}{path}: {e}; is --http the node's HTTP address?"
+        )),
+        Err(Failure::Malformed(m)) => Err(format!(
+            "{what}: {addr}{path} gave a {m}; is --http the node's HTTP address?"
+        )),
+    }
 }
 
 /// Stores the bytes of `file` (`-` = stdin) and prints the item id.

@@ -2,7 +2,8 @@
 //!
 //! `butter-node run` starts a node with a QUIC endpoint and an HTTP listener for `/metrics`,
 //! `/health`, `/ready`, `/peers`, `/status`, the items API and `POST /drain`. Configuration comes from a TOML file, `BUTTER_*`
-//! environment variables and flags, in that order of precedence (flags win).
+//! environment variables and flags, in that order of precedence (flags win). `butter-node health`
+//! checks `/ready` (or `/health`) of a running node for container health checks.
 
 mod client;
 mod config;
@@ -75,6 +76,28 @@ enum Command {
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
     },
+    /// Check that a running node is ready (exit 0) or say why not (exit 1).
+    ///
+    /// Asks `GET /ready` (or `/health` with `--live`) and exits 0 if it answers 200, else 1 with
+    /// one line on stderr saying what failed and what to do. Made for container health checks:
+    /// the image needs no shell or HTTP client.
+    #[command(
+        after_help = "Docker: healthcheck `test: [\"CMD\", \"/butter-node\", \"health\"]` (BUTTER_HTTP comes \
+                      from the container's environment)."
+    )]
+    Health {
+        /// The node's HTTP address (its `--http`). An unspecified address such as 0.0.0.0:7100 or
+        /// [::]:7100 is checked on the loopback of the same family and port.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+        /// Check liveness (`/health`: the process answers) instead of readiness (`/ready`: it has
+        /// a live peer, or runs alone by configuration, and is not drained).
+        #[arg(long)]
+        live: bool,
+        /// Longest time, in seconds, for the whole check (connect and reply).
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +151,21 @@ fn main() -> ExitCode {
         Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
         Command::Status { http } => report(client::status(http)),
         Command::Drain { http, timeout } => report(client::drain(http, timeout)),
+        // Exit 1 for every failure: 1 is "unhealthy" to Docker, which reserves 2.
+        Command::Health {
+            http,
+            live,
+            timeout,
+        } => match client::health(http, live, timeout) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(line) => {
+                eprintln!("{line}");
+                ExitCode::from(1)
+            }
+        },
         Command::Ca(CaCommand::Init { dir, name }) => report(
             butter::ca::init(&dir, &name)
                 .map(|cert| println!("network CA created; certificate {}", cert.display()))

@@ -83,6 +83,22 @@ impl Container {
     }
 }
 
+/// A container's Docker health check (`State.Health` of `docker inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`; `none` for a container without a health check.
+    pub status: String,
+    /// What the latest check printed (for a node: `butter-node health`'s line), trimmed.
+    pub last_output: Option<String>,
+}
+
+impl Health {
+    /// Whether Docker reports the container healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.status == "healthy"
+    }
+}
+
 /// Memory of one container, from the Engine's stats (cgroup counters).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
@@ -286,6 +302,31 @@ impl Engine {
             .into_values()
             .filter_map(|ep| ep.ip_address?.parse().ok())
             .next())
+    }
+
+    /// The container's health check state, from inspect (`State.Health`).
+    pub fn health(&self, id: &str) -> Result<Health> {
+        let c = self.rt.block_on(
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )?;
+        let h = c.state.and_then(|s| s.health);
+        let status = h
+            .as_ref()
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".to_string());
+        let last_output = h
+            .and_then(|h| h.log)
+            .and_then(|log| log.into_iter().next_back())
+            .and_then(|r| r.output)
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty());
+        Ok(Health {
+            status,
+            last_output,
+        })
     }
 
     /// The host pid of a running container's main process (the node), if running.

@@ -1,5 +1,5 @@
-//! The compose network as a whole: bring it up, wait until every node is ready, observe every
-//! node's view, print the status table, take it down.
+//! The compose network as a whole: bring it up, wait until every node is ready (and Docker
+//! reports it healthy), observe every node's view, print the status table, take it down.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::api::{self, Peer, Status};
 use crate::compose::Compose;
-use crate::engine::{Container, Engine, Role};
+use crate::engine::{Container, Engine, Health, Role};
 use crate::topology;
 
 /// How to bring the network up.
@@ -38,6 +38,8 @@ pub struct NodeView {
     pub container: Container,
     /// `/ready` answered 200.
     pub ready: bool,
+    /// Docker's health check state (`butter-node health`, i.e. `/ready`), if inspect answered.
+    pub health: Option<Health>,
     /// `/status`, if it answered.
     pub status: Option<Status>,
     /// `/peers`, if it answered.
@@ -143,14 +145,55 @@ impl Testbed {
             .collect())
     }
 
-    /// Every running Butter node's readiness, status and peers, now.
+    /// Every running Butter node's readiness, Docker health, status and peers, now.
     pub fn observe(&self) -> Result<Vec<NodeView>> {
         Ok(self
             .nodes()?
             .into_iter()
             .filter(|c| c.running)
-            .map(observe)
+            .map(|c| {
+                let health = self.engine.health(&c.id).ok();
+                NodeView {
+                    health,
+                    ..observe(c)
+                }
+            })
             .collect())
+    }
+
+    /// Waits until Docker reports every running Butter node `healthy` (its health check, i.e.
+    /// `butter-node health` on `/ready`, passed); returns their views.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<Vec<NodeView>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.running).collect();
+            if nodes.is_empty() {
+                bail!("no running node containers in project {}", self.project);
+            }
+            let mut not_healthy = Vec::new();
+            for c in &nodes {
+                let h = self.engine.health(&c.id)?;
+                if !h.is_healthy() {
+                    not_healthy.push(format!(
+                        "{} {} (last check: {})",
+                        c.label(),
+                        h.status,
+                        h.last_output.as_deref().unwrap_or("none yet")
+                    ));
+                }
+            }
+            if not_healthy.is_empty() {
+                return self.observe();
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "not healthy after {:?}:\n{}",
+                    timeout,
+                    not_healthy.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Waits until every running Butter node answers `/ready`; returns their views.
@@ -211,19 +254,20 @@ impl Testbed {
     }
 }
 
-/// Reads one node's API.
+/// Reads one node's API (not its Docker health: [`Testbed::observe`] adds that).
 pub fn observe(container: Container) -> NodeView {
     let addr = container.http();
     NodeView {
         ready: addr.is_some_and(api::ready),
+        health: None,
         status: addr.and_then(|a| api::status(a).ok()),
         peers: addr.and_then(|a| api::peers(a).ok()),
         container,
     }
 }
 
-/// The status table: node, LAN, role, address, ready, known hosts per LAN, hosts reached over a
-/// relayed path, groups held.
+/// The status table: node, LAN, role, address, ready, Docker health, known hosts per LAN, hosts
+/// reached over a relayed path, groups held.
 pub fn table(views: &[NodeView]) -> String {
     let mut sites: Vec<String> = topology::LANS.iter().map(|s| s.to_string()).collect();
     for v in views {
@@ -236,8 +280,8 @@ pub fn table(views: &[NodeView]) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
-        "{:<10} {:<6} {:<8} {:<15} {:<5} {:<10}",
-        "node", "lan", "role", "address", "ready", "id"
+        "{:<10} {:<6} {:<8} {:<15} {:<5} {:<9} {:<10}",
+        "node", "lan", "role", "address", "ready", "health", "id"
     );
     for s in &sites {
         let _ = write!(out, " {s:>6}");
@@ -255,12 +299,13 @@ pub fn table(views: &[NodeView]) -> String {
         let id = v.id().map_or("-", |id| &id[..id.len().min(10)]);
         let _ = write!(
             out,
-            "{:<10} {:<6} {:<8} {:<15} {:<5} {:<10}",
+            "{:<10} {:<6} {:<8} {:<15} {:<5} {:<9} {:<10}",
             c.label(),
             c.lan,
             c.role.as_str(),
             addr,
             if v.ready { "yes" } else { "no" },
+            v.health.as_ref().map_or("?", |h| h.status.as_str()),
             id
         );
         let by_site = v.peers_by_site();
@@ -292,12 +337,17 @@ pub fn table(views: &[NodeView]) -> String {
         let _ = writeln!(out, " {groups:>6} {cold:>4} {items:>5}");
     }
     let ready = views.iter().filter(|v| v.ready).count();
+    let healthy = views
+        .iter()
+        .filter(|v| v.health.as_ref().is_some_and(Health::is_healthy))
+        .count();
     let _ = writeln!(
         out,
-        "{ready}/{} ready; per-LAN columns: the node's known hosts by site label; relayed: hosts it \
-         reaches over a relayed path; groups: PCG groups it is a member of (cold: fewer than r \
-         members); items: items it holds",
-        views.len()
+        "{ready}/{n} ready, {healthy}/{n} healthy; health: Docker's health check \
+         (`butter-node health` on /ready); per-LAN columns: the node's known hosts by site \
+         label; relayed: hosts it reaches over a relayed path; groups: PCG groups it is a member \
+         of (cold: fewer than r members); items: items it holds",
+        n = views.len()
     );
     out
 }

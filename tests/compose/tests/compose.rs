@@ -20,6 +20,9 @@ use butter_compose_tests::testbed::{self, NodeView, Testbed, UpOptions};
 use butter_compose_tests::topology;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// From every node answering /ready to Docker reporting every container healthy: one check
+/// interval (2 s) and the exec of the check, on a loaded machine.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The testbed, or `None` (after printing why) where this machine cannot run it.
 fn bed(test: &str) -> Result<Option<Testbed>> {
@@ -138,6 +141,33 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
         .filter(|v| v.container.role == Role::Gateway)
         .count();
     ensure!(gateways == topology::LANS.len(), "{gateways} gateways");
+
+    // Issue 6: Docker's own health check (`butter-node health`, i.e. /ready, every 2 s) turns
+    // every node and gateway `healthy` soon after they answer /ready themselves.
+    let start = Instant::now();
+    let healthy = bed.wait_healthy(HEALTHY_TIMEOUT)?;
+    ensure!(
+        healthy.len() == views.len(),
+        "{} of {} nodes checked for health",
+        healthy.len(),
+        views.len()
+    );
+    for v in &healthy {
+        let h = v.health.as_ref().context("no health")?;
+        ensure!(
+            h.last_output
+                .as_deref()
+                .is_some_and(|o| o.starts_with("ready: 200 from 127.0.0.1:7100/ready")),
+            "{}: the last health check said {:?}",
+            v.container.label(),
+            h.last_output
+        );
+    }
+    eprintln!(
+        "Docker reports all {} nodes healthy {:.1} s after they were all ready",
+        healthy.len(),
+        start.elapsed().as_secs_f64()
+    );
     for v in &views {
         let lan = &v.container.lan;
         ensure!(
