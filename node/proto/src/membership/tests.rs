@@ -835,3 +835,37 @@ fn at_capacity_tables_span_sites_and_dialling_settles() {
     eprintln!("{late:.3} dials per node per second in the fifth minute");
     assert!(late <= 0.5, "{late} dials per node per second");
 }
+
+#[test]
+fn a_restarted_node_is_known_again_well_before_dead_retention() {
+    let mut net = Net::new(11, 0.0);
+    let a0 = net.add(1, "a");
+    let a1 = net.add(1, "a");
+    let b0 = net.add(2, "b");
+    let b1 = net.add(2, "b");
+    let a0_addr = net.nodes[a0].addr;
+    let now = net.now;
+    net.nodes[b1].m.set_bootstrap(now, [a0_addr]);
+    net.run_until_converged(secs(20)).expect("converged");
+    let victim = net.id(b0);
+    net.kill(b0);
+    let killed = net.now;
+    net.run_until(killed + Duration::from_secs(10));
+    for i in [a0, a1, b1] {
+        assert!(
+            !net.nodes[i].m.table().contains(&victim),
+            "{i} still has it"
+        );
+    }
+    net.restart(b0);
+    let restarted = net.now;
+    let t = net
+        .run_until_converged(restarted + Duration::from_secs(25))
+        .expect("the restarted node is known again");
+    assert!(
+        t - restarted <= Duration::from_secs(10),
+        "known again after {:?} (dead retention {:?})",
+        t - restarted,
+        net.config.swim.dead_retention
+    );
+}
