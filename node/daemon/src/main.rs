@@ -86,8 +86,8 @@ enum Command {
                       from the container's environment)."
     )]
     Health {
-        /// The node's HTTP address (its `--http`). An unspecified address such as 0.0.0.0:7100 or
-        /// [::]:7100 is checked on the loopback of the same family and port.
+        /// The node's HTTP address (its `--http`). An unspecified address such as `0.0.0.0:7100` or
+        /// `[::]:7100` is checked on the loopback of the same family and port.
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
         /// Check liveness (`/health`: the process answers) instead of readiness (`/ready`: it has
