@@ -10,8 +10,14 @@
 //! - **exchange**: each Hello answer carries a bounded, site-balanced sample (default 16) of the
 //!   responder's hosts; unknown ones are dialled (at most `max_dials` at once). The node also
 //!   exchanges periodically with a random host (every 1 s while that keeps bringing news, backing
-//!   off to 30 s), which refreshes records and spreads far sites' hosts;
+//!   off to 30 s), which refreshes records and spreads far sites' hosts. Whenever a Hello (either
+//!   way) shows a peer knowing more hosts than we do while we have room, the next exchange is
+//!   brought forward to within 1 s, whatever the backoff: a LAN where a few pairs missed each
+//!   other converges in seconds rather than waiting out the backoff;
 //! - **inbound**: a peer that dials us and says Hello.
+//!
+//! A failed dial to a peer heard by beacon or named in a sample is retried up to 3 times (after
+//! about 0.25, 0.5 and 1 s) rather than waiting for its next, possibly suppressed, beacon.
 //!
 //! Hosts leave when SWIM declares them dead ([`RemoveReason::Dead`]) or the diversity rule evicts
 //! them ([`RemoveReason::Evicted`]). When the table empties, discovery restarts: beacons go back to
@@ -353,6 +359,21 @@ struct Bootstrap {
     backoff: Duration,
 }
 
+/// Most neighbours (heard by beacon or named in a sample) waiting for a redial.
+const MAX_RETRIES: usize = 256;
+/// Redials of one neighbour after a failed dial.
+const RETRY_ATTEMPTS: u8 = 3;
+/// First redial delay (doubled for each further attempt, jittered ±50 %).
+const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+struct Retry {
+    addrs: Vec<SocketAddr>,
+    source: Source,
+    attempts: u8,
+    at: Option<Time>,
+}
+
 /// The membership state machine of one node.
 ///
 /// Construct with [`Membership::new`]. Then, from one task:
@@ -388,6 +409,9 @@ pub struct Membership {
     own_addrs: BTreeSet<SocketAddr>,
     pending: BTreeMap<DialKey, Pending>,
     candidates: BTreeMap<PeerId, PeerRecord>,
+    /// Neighbours heard by beacon or named in a sample whose dial failed: redialled soon, a few
+    /// times, instead of waiting for their next (suppressed) beacon or another exchange.
+    retries: BTreeMap<PeerId, Retry>,
     rejected: BTreeMap<PeerId, Time>,
     next_exchange: Time,
     exchange_interval: Duration,
@@ -419,6 +443,7 @@ impl Membership {
             own_addrs: BTreeSet::new(),
             pending: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            retries: BTreeMap::new(),
             rejected: BTreeMap::new(),
             next_exchange: now + exchange_interval,
             exchange_interval,
@@ -542,8 +567,11 @@ impl Membership {
         let mut record = record;
         put_first(&mut record.addrs, addr);
         let id = record.id;
+        let behind = self.behind(&record, now);
         self.admit(now, record, source);
-        let mut news = false;
+        // A peer that knows more hosts than we do has news for us even if this sample happened to
+        // hold none of it.
+        let mut news = behind;
         for r in sample
             .into_iter()
             .take(usize::from(self.config.sample_size))
@@ -591,6 +619,24 @@ impl Membership {
         if let Some(id) = expected_id {
             self.pending.remove(&DialKey::Id(id));
             self.table.record_failure(&id);
+            if matches!(source, Source::Multicast | Source::Exchange) && !self.table.contains(&id) {
+                let r = self.retries.entry(id).or_insert(Retry {
+                    addrs: addrs.to_vec(),
+                    source,
+                    attempts: 0,
+                    at: None,
+                });
+                if r.attempts < RETRY_ATTEMPTS {
+                    let delay = RETRY_DELAY * (1u32 << r.attempts);
+                    r.attempts += 1;
+                    r.at = Some(now + delay.mul_f64(0.5 + self.rng.random::<f64>()));
+                } else {
+                    self.retries.remove(&id);
+                }
+                if self.retries.len() > MAX_RETRIES {
+                    self.retries.pop_first();
+                }
+            }
         }
         self.events.push_back(Event::DialFailed { source });
         self.after(now);
@@ -619,6 +665,7 @@ impl Membership {
             return Err(reason);
         }
         let requester = record.id;
+        self.behind(&record, now);
         let mut record = record;
         for a in &mut record.addrs {
             if a.ip().is_unspecified() {
@@ -699,6 +746,9 @@ impl Membership {
         if !self.table.is_empty() {
             t = t.min(self.next_exchange);
         }
+        if let Some(r) = self.retries.values().filter_map(|r| r.at).min() {
+            t = t.min(r);
+        }
         Some(t)
     }
 
@@ -743,6 +793,23 @@ impl Membership {
             self.pending.remove(&key);
             self.events
                 .push_back(Event::DialFailed { source: p.source });
+        }
+        // Beacon-heard neighbours whose dial failed.
+        let redial: Vec<(PeerId, Vec<SocketAddr>, Source)> = self
+            .retries
+            .iter_mut()
+            .filter(|(_, r)| r.at.is_some_and(|at| at <= now))
+            .map(|(id, r)| {
+                r.at = None;
+                (*id, r.addrs.clone(), r.source)
+            })
+            .collect();
+        for (id, addrs, source) in redial {
+            if self.table.contains(&id) {
+                self.retries.remove(&id);
+            } else {
+                self.dial(now, addrs, Some(id), source);
+            }
         }
         // Bootstrap addresses not in the table.
         let due: Vec<SocketAddr> = self
@@ -808,6 +875,25 @@ impl Membership {
             .count()
     }
 
+    /// Whether `peer` knows more hosts than we do while we have room (so we miss some): then the
+    /// next exchange is brought forward to within `exchange_min` and its pace reset, whatever the
+    /// backoff had grown to. Converges a LAN where a few pairs missed each other's beacons.
+    fn behind(&mut self, peer: &PeerRecord, now: Time) -> bool {
+        let ours = self.table.len();
+        let behind = usize::try_from(peer.known_hosts).unwrap_or(usize::MAX) > ours
+            && ours < self.table.capacity();
+        if behind {
+            self.exchange_interval = self.config.exchange_min;
+            let soon = now
+                + self
+                    .config
+                    .exchange_min
+                    .mul_f64(0.5 + 0.5 * self.rng.random::<f64>());
+            self.next_exchange = self.next_exchange.min(soon);
+        }
+        behind
+    }
+
     fn recently_rejected(&self, id: &PeerId, now: Time) -> bool {
         self.rejected.get(id).is_some_and(|until| *until > now)
     }
@@ -864,6 +950,7 @@ impl Membership {
     fn admit(&mut self, now: Time, record: PeerRecord, source: Source) {
         let id = record.id;
         self.candidates.remove(&id);
+        self.retries.remove(&id);
         match self.table.insert(now, record, source, &mut self.rng) {
             Insert::Added => {
                 self.swim.add(id, &mut self.rng);

@@ -869,3 +869,24 @@ fn a_restarted_node_is_known_again_well_before_dead_retention() {
         net.config.swim.dead_retention
     );
 }
+
+#[test]
+fn thirty_nodes_simultaneous_start_with_5_percent_loss_converge_in_seconds() {
+    // Lost beacons and failed dials must not leave pairs to a slow exchange backoff: failed dials
+    // to heard or sampled neighbours are retried, and a node that meets a peer knowing more hosts
+    // exchanges again at once. (Before: 6.6 s to over 30 s; 7 of 20 seeds had not converged at
+    // 30 s.) Dial failures surface after 1 s here, as a lost handshake would.
+    let mut times = Vec::new();
+    for seed in 0..20 {
+        let mut net = Net::new(100 + seed, 0.05);
+        for _ in 0..30 {
+            net.add(1, "lan");
+        }
+        let t = net.run_until_converged(secs(30));
+        times.push(t.map_or(f64::INFINITY, |t| t.as_duration().as_secs_f64()));
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!("converged after {times:.2?} s");
+    assert!(times[19] <= 6.0, "slowest {:.2} s: {times:.2?}", times[19]);
+    assert!(times[10] <= 3.5, "median {:.2} s: {times:.2?}", times[10]);
+}
