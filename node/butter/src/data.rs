@@ -538,6 +538,7 @@ async fn drive(node: Node) {
     };
     let cancel = node.cancelled();
     let mut live: BTreeSet<PeerId> = BTreeSet::new();
+    let mut dead: BTreeSet<PeerId> = BTreeSet::new();
     let mut check_at = Instant::now();
     {
         let now = data.now();
@@ -678,12 +679,23 @@ async fn drive(node: Node) {
             check_at = Instant::now() + Duration::from_millis(500);
             let now_live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
             let gone: Vec<PeerId> = live.difference(&now_live).copied().collect();
-            if !gone.is_empty() {
+            // Declared dead by SWIM (not merely suspect or evicted for diversity): groups replace
+            // it at once, SWIM's suspicion having been its grace.
+            let dead_now: BTreeSet<PeerId> = node
+                .inner
+                .membership
+                .read(|c, _| c.swim().recently_dead().copied().collect());
+            let newly_dead: Vec<PeerId> = dead_now.difference(&dead).copied().collect();
+            if !gone.is_empty() || !newly_dead.is_empty() {
                 let mut st = data.lock();
                 for p in gone {
                     st.pcg.handle_peer_down(now, p, &hosts);
                 }
+                for p in newly_dead {
+                    st.pcg.handle_peer_dead(now, p, &hosts);
+                }
             }
+            dead = dead_now;
             live = now_live;
             update_gauges(&node, &data, &hosts);
         }

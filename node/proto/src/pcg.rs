@@ -518,6 +518,8 @@ struct Group {
 struct Peer {
     shared: BTreeSet<ItemId>,
     unacked: u32,
+    /// The membership layer declared it dead (cleared by any message from it).
+    dead: bool,
     challenges: Vec<Challenge>,
     /// Proofs we owe the peer (sent on our next heartbeat to it).
     owed: Vec<Proof>,
@@ -857,6 +859,21 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// The membership layer declared `peer` dead (SWIM: probes, indirect probes and a suspicion
+    /// window all failed). Its failure detection already gave it time to answer, so its groups
+    /// replace it without the grace window (with it, after the grace window). A message from
+    /// it later clears this: a member back in time is kept or re-admitted.
+    pub fn handle_peer_dead(&mut self, now: Time, peer: PeerId, hosts: &dyn HostView) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.dead = true;
+        let items: Vec<ItemId> = p.shared.iter().copied().collect();
+        for id in items {
+            self.maintain(now, id, hosts);
+        }
+    }
+
     /// The transport could not deliver to `peer` (connection refused, timed out).
     pub fn handle_unreachable(&mut self, peer: PeerId) {
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -891,6 +908,7 @@ impl<S: Store> Node<S> {
     pub fn handle_message(&mut self, now: Time, from: PeerId, msg: Message, hosts: &dyn HostView) {
         if let Some(p) = self.peers.get_mut(&from) {
             p.unacked = 0;
+            p.dead = false;
         }
         match msg {
             Message::Heartbeat(hb) => self.on_heartbeat(now, from, hb, hosts),
@@ -1175,18 +1193,19 @@ impl<S: Store> Node<S> {
         };
         let mut leader: Option<(u64, PeerId)> = None;
         for m in g.members.iter_mut() {
+            let dead = m.id != me && peers.get(&m.id).is_some_and(|p| p.dead);
             let (live, holding) = if m.id == me {
                 (true, self_holding)
             } else {
                 let answered = peers.get(&m.id).is_none_or(|p| p.unacked < missed);
                 (
-                    !m.gone && answered && hosts.is_live(&m.id),
+                    !m.gone && !dead && answered && hosts.is_live(&m.id),
                     m.holding == Some(true),
                 )
             };
             if live {
                 m.absent_since = None;
-            } else if m.gone {
+            } else if m.gone || dead {
                 m.absent_since = Some(Time::ZERO);
             } else if m.absent_since.is_none() {
                 m.absent_since = Some(now);
@@ -1234,7 +1253,12 @@ impl<S: Store> Node<S> {
         if live_count < r {
             let urgent = holders.len() + 1 < r;
             let oldest = absent.iter().filter_map(|m| m.absent_since).min();
-            let waited = oldest.is_none_or(|t| now.saturating_since(t) >= grace);
+            // Members that left, declined, or were declared dead by the membership layer have
+            // no grace window left.
+            let out = absent
+                .iter()
+                .any(|m| m.gone || self.peers.get(&m.id).is_some_and(|p| p.dead));
+            let waited = out || oldest.is_none_or(|t| now.saturating_since(t) >= grace);
             if !(urgent || waited) {
                 self.push_to_pending(now, item, &pending, &content);
                 return;
@@ -1993,6 +2017,9 @@ mod tests {
         sites: Vec<(PeerId, String)>,
         dead: BTreeSet<PeerId>,
         unknown: BTreeSet<PeerId>,
+        /// Crashed, but the host view still calls them live (as a node's view does once the
+        /// membership layer has dropped them from its table: unknown counts as live).
+        silent: BTreeSet<PeerId>,
         now: Time,
         sent: BTreeMap<&'static str, usize>,
     }
@@ -2019,6 +2046,7 @@ mod tests {
                 sites,
                 dead: BTreeSet::new(),
                 unknown: BTreeSet::new(),
+                silent: BTreeSet::new(),
                 now: Time::ZERO,
                 sent: BTreeMap::new(),
             }
@@ -2042,6 +2070,10 @@ mod tests {
                         any = true;
                         *self.sent.entry(t.msg.kind()).or_default() += 1;
                         if self.dead.contains(&t.to) || self.dead.contains(&self.nodes[i].id()) {
+                            continue;
+                        }
+                        if self.silent.contains(&t.to) || self.silent.contains(&self.nodes[i].id())
+                        {
                             continue;
                         }
                         let j = self.idx(&t.to);
@@ -2220,6 +2252,37 @@ mod tests {
         assert_eq!(net.sent["replicate"], replicates, "no re-replication");
         assert!(net.holders(&id).contains(&victim));
         assert_eq!(net.holders(&id).len(), 3);
+    }
+
+    #[test]
+    fn a_member_declared_dead_by_membership_is_replaced_without_the_grace_window() {
+        let run = |declare: bool| {
+            let mut net = Net::new(9, 3, Config::default());
+            let id = net.put(0, b"data");
+            net.run_for(Duration::from_secs(3));
+            let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+            let vid = net.nodes[victim].id();
+            net.silent.insert(vid);
+            if declare {
+                for i in (0..9).filter(|i| *i != victim) {
+                    let h = net.hosts(i);
+                    let now = net.now;
+                    net.nodes[i].handle_peer_dead(now, vid, &h);
+                }
+                net.deliver();
+            }
+            net.run_for(Duration::from_millis(2500));
+            net.holders(&id)
+                .into_iter()
+                .filter(|i| *i != victim)
+                .count()
+        };
+        assert_eq!(run(true), 3, "replaced within a tick of the declaration");
+        assert_eq!(
+            run(false),
+            2,
+            "without it, the silent member keeps its place for now"
+        );
     }
 
     #[test]

@@ -319,6 +319,11 @@ impl Swim {
         )
     }
 
+    /// Members declared dead within `dead_retention`.
+    pub fn recently_dead(&self) -> impl Iterator<Item = &PeerId> {
+        self.dead.keys()
+    }
+
     /// Whether `id` was declared dead recently (within `dead_retention`).
     pub fn is_recently_dead(&self, id: &PeerId) -> bool {
         self.dead.contains_key(id)
