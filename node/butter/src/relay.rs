@@ -57,7 +57,7 @@ const LINK_IDLE: Duration = Duration::from_secs(35);
 /// Deadline for opening a link (dial, request, answer).
 const LINK_OPEN_TIMEOUT: Duration = Duration::from_secs(4);
 /// A relay we could not dial directly is not tried directly again for this long.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+const UNREACHABLE_FOR: Duration = Duration::from_secs(15);
 /// Records heard in samples, kept to dial their owners through their relays.
 const DIRECTORY_MAX: usize = 4096;
 /// The datagram a punching node sends: too short for QUIC to answer or misread.
@@ -714,9 +714,22 @@ pub(crate) async fn open_link(
         let conn = match t.pooled(&peer) {
             Some(c) if !is_virtual(&c.remote_address()) => c,
             _ => {
+                // Addresses we reached the relay at ourselves come first: a hint carries the
+                // addresses its owner sees, such as a gateway's LAN address, which another LAN
+                // cannot reach (its WAN address is in our own table).
+                let mut cands: Vec<SocketAddr> = node
+                    .inner
+                    .membership
+                    .read(|c, _| c.table().get(&peer).map(|h| h.record.addrs.clone()))
+                    .unwrap_or_default();
+                for a in addrs {
+                    if !cands.contains(a) {
+                        cands.push(*a);
+                    }
+                }
                 let mut last = DialError::NoAddress(peer);
                 let mut found = None;
-                for a in addrs.iter().filter(|a| !is_virtual(a)).take(4) {
+                for a in cands.iter().filter(|a| !is_virtual(a)).take(4) {
                     match t.dial(*a, Some(peer)).await {
                         Ok((_, c)) => {
                             found = Some(c);
