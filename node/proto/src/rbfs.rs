@@ -230,9 +230,12 @@ impl Bloom {
         }
     }
 
-    /// Whether the item may be in the set (false positives possible, no false negatives).
+    /// Whether the item may be in the set (false positives possible, no false negatives). A filter
+    /// with no hash functions (only a peer's forged summary has none) matches nothing rather than
+    /// everything, so it cannot draw every search to its sender.
     pub fn contains(&self, id: &ItemId) -> bool {
         !self.bits.is_empty()
+            && self.hashes > 0
             && self
                 .positions(id)
                 .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
@@ -1253,6 +1256,12 @@ mod tests {
             .count();
         assert!(fp < 200, "false positives {fp} / 100000");
         assert!(!Bloom::new(0, 16).contains(&ids[0]));
+        // A forged summary with no hash functions would match every id: it matches none.
+        let forged = Bloom {
+            bits: vec![0; 4],
+            hashes: 0,
+        };
+        assert!(ids.iter().all(|id| !forged.contains(id)));
     }
 
     #[test]
