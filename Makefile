@@ -56,7 +56,7 @@ bench: ## transport benchmark beside raw quinn (qbench), as a table
 	cd /tmp/butter-qbench && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --release -q
 	./target/release/qbench | tee $(BENCH_OUT)/qbench.txt
 	./target/release/qbench idle | tee -a $(BENCH_OUT)/qbench.txt
-	$(CARGO) bench --locked -p butter --bench transport -- --qbench $(BENCH_OUT)/qbench.txt | tee $(BENCH_OUT)/transport.md
+	$(CARGO) bench --locked -p butter --bench transport -- --qbench $(abspath $(BENCH_OUT))/qbench.txt | tee $(BENCH_OUT)/transport.md
 
 bench-discovery: ## LAN convergence, cross-subnet reach, failure detection in the netns lab (T6-T8; root)
 	@mkdir -p $(BENCH_OUT)
