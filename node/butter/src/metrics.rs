@@ -389,6 +389,7 @@ impl Metrics {
             "banned",
             "wrong_proof",
             "wrong_data",
+            "not_quic",
         ] {
             rejected.with_label_values(&[reason]);
         }
@@ -496,6 +497,11 @@ impl Metrics {
             Event::BytesSent(n) => self.bytes_sent.inc_by(*n),
             Event::BytesReceived(n) => self.bytes_received.inc_by(*n),
         }
+    }
+
+    /// The counter of inputs rejected for `reason` (for code outside the event path: the socket).
+    pub(crate) fn rejected_counter(&self, reason: &str) -> prometheus::IntCounter {
+        self.rejected.with_label_values(&[reason])
     }
 
     /// How many inputs were rejected for `reason` so far.

@@ -106,6 +106,25 @@ pub(crate) struct Plumbing {
     contacted: Mutex<HashSet<SocketAddr>>,
     /// Relays caught replaying datagrams, with what they did and when: nothing goes through them.
     distrusted: Mutex<HashMap<PeerId, (&'static str, Instant)>>,
+    /// Counts datagrams on the real socket that cannot be QUIC (see [`not_quic`]).
+    not_quic: OnceLock<prometheus::IntCounter>,
+}
+
+/// True for a datagram that cannot be a QUIC packet for this endpoint: shorter than any packet,
+/// or with the fixed bit (0x40) clear — the endpoint does not grease that bit, so peers must set
+/// it — except a version negotiation packet (long header, version 0, whose other bits are
+/// arbitrary) and our own hole-punching datagram. quinn drops such datagrams silently; this is
+/// how they get counted (`butter_rejected_total{reason="not_quic"}`). Garbage that happens to
+/// have the bit set is dropped by quinn uncounted.
+fn not_quic(d: &[u8]) -> bool {
+    if d == PUNCH {
+        return false;
+    }
+    if d.len() < 5 {
+        return true;
+    }
+    let version_negotiation = d[0] & 0x80 != 0 && d[1..5] == [0, 0, 0, 0];
+    d[0] & 0x40 == 0 && !version_negotiation
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,7 +144,13 @@ impl Plumbing {
             nat_sim: std::sync::atomic::AtomicBool::new(false),
             contacted: Mutex::new(HashSet::new()),
             distrusted: Mutex::new(HashMap::new()),
+            not_quic: OnceLock::new(),
         })
+    }
+
+    /// Counts datagrams that cannot be QUIC into `counter`.
+    pub(crate) fn count_not_quic_into(&self, counter: prometheus::IntCounter) {
+        let _ = self.not_quic.set(counter);
     }
 
     /// Why `relay` is not used now, if it was caught misbehaving within [`DISTRUST_FOR`].
@@ -338,7 +363,18 @@ impl AsyncUdpSocket for RelaySocket {
         if n > 0 {
             return Poll::Ready(Ok(n));
         }
-        self.inner.poll_recv(cx, bufs, meta)
+        let res = self.inner.poll_recv(cx, bufs, meta);
+        if let (Poll::Ready(Ok(n)), Some(counter)) = (&res, self.plumbing.not_quic.get()) {
+            for (buf, m) in bufs.iter().zip(meta.iter()).take(*n) {
+                let data = &buf[..m.len.min(buf.len())];
+                for seg in data.chunks(m.stride.max(1)) {
+                    if not_quic(seg) {
+                        counter.inc();
+                    }
+                }
+            }
+        }
+        res
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -1205,5 +1241,24 @@ async fn maintain(node: &Node) {
             }
             Err(e) => debug!(relay = %id.short(), error = %e, "relay candidate refused"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_that_cannot_be_quic() {
+        assert!(!not_quic(PUNCH), "our own punch is expected");
+        assert!(not_quic(b""));
+        assert!(not_quic(&[0x40, 1, 2, 3]), "too short for any packet");
+        // Short header (0b01…) and long header (0b11…) with the fixed bit set.
+        assert!(!not_quic(&[0x41; 30]));
+        assert!(!not_quic(&[0xc3; 1200]));
+        // Fixed bit clear: garbage, unless a version negotiation packet.
+        assert!(not_quic(&[0x01; 30]));
+        assert!(not_quic(&[0x83, 0, 0, 0, 1, 8]));
+        assert!(!not_quic(&[0x83, 0, 0, 0, 0, 8]));
     }
 }

@@ -298,16 +298,18 @@ impl Transport {
             .wrap_udp_socket(socket)
             .map_err(|source| BindError::Socket { addr, source })?;
         let socket = match &plumbing {
-            Some(p) => p.wrap(socket),
+            Some(p) => {
+                p.count_not_quic_into(metrics.rejected_counter("not_quic"));
+                p.wrap(socket)
+            }
             None => socket,
         };
-        let mut endpoint = Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(|source| BindError::Socket { addr, source })?;
+        // The fixed bit is not greased, so a datagram without it is garbage and gets counted.
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.grease_quic_bit(false);
+        let mut endpoint =
+            Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+                .map_err(|source| BindError::Socket { addr, source })?;
         endpoint.set_default_client_config(client);
 
         let inner = Arc::new(Inner {
