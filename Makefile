@@ -91,7 +91,7 @@ down: ## remove the compose network's containers, networks and volumes
 	$(KIT) down
 
 test-compose: image ## compose tier: 3 LANs up, multicast stays in its LAN, dashboards vs a real Prometheus, kill a node
-	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX); \
+	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE); \
 	  BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
 	  status=$$?; $(KIT) down; exit $$status
 
