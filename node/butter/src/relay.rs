@@ -110,21 +110,30 @@ pub(crate) struct Plumbing {
     not_quic: OnceLock<prometheus::IntCounter>,
 }
 
-/// True for a datagram that cannot be a QUIC packet for this endpoint: shorter than any packet,
-/// or with the fixed bit (0x40) clear — the endpoint does not grease that bit, so peers must set
-/// it — except a version negotiation packet (long header, version 0, whose other bits are
-/// arbitrary) and our own hole-punching datagram. quinn drops such datagrams silently; this is
-/// how they get counted (`butter_rejected_total{reason="not_quic"}`). Garbage that happens to
-/// have the bit set is dropped by quinn uncounted.
+/// True for a datagram that cannot be a QUIC packet for this endpoint: shorter than the smallest
+/// packet (21 bytes, a stateless reset), with the fixed bit (0x40) clear — the endpoint does not
+/// grease that bit, so peers must set it — or a long header naming a version quinn does not
+/// speak (1 and the 0xff00_00xx drafts); except a version negotiation packet (version 0, other
+/// bits arbitrary) and our own hole-punching datagram. quinn drops (or answers with version
+/// negotiation) such datagrams without telling us; this is how they get counted
+/// (`butter_rejected_total{reason="not_quic"}`). Garbage shaped like a short-header packet is
+/// dropped by quinn uncounted.
 fn not_quic(d: &[u8]) -> bool {
     if d == PUNCH {
         return false;
     }
-    if d.len() < 5 {
+    if d.len() < 21 {
         return true;
     }
-    let version_negotiation = d[0] & 0x80 != 0 && d[1..5] == [0, 0, 0, 0];
-    d[0] & 0x40 == 0 && !version_negotiation
+    if d[0] & 0x80 != 0 {
+        let version = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
+        if version == 0 {
+            return false;
+        }
+        let known = version == 1 || version & 0xffff_ff00 == 0xff00_0000;
+        return d[0] & 0x40 == 0 || !known;
+    }
+    d[0] & 0x40 == 0
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1252,13 +1261,21 @@ mod tests {
     fn datagrams_that_cannot_be_quic() {
         assert!(!not_quic(PUNCH), "our own punch is expected");
         assert!(not_quic(b""));
-        assert!(not_quic(&[0x40, 1, 2, 3]), "too short for any packet");
-        // Short header (0b01…) and long header (0b11…) with the fixed bit set.
+        assert!(not_quic(&[0x41; 20]), "too short for any packet");
+        // Short header (0b01…) with the fixed bit set; long header (0b11…) of QUIC v1 or a draft.
         assert!(!not_quic(&[0x41; 30]));
-        assert!(!not_quic(&[0xc3; 1200]));
-        // Fixed bit clear: garbage, unless a version negotiation packet.
+        let long = |first: u8, version: [u8; 4]| {
+            let mut d = vec![first];
+            d.extend(version);
+            d.resize(1200, 8);
+            d
+        };
+        assert!(!not_quic(&long(0xc3, [0, 0, 0, 1])));
+        assert!(!not_quic(&long(0xc3, [0xff, 0, 0, 0x1d])));
+        // Unknown version, or the fixed bit clear: garbage, unless version negotiation.
+        assert!(not_quic(&long(0xc3, [0x12, 0x34, 0x56, 0x78])));
+        assert!(not_quic(&long(0x83, [0, 0, 0, 1])));
         assert!(not_quic(&[0x01; 30]));
-        assert!(not_quic(&[0x83, 0, 0, 0, 1, 8]));
-        assert!(!not_quic(&[0x83, 0, 0, 0, 0, 8]));
+        assert!(!not_quic(&long(0x83, [0, 0, 0, 0])));
     }
 }

@@ -214,11 +214,12 @@ async fn garbage_datagrams_do_not_hurt_and_are_counted() {
         sock.send_to(&buf, b.local_addr().unwrap()).await.unwrap();
     }
     assert_serves(&b).await;
-    // About half of random datagrams have the fixed bit clear (or are too short to be QUIC):
-    // those are counted; the rest are dropped by quinn uncounted.
+    // About three quarters of random datagrams cannot be QUIC (too short, the fixed bit clear,
+    // or a long header with an unknown version): those are counted; the rest, shaped like a
+    // short-header packet, are dropped by quinn uncounted.
     let counted = b.metrics().rejected("not_quic");
     assert!(
-        (100..=200).contains(&counted),
+        (180..=270).contains(&counted),
         "{counted} of 300 random datagrams counted as not QUIC"
     );
 }
