@@ -5,24 +5,17 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, get, request};
+use common::{BIN, Reaped, free_port, get, request};
 
 struct Daemon {
-    child: Child,
+    child: Reaped,
     http: u16,
     quic: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spawn(data: &Path, quic: u16, http: u16, bootstrap: &[u16]) -> Daemon {
@@ -40,7 +33,11 @@ fn spawn(data: &Path, quic: u16, http: u16, bootstrap: &[u16]) -> Daemon {
         .stderr(Stdio::null())
         .spawn()
         .expect("butter-node starts");
-    Daemon { child, http, quic }
+    Daemon {
+        child: Reaped(child),
+        http,
+        quic,
+    }
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -391,7 +388,7 @@ fn private_network_through_the_cli() {
             .spawn()
             .unwrap();
         nodes.push(Daemon {
-            child,
+            child: Reaped(child),
             http,
             quic: *q,
         });

@@ -5,28 +5,21 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
 
-use common::{BIN, free_port, json, request, spawn_site_node, wait};
+use common::{BIN, Reaped, free_port, json, request, spawn_site_node, wait};
 
 const NODES: usize = 6;
 const ITEMS: usize = 60;
 const VICTIM: usize = 4;
 
 struct Proc {
-    child: Child,
+    child: Reaped,
     id: String,
     http: u16,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn content(i: usize) -> Vec<u8> {

@@ -5,23 +5,16 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, get, request, wait};
+use common::{BIN, Reaped, free_port, get, request, wait};
 
 struct Daemon {
-    child: Child,
+    _child: Reaped,
     http: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts a node on loopback with multicast off; waits until its HTTP API answers.
@@ -40,7 +33,10 @@ fn spawn(data: &Path, quic: u16, extra: &[&str]) -> Daemon {
         .stderr(Stdio::null())
         .spawn()
         .expect("butter-node starts");
-    let d = Daemon { child, http };
+    let d = Daemon {
+        _child: Reaped(child),
+        http,
+    };
     assert!(
         wait(Duration::from_secs(10), || get(http, "/health").is_some()).is_some(),
         "the node's HTTP API answers within 10 s"
@@ -60,6 +56,16 @@ fn health(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the check failed (exit 1) with one line on stderr holding every part of `wants`.
+fn assert_fails_saying(out: &Output, wants: &[&str]) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for want in wants {
+        assert!(err.contains(want), "{want:?} missing from: {err}");
+    }
 }
 
 #[test]
@@ -82,17 +88,15 @@ fn live_passes_and_ready_fails_on_a_node_whose_bootstrap_peer_does_not_exist() {
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 
     let out = health(&["--http", &http]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(out.stdout.is_empty());
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
-    for want in [
-        &format!("not ready: 503 from {http}/ready (no live peer yet)") as &str,
-        "--bootstrap",
-        "--alone",
-    ] {
-        assert!(err.contains(want), "{want:?} missing from: {err}");
-    }
+    assert_fails_saying(
+        &out,
+        &[
+            &format!("not ready: 503 from {http}/ready (no live peer yet)"),
+            "--bootstrap",
+            "--alone",
+        ],
+    );
 }
 
 #[test]
@@ -152,13 +156,12 @@ fn a_node_alone_by_configuration_is_ready_until_drained() {
 
     let (code, _) = request(node.http, "POST", "/drain?timeout_secs=0", &[]).unwrap();
     assert_eq!(code, 200, "nothing to hand over");
-    let out = health(&["--http", &http]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!("not ready: 503 from {http}/ready (drained"))
-            && err.contains("stop this node"),
-        "{err}"
+    assert_fails_saying(
+        &health(&["--http", &http]),
+        &[
+            &format!("not ready: 503 from {http}/ready (drained"),
+            "stop this node",
+        ],
     );
     assert!(
         health(&["--live", "--http", &http]).status.success(),
@@ -175,17 +178,15 @@ fn nothing_listening_fails_fast_and_says_what_to_check() {
     ] {
         let start = Instant::now();
         let out = health(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(start.elapsed() < Duration::from_secs(3), "bounded");
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        for want in [
-            &format!("cannot connect to 127.0.0.1:{port}") as &str,
-            "is the node running?",
-            "is --http right?",
-        ] {
-            assert!(err.contains(want), "{want:?} missing from: {err}");
-        }
+        assert_fails_saying(
+            &out,
+            &[
+                &format!("cannot connect to 127.0.0.1:{port}"),
+                "is the node running?",
+                "is --http right?",
+            ],
+        );
     }
 }
 
@@ -196,13 +197,8 @@ fn a_listener_that_never_answers_times_out_within_timeout() {
     let start = Instant::now();
     let out = health(&["--http", &addr.to_string(), "--timeout", "0.5"]);
     let took = start.elapsed();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(
-        err.contains("did not answer within 0.5 s") && err.contains("--timeout"),
-        "{err}"
-    );
+    assert_fails_saying(&out, &["did not answer within 0.5 s", "--timeout"]);
     drop(listener);
 
     let out = health(&["--timeout", "0"]);

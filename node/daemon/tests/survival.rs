@@ -4,26 +4,19 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, json, request, spawn_site_node, wait};
+use common::{BIN, Reaped, free_port, json, request, spawn_site_node, wait};
 
 struct Proc {
-    child: Child,
+    child: Reaped,
     id: String,
     http: u16,
     site: usize,
     alive: bool,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn content(i: usize) -> Vec<u8> {

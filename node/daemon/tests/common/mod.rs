@@ -9,6 +9,30 @@ use std::time::Duration;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_butter-node");
 
+/// A node process, killed and reaped when dropped so a failing test leaves nothing running.
+/// Derefs to the [`std::process::Child`] (signal it, wait on it, read its pid).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// A port free on both TCP (HTTP) and UDP (QUIC).
 pub fn free_port() -> u16 {
     loop {
@@ -68,11 +92,7 @@ pub fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
 
 /// Starts node `i` of a loopback network on site `site-{i % 3}`, QUIC on `quic[i]`, data under
 /// `dir/n{i}`, bootstrapping from nodes 0 and 1, multicast off. Returns it and its HTTP port.
-pub fn spawn_site_node(
-    dir: &std::path::Path,
-    i: usize,
-    quic: &[u16],
-) -> (std::process::Child, u16) {
+pub fn spawn_site_node(dir: &std::path::Path, i: usize, quic: &[u16]) -> (Reaped, u16) {
     let http = free_port();
     let child = std::process::Command::new(BIN)
         .args(["run", "--no-multicast", "--log-level", "warn"])
@@ -89,5 +109,5 @@ pub fn spawn_site_node(
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    (child, http)
+    (Reaped(child), http)
 }
