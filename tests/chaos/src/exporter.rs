@@ -12,22 +12,22 @@
 //! shipped Prometheus config scrapes the driver at `host.docker.internal:9465` (compose) and the
 //! kit's host Prometheus (`make monitor`) at `127.0.0.1:9465`.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use serde_json::Value;
 
-/// Label values of one series: action, target, lan.
-type Key = (String, String, String);
+const LABELS: [&str; 3] = ["action", "target", "lan"];
 
-/// The fault counters and the HTTP listener serving them.
+/// The fault series and the HTTP listener serving them.
 #[derive(Debug)]
 pub struct Exporter {
-    series: Arc<Mutex<BTreeMap<Key, (u64, f64)>>>,
+    registry: Registry,
+    faults: IntCounterVec,
+    last: GaugeVec,
     addr: SocketAddr,
 }
 
@@ -43,10 +43,10 @@ pub fn lan_of(target: &str) -> String {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 impl Exporter {
@@ -56,17 +56,37 @@ impl Exporter {
             format!("cannot serve chaos metrics on {addr} (in use? pass --metrics off or another address)")
         })?;
         let addr = listener.local_addr()?;
-        let series: Arc<Mutex<BTreeMap<Key, (u64, f64)>>> = Arc::default();
-        let shared = series.clone();
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "butter_chaos_faults_total",
+                "Faults injected by butter-chaos.",
+            ),
+            &LABELS,
+        )?;
+        let last = GaugeVec::new(
+            Opts::new(
+                "butter_chaos_fault_last_timestamp_seconds",
+                "When the last such fault was injected (Unix seconds).",
+            ),
+            &LABELS,
+        )?;
+        let registry = Registry::new();
+        registry.register(Box::new(faults.clone()))?;
+        registry.register(Box::new(last.clone()))?;
+        let shared = registry.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let body = render(&shared);
                 // One request at a time is plenty for a scraper; a slow client cannot hold the
                 // listener for longer than the timeouts.
-                let _ = serve(conn, &body);
+                let _ = serve(conn, &render(&shared));
             }
         });
-        Ok(Exporter { series, addr })
+        Ok(Exporter {
+            registry,
+            faults,
+            last,
+            addr,
+        })
     }
 
     /// Where it listens.
@@ -81,67 +101,31 @@ impl Exporter {
             .get("ts_unix_ms")
             .and_then(Value::as_u64)
             .map_or(0.0, |ms| ms as f64 / 1000.0);
-        let (action, targets): (String, Vec<String>) = match event {
+        let (action, targets): (&str, Vec<&str>) = match event {
             "fault" => (
                 line.get("action")
                     .and_then(Value::as_str)
-                    .unwrap_or("fault")
-                    .to_string(),
+                    .unwrap_or("fault"),
                 line.get("targets")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|t| t.as_str().map(str::to_string))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default(),
             ),
-            "heal" => ("heal".to_string(), vec!["all".to_string()]),
+            "heal" => ("heal", vec!["all"]),
             _ => return,
         };
-        let Ok(mut s) = self.series.lock() else {
-            return;
-        };
         for t in targets {
-            let lan = lan_of(&t);
-            let e = s.entry((action.clone(), t, lan)).or_insert((0, 0.0));
-            e.0 += 1;
-            e.1 = at;
+            let lan = lan_of(t);
+            let labels = [action, t, lan.as_str()];
+            self.faults.with_label_values(&labels).inc();
+            self.last.with_label_values(&labels).set(at);
         }
     }
 
     /// The exposition text, as served.
     pub fn render(&self) -> String {
-        render(&self.series)
+        render(&self.registry)
     }
-}
-
-fn render(series: &Mutex<BTreeMap<Key, (u64, f64)>>) -> String {
-    let s = series.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut out = String::new();
-    out.push_str("# HELP butter_chaos_faults_total Faults injected by butter-chaos.\n");
-    out.push_str("# TYPE butter_chaos_faults_total counter\n");
-    for ((a, t, l), (n, _)) in &s {
-        out.push_str(&format!(
-            "butter_chaos_faults_total{{action=\"{}\",target=\"{}\",lan=\"{}\"}} {n}\n",
-            escape(a),
-            escape(t),
-            escape(l)
-        ));
-    }
-    out.push_str(
-        "# HELP butter_chaos_fault_last_timestamp_seconds When the last such fault was injected (Unix seconds).\n",
-    );
-    out.push_str("# TYPE butter_chaos_fault_last_timestamp_seconds gauge\n");
-    for ((a, t, l), (_, at)) in &s {
-        out.push_str(&format!(
-            "butter_chaos_fault_last_timestamp_seconds{{action=\"{}\",target=\"{}\",lan=\"{}\"}} {at:.3}\n",
-            escape(a),
-            escape(t),
-            escape(l)
-        ));
-    }
-    out
 }
 
 fn serve(mut conn: TcpStream, body: &str) -> std::io::Result<()> {
@@ -194,10 +178,10 @@ mod tests {
         conn.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
         for line in [
-            "butter_chaos_faults_total{action=\"kill\",target=\"lan-a-1\",lan=\"lan-a\"} 2",
-            "butter_chaos_faults_total{action=\"kill\",target=\"gw-b\",lan=\"lan-b\"} 1",
-            "butter_chaos_faults_total{action=\"heal\",target=\"all\",lan=\"\"} 1",
-            "butter_chaos_fault_last_timestamp_seconds{action=\"kill\",target=\"lan-a-1\",lan=\"lan-a\"} 1700000001.000",
+            "butter_chaos_faults_total{action=\"kill\",lan=\"lan-a\",target=\"lan-a-1\"} 2",
+            "butter_chaos_faults_total{action=\"kill\",lan=\"lan-b\",target=\"gw-b\"} 1",
+            "butter_chaos_faults_total{action=\"heal\",lan=\"\",target=\"all\"} 1",
+            "butter_chaos_fault_last_timestamp_seconds{action=\"kill\",lan=\"lan-a\",target=\"lan-a-1\"} 1700000001\n",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
