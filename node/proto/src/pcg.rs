@@ -1380,10 +1380,7 @@ impl<S: Store> Node<S> {
         content: &Item,
         hosts: &dyn HostView,
     ) {
-        let Some(g) = self.groups.get_mut(&item) else {
-            return;
-        };
-        if now < g.next_spread {
+        if self.groups.get(&item).is_none_or(|g| now < g.next_spread) {
             return;
         }
         let every = self.config.spread_interval;
