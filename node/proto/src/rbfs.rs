@@ -234,11 +234,16 @@ impl Bloom {
     /// with no hash functions (only a peer's forged summary has none) matches nothing rather than
     /// everything, so it cannot draw every search to its sender.
     pub fn contains(&self, id: &ItemId) -> bool {
-        !self.bits.is_empty()
-            && self.hashes > 0
+        self.is_usable()
             && self
                 .positions(id)
                 .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+
+    /// Whether the filter can hold anything: it has bits and hash functions. An unusable one (only
+    /// a peer's forged summary) matches nothing.
+    pub fn is_usable(&self) -> bool {
+        !self.bits.is_empty() && self.hashes > 0
     }
 
     /// Size in bytes on the wire (roughly).
