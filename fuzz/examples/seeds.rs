@@ -253,6 +253,7 @@ replicas = 3
 storage_bytes = 1073741824
 max_item_size = 16777216
 heartbeat_secs = 2.0
+cache_bytes = 8388608
 "#,
     );
     write("config_toml", "empty", b"");

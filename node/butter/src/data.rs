@@ -38,6 +38,9 @@ pub struct DataConfig {
     pub max_item_size: usize,
     /// PCG heartbeat period in seconds. Default 2.
     pub heartbeat_secs: f64,
+    /// With a data directory: bytes of item content kept in memory as a read cache (the items
+    /// themselves live on disk; the item read last is kept even when larger). Default 8 MiB.
+    pub cache_bytes: u64,
     /// Test only: answer every possession challenge with a wrong proof, like a peer claiming to
     /// hold data it does not.
     #[doc(hidden)]
@@ -53,6 +56,7 @@ impl Default for DataConfig {
             storage_bytes: 1 << 30,
             max_item_size: 16 << 20,
             heartbeat_secs: 2.0,
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             lie: false,
         }
     }
@@ -96,6 +100,8 @@ pub struct Retrieved {
 struct State {
     pcg: pcg::Node<NodeStore>,
     rbfs: rbfs::Node,
+    /// Corrupt files the store found on read that the metrics have counted.
+    corrupt_counted: u64,
 }
 
 enum Outcome {
@@ -137,9 +143,10 @@ impl Data {
         };
         let store = match data_dir {
             Some(dir) => {
-                let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes).map_err(|e| {
-                    format!("data: cannot open the item store in {}: {e}", dir.display())
-                })?;
+                let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes, cfg.cache_bytes)
+                    .map_err(|e| {
+                        format!("data: cannot open the item store in {}: {e}", dir.display())
+                    })?;
                 if loaded.items > 0 || loaded.corrupt > 0 {
                     info!(
                         items = loaded.items,
@@ -159,7 +166,11 @@ impl Data {
         }
         let rbfs = rbfs::Node::new(me, rc, seed ^ 0x5eed).map_err(|e| format!("data: {e}"))?;
         Ok(Data {
-            state: Mutex::new(State { pcg, rbfs }),
+            state: Mutex::new(State {
+                pcg,
+                rbfs,
+                corrupt_counted: 0,
+            }),
             notify: Notify::new(),
             epoch,
             waiters: Mutex::new(HashMap::new()),
@@ -281,7 +292,7 @@ impl Node {
         {
             let now = data.now();
             let mut st = data.lock();
-            let State { pcg, rbfs } = &mut *st;
+            let State { pcg, rbfs, .. } = &mut *st;
             let q = rbfs.find(now, id, pcg.store(), &hosts);
             data.waiters
                 .lock()
@@ -441,7 +452,7 @@ pub(crate) fn handle(
                 .inc();
             let hosts = Hosts::of(node);
             let mut st = data.lock();
-            let State { pcg, rbfs } = &mut *st;
+            let State { pcg, rbfs, .. } = &mut *st;
             rbfs.handle_message(now, from.id, msg, pcg.store(), &hosts);
             drop(st);
             data.notify.notify_one();
@@ -710,7 +721,7 @@ async fn drive(node: Node) {
                 let hosts = Hosts::of(&node);
                 let now = data.now();
                 let mut st = data.lock();
-                let State { pcg, rbfs } = &mut *st;
+                let State { pcg, rbfs, .. } = &mut *st;
                 pcg.handle_timeout(now, &hosts);
                 rbfs.handle_timeout(now, pcg.store(), &hosts);
             }
@@ -761,14 +772,26 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
 
 fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
     let m = node.metrics();
-    let (states, usage, leaving) = {
-        let st = data.lock();
+    let (states, usage, cache, leaving, newly_corrupt) = {
+        let mut st = data.lock();
+        let cache = st.pcg.store().cache_usage();
+        let newly_corrupt = cache.corrupt_found.saturating_sub(st.corrupt_counted);
+        st.corrupt_counted = cache.corrupt_found;
         (
             st.pcg.states(hosts),
             st.pcg.store().usage(),
+            cache,
             st.pcg.is_leaving(),
+            newly_corrupt,
         )
     };
+    if newly_corrupt > 0 {
+        m.pcg_events
+            .with_label_values(&["corrupt_on_disk"])
+            .inc_by(newly_corrupt);
+    }
+    m.store_memory_bytes
+        .set(i64::try_from(cache.bytes).unwrap_or(i64::MAX));
     for (i, s) in ["cold", "goldilocks", "hot"].iter().enumerate() {
         m.groups
             .with_label_values(&[s])

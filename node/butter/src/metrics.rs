@@ -110,6 +110,9 @@ pub struct Metrics {
     pub items_stored: IntGauge,
     /// Bytes of item content held.
     pub stored_bytes: IntGauge,
+    /// Bytes of item content held in memory (all of it without a data directory; the read cache
+    /// with one).
+    pub store_memory_bytes: IntGauge,
     /// Background tasks the node and its transport track (spawned, not yet finished).
     pub tasks: IntGauge,
     /// Relaying, reachability and hole punching.
@@ -370,6 +373,10 @@ impl Metrics {
             "butter_stored_bytes",
             "Bytes of item content held by this node",
         ));
+        let store_memory_bytes = must(IntGauge::new(
+            "butter_store_memory_bytes",
+            "Bytes of item content held in memory (the read cache when items live on disk)",
+        ));
         let tasks = must(IntGauge::new(
             "butter_tasks",
             "Background tasks the node and its transport track (spawned, not yet finished)",
@@ -419,6 +426,7 @@ impl Metrics {
             Box::new(groups.clone()),
             Box::new(items_stored.clone()),
             Box::new(stored_bytes.clone()),
+            Box::new(store_memory_bytes.clone()),
             Box::new(tasks.clone()),
         ] {
             must(registry.register(c));
@@ -450,6 +458,7 @@ impl Metrics {
             groups,
             items_stored,
             stored_bytes,
+            store_memory_bytes,
             tasks,
             relay,
         }

@@ -977,11 +977,18 @@ impl<S: Store> Node<S> {
                 self.maintain(now, item, hosts);
             }
             Message::Delete { item } => {
-                if let Some(g) = self.groups.get(&item) {
-                    for m in g.view.members.clone() {
-                        if m != self.me && m != from {
-                            self.send(m, Message::Delete { item });
-                        }
+                // Only a member of the group as we know it may delete the item: a stranger's
+                // Delete sent to every holder would otherwise erase it from the network.
+                let Some(g) = self.groups.get(&item) else {
+                    return;
+                };
+                if !g.view.contains(&from) {
+                    self.events.push_back(Event::ViewRefused { item, from });
+                    return;
+                }
+                for m in g.view.members.clone() {
+                    if m != self.me && m != from {
+                        self.send(m, Message::Delete { item });
                     }
                 }
                 self.forget(now, item, true);
@@ -2497,7 +2504,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stranger_cannot_evict_the_holders_with_forged_views_or_trims() {
+    fn a_stranger_cannot_evict_the_holders_with_forged_views_trims_or_deletes() {
         let mut net = Net::new(7, 3, Config::default());
         let id = net.put(0, b"keep me");
         net.run_for(Duration::from_secs(5));
@@ -2516,6 +2523,7 @@ mod tests {
                 Message::ViewUpdate(forged.clone()),
                 Message::Trim(forged.clone()),
                 Message::ViewUpdate(leap.clone()),
+                Message::Delete { item: id },
             ] {
                 net.nodes[*h].handle_message(now, sid, msg, &hv);
             }
@@ -2524,7 +2532,7 @@ mod tests {
             .iter()
             .filter(|e| matches!(e, Event::ViewRefused { from, .. } if *from == sid))
             .count();
-        assert_eq!(refused, 9, "every forged message refused");
+        assert_eq!(refused, 12, "every forged message refused");
         net.run_for(Duration::from_secs(40));
         assert_eq!(net.holders(&id), holders, "nobody dropped the item");
         for h in &holders {
