@@ -75,6 +75,11 @@ pub enum DataError {
     /// Nobody answered with the item in time.
     #[error("item {0} not found")]
     NotFound(ItemId),
+    /// Only a member of an item's group may delete it, and this node is not one.
+    #[error(
+        "this node is not in the group of item {0}; send the delete to a member (GET /items/{0}/group on a holder lists them)"
+    )]
+    NotMember(ItemId),
     /// The holder's blocks did not assemble into the item.
     #[error("item {0} could not be fetched: {1}")]
     Fetch(ItemId, String),
@@ -280,6 +285,21 @@ impl Node {
         data.notify.notify_one();
         info!(item = %id.short(), "item stored");
         Ok(id)
+    }
+
+    /// Deletes `id` from the network: this node drops it and tells the other members of its group,
+    /// which drop it too and refuse it for a while (`pcg::Config::tombstone_ttl`, 10 min), also to
+    /// members that were away and come back holding it. Fails with [`DataError::NotMember`] on a
+    /// node outside the item's group (members accept deletes only from members).
+    pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
+        let data = self.data()?;
+        let now = data.now();
+        if !data.lock().pcg.delete(now, id) {
+            return Err(DataError::NotMember(id));
+        }
+        data.notify.notify_one();
+        info!(item = %id.short(), "item deleted");
+        Ok(())
     }
 
     /// Finds `id` (locally, through its group, else by random breadth-first search) and returns

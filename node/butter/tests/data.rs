@@ -1,7 +1,8 @@
 //! The data overlay on real nodes over loopback QUIC: items stored through different nodes stay
 //! retrievable and their groups return to `r` after nodes crash; a corrupted replica is detected
 //! and replaced; a retrieval never returns bytes that do not match the id; a drained node hands
-//! every group over, so crashing it afterwards leaves every group at `r`.
+//! every group over, so crashing it afterwards leaves every group at `r`; a member deletes an item
+//! everywhere, a stranger cannot.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure message
 
@@ -300,4 +301,40 @@ async fn a_peer_lying_about_holding_data_is_banned_and_replaced() {
     })
     .await;
     assert!(repaired, "groups kept the banned liar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deletes_an_item_everywhere_and_a_stranger_cannot() {
+    let nodes = network(6).await;
+    let keep = nodes[1].put(content(1)).unwrap();
+    let gone = nodes[0].put(content(2)).unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert!(wait(Duration::from_secs(20), || at_r(&all, &keep) && at_r(&all, &gone)).await);
+    let stranger = nodes
+        .iter()
+        .find(|n| !n.items().contains(&gone))
+        .expect("6 nodes, r = 3");
+    assert!(matches!(
+        stranger.delete(gone),
+        Err(butter::data::DataError::NotMember(_))
+    ));
+    let member = nodes.iter().find(|n| n.items().contains(&gone)).unwrap();
+    member.delete(gone).unwrap();
+    assert!(
+        wait(Duration::from_secs(10), || nodes
+            .iter()
+            .all(|n| !n.items().contains(&gone)))
+        .await,
+        "still held by {} nodes",
+        nodes.iter().filter(|n| n.items().contains(&gone)).count()
+    );
+    // It stays gone (no repair brings it back), and the other item is untouched.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(nodes.iter().all(|n| !n.items().contains(&gone)));
+    assert!(matches!(
+        nodes[5].get(gone).await,
+        Err(butter::data::DataError::NotFound(_))
+    ));
+    assert!(at_r(&all, &keep));
+    assert_eq!(nodes[4].get(keep).await.unwrap().content, content(1));
 }

@@ -1,4 +1,4 @@
-//! `butter-node put | get | status | drain | health`: a small HTTP client for a running node's API.
+//! `butter-node put | get | delete | status | drain | health`: a small HTTP client for a running node's API.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -217,6 +217,17 @@ pub fn get(addr: SocketAddr, id: &str, out: Option<&str>) -> anyhow::Result<()> 
         }
         None => std::io::stdout().write_all(&body)?,
     }
+    Ok(())
+}
+
+/// Deletes an item through a member of its group.
+pub fn delete(addr: SocketAddr, id: &str) -> anyhow::Result<()> {
+    let (status, body) = exchange(addr, "DELETE", &format!("/items/{id}"), &[])?;
+    if status != 200 {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        bail!("{}", v["error"].as_str().unwrap_or("delete failed"));
+    }
+    println!("deleted {id}");
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub fn router(node: Node) -> Router {
         .route("/peers", get(peers))
         .route("/status", get(status))
         .route("/items", get(list_items).put(put_item).post(put_item))
-        .route("/items/{id}", get(get_item))
+        .route("/items/{id}", get(get_item).delete(delete_item))
         .route("/items/{id}/group", get(get_group))
         .route("/peers/{id}/call/{name}", post(call_peer))
         .route("/drain", post(drain))
@@ -121,6 +121,26 @@ async fn get_item(State(node): State<Node>, Path(id): Path<String>) -> Response 
             .into_response(),
         Err(e) => (
             StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn delete_item(State(node): State<Node>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match node.delete(id) {
+        Ok(()) => Json(serde_json::json!({ "deleted": id.to_string() })).into_response(),
+        Err(e @ butter::data::DataError::NotMember(_)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response(),

@@ -56,6 +56,15 @@ enum Command {
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
     },
+    /// Delete an item from the network through a running node that is a member of its group (the
+    /// members drop it and refuse it for 10 minutes).
+    Delete {
+        /// The item id (64 hex characters).
+        id: String,
+        /// The node's HTTP address.
+        #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
+        http: std::net::SocketAddr,
+    },
     /// Private network mode: create a network CA, or sign a node's certificate with it.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
         },
         Command::Put { file, http } => report(client::put(http, &file)),
         Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
+        Command::Delete { id, http } => report(client::delete(http, &id)),
         Command::Status { http } => report(client::status(http)),
         Command::Drain { http, timeout } => report(client::drain(http, timeout)),
         // Exit 1 for every failure: 1 is "unhealthy" to Docker, which reserves 2.

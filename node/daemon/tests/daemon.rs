@@ -326,6 +326,28 @@ fn items_through_the_http_api_and_the_cli() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("goldilocks"));
+
+    // Deleting: a node outside the group is told to ask a member; a member deletes everywhere.
+    let (code, body) = request(nodes[1].http, "DELETE", &format!("/items/{missing}"), &[]).unwrap();
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("send the delete to a member"));
+    let out = Command::new(BIN)
+        .args(["delete", &id, "--http", &format!("127.0.0.1:{}", nodes[0].http)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        nodes.iter().all(|n| {
+            request(n.http, "GET", "/items", &[])
+                .is_some_and(|(_, b)| !String::from_utf8_lossy(&b).contains(&id))
+        })
+    }));
+    let (code, _) = request(nodes[2].http, "GET", &format!("/items/{id}"), &[]).unwrap();
+    assert_eq!(code, 404);
 }
 
 fn status_peers(port: u16) -> Option<u64> {

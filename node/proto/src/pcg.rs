@@ -677,16 +677,21 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Deletes an item everywhere: drops it here and tells the other members.
-    pub fn delete(&mut self, now: Time, item: ItemId) {
-        if let Some(g) = self.groups.get(&item) {
-            for m in g.view.members.clone() {
-                if m != self.me {
-                    self.send(m, Message::Delete { item });
-                }
+    /// Deletes an item everywhere: drops it here and tells the other members, which pass it on to
+    /// the members they know and refuse the item for [`Config::tombstone_ttl`]. Only a member may
+    /// delete (members accept `Delete` only from members): returns `false`, changing nothing, when
+    /// this node is not in the item's group.
+    pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
+        let Some(g) = self.groups.get(&item) else {
+            return false;
+        };
+        for m in g.view.members.clone() {
+            if m != self.me {
+                self.send(m, Message::Delete { item });
             }
         }
         self.forget(now, item, true);
+        true
     }
 
     /// When the next call to [`Node::handle_timeout`] is due.
