@@ -1,6 +1,10 @@
 //! The client: one thread stores items through random live nodes, another reads random earlier
 //! items through random live nodes and checks their bytes. Only a `201 Created` counts as
-//! acknowledged; the final check asks for every acknowledged item.
+//! acknowledged; the final check asks for every acknowledged item that was not deleted.
+//!
+//! With a working set (`keep`), the writer deletes the oldest live item once more than `keep` are
+//! live — through the node that stored it, else any live node that is a member of its group — so
+//! the network holds a steady amount of data and a node's memory has no reason to grow.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +40,8 @@ pub struct Acked {
     pub index: u64,
     /// The id the node answered.
     pub id: String,
+    /// The node that stored it.
+    pub node: usize,
 }
 
 /// Counters, readable while the client runs.
@@ -53,6 +59,10 @@ pub struct Counters {
     pub gets_wrong: AtomicU64,
     /// GETs whose node went away mid-request (churn; not counted in the success rate).
     pub gets_cut: AtomicU64,
+    /// Items deleted (a member answered 200).
+    pub deletes_ok: AtomicU64,
+    /// Items no live member would delete (they stay live and are checked at the end).
+    pub deletes_failed: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -70,6 +80,10 @@ pub struct Tally {
     pub gets_wrong: u64,
     /// GETs cut by churn.
     pub gets_cut: u64,
+    /// Items deleted.
+    pub deletes_ok: u64,
+    /// Deletes no live member accepted.
+    pub deletes_failed: u64,
 }
 
 impl Tally {
@@ -95,6 +109,8 @@ impl Counters {
             gets_failed: l(&self.gets_failed),
             gets_wrong: l(&self.gets_wrong),
             gets_cut: l(&self.gets_cut),
+            deletes_ok: l(&self.deletes_ok),
+            deletes_failed: l(&self.deletes_failed),
         }
     }
 }
@@ -105,8 +121,10 @@ pub struct Shared {
     pub http: Vec<SocketAddr>,
     /// Which nodes are up (the driver flips these around stops and starts).
     pub up: Vec<AtomicBool>,
-    /// Acknowledged items, in order.
+    /// Acknowledged items not deleted, in order.
     pub acked: Mutex<Vec<Acked>>,
+    /// Ids of deleted items (a GET of one that fails is not a failure).
+    pub deleted: Mutex<std::collections::HashSet<String>>,
     /// Counters.
     pub counters: Counters,
     /// Set to stop the client.
@@ -139,6 +157,24 @@ pub struct Workload {
     pub put_every: Duration,
     /// Pause between GETs.
     pub get_every: Duration,
+    /// Live items to keep: beyond this the oldest is deleted (0: never delete).
+    pub keep: usize,
+}
+
+/// Deletes `item` through the node that stored it, else through any live node that is a member
+/// of its group (others answer 409). Returns whether one did.
+fn delete(s: &Shared, item: &Acked) -> bool {
+    let order = std::iter::once(item.node).chain((0..s.http.len()).filter(|&i| i != item.node));
+    for i in order {
+        if !s.up[i].load(Ordering::Relaxed) {
+            continue;
+        }
+        let path = format!("/items/{}", item.id);
+        if let Ok((200, _)) = request(s.http[i], "DELETE", &path, &[], Duration::from_secs(5)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Starts the writer and the reader.
@@ -168,11 +204,15 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
                 });
                 match id {
                     Some(id) => {
-                        s.acked
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Acked { index, id });
+                        s.acked.lock().unwrap_or_else(|e| e.into_inner()).push(Acked {
+                            index,
+                            id,
+                            node,
+                        });
                         s.counters.puts_ok.fetch_add(1, Ordering::Relaxed);
+                        if w.keep > 0 {
+                            trim_working_set(&s, w.keep);
+                        }
                     }
                     None => {
                         s.counters.puts_failed.fetch_add(1, Ordering::Relaxed);
@@ -200,6 +240,16 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
             let c = &s.counters;
             match fetch(s.http[node], &item, w) {
                 Fetch::Ok => c.gets_ok.fetch_add(1, Ordering::Relaxed),
+                // Deleted while we asked: not a failure.
+                Fetch::Failed
+                    if s
+                        .deleted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&item.id) =>
+                {
+                    continue;
+                }
                 Fetch::Failed => c.gets_failed.fetch_add(1, Ordering::Relaxed),
                 Fetch::Wrong => c.gets_wrong.fetch_add(1, Ordering::Relaxed),
                 Fetch::Cut => c.gets_cut.fetch_add(1, Ordering::Relaxed),
@@ -207,6 +257,39 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
         }
     });
     vec![writer, reader]
+}
+
+/// Deletes the oldest live items while more than `keep` are live. The item leaves the reader's
+/// pool before the delete is sent; one no member would delete goes back (it stays live).
+fn trim_working_set(s: &Shared, keep: usize) {
+    loop {
+        let oldest = {
+            let mut acked = s.acked.lock().unwrap_or_else(|e| e.into_inner());
+            if acked.len() <= keep {
+                return;
+            }
+            let a = acked.remove(0);
+            s.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(a.id.clone());
+            a
+        };
+        if delete(s, &oldest) {
+            s.counters.deletes_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            s.counters.deletes_failed.fetch_add(1, Ordering::Relaxed);
+            s.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&oldest.id);
+            s.acked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(0, oldest);
+            return;
+        }
+    }
 }
 
 /// How one GET went.

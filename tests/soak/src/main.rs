@@ -82,6 +82,10 @@ struct Cli {
     /// Bytes per item.
     #[arg(long, default_value_t = 4096)]
     item_size: usize,
+    /// Live items the client keeps: once more are live it deletes the oldest (through a member of
+    /// its group), so the data held is steady and memory has no reason to grow. 0: never delete.
+    #[arg(long, default_value_t = 600)]
+    keep: usize,
     /// Seconds between samples (RSS, connections, tasks) and progress lines.
     #[arg(long, default_value_t = 10.0)]
     sample_every: f64,
@@ -264,13 +268,14 @@ fn run(cli: Cli) -> Result<bool> {
         item_size: cli.item_size.max(32),
         put_every: Duration::from_millis(cli.put_every_ms),
         get_every: Duration::from_millis(cli.get_every_ms),
+        keep: cli.keep,
     };
     let nodes_dir = cli.out.join("nodes");
     let _ = std::fs::remove_dir_all(&nodes_dir);
     std::fs::create_dir_all(&nodes_dir)
         .with_context(|| format!("creating {}", nodes_dir.display()))?;
     println!(
-        "soak: {} nodes ({stable} stable, {seeds} seeds, {} sites), {} min, churn every {} s (down {} s, {:.0}% SIGKILL, at most {} down), PUT every {} ms, GET every {} ms, {} B items, seed {seed}",
+        "soak: {} nodes ({stable} stable, {seeds} seeds, {} sites), {} min, churn every {} s (down {} s, {:.0}% SIGKILL, at most {} down), PUT every {} ms, GET every {} ms, {} B items, working set {} items, seed {seed}",
         cli.nodes,
         cli.sites,
         cli.minutes,
@@ -280,7 +285,8 @@ fn run(cli: Cli) -> Result<bool> {
         cli.max_down,
         cli.put_every_ms,
         cli.get_every_ms,
-        workload.item_size
+        workload.item_size,
+        cli.keep
     );
     println!(
         "soak: binary {}, output in {}",
@@ -296,6 +302,7 @@ fn run(cli: Cli) -> Result<bool> {
         http: cluster.nodes.iter().map(|n| n.http).collect(),
         up: (0..cli.nodes).map(|_| AtomicBool::new(false)).collect(),
         acked: Mutex::new(Vec::new()),
+        deleted: Mutex::new(Default::default()),
         counters: Default::default(),
         stop: AtomicBool::new(false),
     });
@@ -455,7 +462,10 @@ fn run(cli: Cli) -> Result<bool> {
     println!();
     print!("{}", report::node_table(&summaries));
     println!();
-    println!("items stored (acknowledged)   {acked}");
+    println!(
+        "items acknowledged            {} ({acked} live at the end, every one checked)",
+        tally.puts_ok
+    );
     println!("items lost                    {}", lost.len());
     println!(
         "GET success                   {:.2}% ({} ok, {} failed, {} wrong bytes; {} cut by churn, not counted)",
@@ -466,6 +476,10 @@ fn run(cli: Cli) -> Result<bool> {
         tally.gets_cut
     );
     println!("PUT refused or failed         {}", tally.puts_failed);
+    println!(
+        "deleted (working set {})     {} ok, {} no member would delete (kept and checked)",
+        cli.keep, tally.deletes_ok, tally.deletes_failed
+    );
     println!(
         "churn                         {} stops ({} SIGKILL, {} SIGTERM), {} crashes",
         soak.kills + soak.terms,
@@ -494,7 +508,8 @@ fn run(cli: Cli) -> Result<bool> {
         "seed": seed,
         "stable_nodes": stable,
         "warmup_min": warmup,
-        "items_acknowledged": acked,
+        "items_acknowledged": tally.puts_ok,
+        "items_live_checked": acked,
         "items_lost": lost.iter().map(|a| &a.id).collect::<Vec<_>>(),
         "client": tally,
         "get_success_pct": tally.get_success_pct(),
