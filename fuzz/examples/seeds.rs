@@ -254,6 +254,7 @@ storage_bytes = 1073741824
 max_item_size = 16777216
 heartbeat_secs = 2.0
 cache_bytes = 8388608
+deletes = true
 "#,
     );
     write("config_toml", "empty", b"");

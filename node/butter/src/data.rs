@@ -41,6 +41,9 @@ pub struct DataConfig {
     /// With a data directory: bytes of item content kept in memory as a read cache (the items
     /// themselves live on disk; the item read last is kept even when larger). Default 8 MiB.
     pub cache_bytes: u64,
+    /// Whether members of an item's group may delete it (`DELETE /items/{id}`). Items have no
+    /// owner, so in a network whose members are not trusted turn this off. Default on.
+    pub deletes: bool,
     /// Test only: answer every possession challenge with a wrong proof, like a peer claiming to
     /// hold data it does not.
     #[doc(hidden)]
@@ -57,6 +60,7 @@ impl Default for DataConfig {
             max_item_size: 16 << 20,
             heartbeat_secs: 2.0,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            deletes: true,
             lie: false,
         }
     }
@@ -75,6 +79,9 @@ pub enum DataError {
     /// Nobody answered with the item in time.
     #[error("item {0} not found")]
     NotFound(ItemId),
+    /// Deleting is turned off on this node (`data.deletes = false`).
+    #[error("deleting is turned off on this node (data.deletes = false)")]
+    DeletesOff,
     /// Only a member of an item's group may delete it, and this node is not one.
     #[error(
         "this node is not in the group of item {0}; send the delete to a member (GET /items/{0}/group on a holder lists them)"
@@ -138,6 +145,7 @@ impl Data {
         let mut pc = pcg::Config {
             replicas: cfg.replicas,
             heartbeat_interval: Duration::from_secs_f64(cfg.heartbeat_secs.max(0.05)),
+            accept_deletes: cfg.deletes,
             ..pcg::Config::default()
         };
         pc.item.max_item_size = cfg.max_item_size;
@@ -293,6 +301,9 @@ impl Node {
     /// node outside the item's group (members accept deletes only from members).
     pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
         let data = self.data()?;
+        if !data.lock().pcg.config().accept_deletes {
+            return Err(DataError::DeletesOff);
+        }
         let now = data.now();
         if !data.lock().pcg.delete(now, id) {
             return Err(DataError::NotMember(id));

@@ -309,7 +309,11 @@ async fn a_member_deletes_an_item_everywhere_and_a_stranger_cannot() {
     let keep = nodes[1].put(content(1)).unwrap();
     let gone = nodes[0].put(content(2)).unwrap();
     let all: Vec<&Node> = nodes.iter().collect();
-    assert!(wait(Duration::from_secs(20), || at_r(&all, &keep) && at_r(&all, &gone)).await);
+    assert!(
+        wait(Duration::from_secs(20), || at_r(&all, &keep)
+            && at_r(&all, &gone))
+        .await
+    );
     let stranger = nodes
         .iter()
         .find(|n| !n.items().contains(&gone))

@@ -134,7 +134,7 @@ async fn delete_item(State(node): State<Node>, Path(id): Path<String>) -> Respon
     };
     match node.delete(id) {
         Ok(()) => Json(serde_json::json!({ "deleted": id.to_string() })).into_response(),
-        Err(e @ butter::data::DataError::NotMember(_)) => (
+        Err(e @ (butter::data::DataError::NotMember(_) | butter::data::DataError::DeletesOff)) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({ "error": e.to_string() })),
         )

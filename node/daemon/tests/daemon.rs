@@ -332,7 +332,12 @@ fn items_through_the_http_api_and_the_cli() {
     assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("send the delete to a member"));
     let out = Command::new(BIN)
-        .args(["delete", &id, "--http", &format!("127.0.0.1:{}", nodes[0].http)])
+        .args([
+            "delete",
+            &id,
+            "--http",
+            &format!("127.0.0.1:{}", nodes[0].http),
+        ])
         .output()
         .unwrap();
     assert!(

@@ -99,7 +99,9 @@ pub struct Config {
     /// Default 10 s.
     pub fetch_timeout: Duration,
     /// How long a holder excluded from its group's view waits to be re-admitted before dropping its
-    /// copy. Default 20 s.
+    /// copy — and it drops it only once `r` members of the new view have proven to it that they
+    /// hold the item (a trimmed holder waits for the proofs alone). An orphan that no member
+    /// proves anything to for twice this long founds the group anew around its copy. Default 20 s.
     pub orphan_timeout: Duration,
     /// How long a deleted item is refused. Default 10 min.
     pub tombstone_ttl: Duration,
@@ -109,6 +111,10 @@ pub struct Config {
     /// a site the group lacks, recruits it and (once it holds) trims a member of the shared site.
     /// Groups placed before the node knew other sites spread out this way. Default 10 s.
     pub spread_interval: Duration,
+    /// Whether a member may delete an item from its group ([`Node::delete`], [`Message::Delete`]).
+    /// Items have no owner, so any member can: a network whose members are not trusted (an open
+    /// network rather than private mode) may turn this off, and nothing then deletes. Default on.
+    pub accept_deletes: bool,
     /// Item size limits and block size.
     pub item: item::Config,
 }
@@ -129,6 +135,7 @@ impl Default for Config {
             tombstone_ttl: Duration::from_secs(600),
             handoff_timeout: Duration::from_secs(5),
             spread_interval: Duration::from_secs(10),
+            accept_deletes: true,
             item: item::Config::default(),
         }
     }
@@ -374,6 +381,9 @@ pub enum Event {
     Holding(ItemId),
     /// This node dropped its copy (trimmed, deleted or orphaned).
     Dropped(ItemId),
+    /// Left out of its group's view and never shown that any member holds the item, this node
+    /// founded the group anew around its copy.
+    Refounded(ItemId),
     /// As leader, recruited new members.
     Recruited {
         /// The item.
@@ -508,10 +518,22 @@ struct Group {
     members: Vec<Member>,
     fetching: Fetching,
     orphan_since: Option<Time>,
+    /// While orphaned: members of the view that proved they hold the item since, the nonces
+    /// outstanding per member, when to challenge again, and whether we were trimmed (then no
+    /// re-admission is sought and the copy goes as soon as `r` members proved).
+    orphan: Orphan,
     /// Peers that declined or failed to take the item: not asked again for a while.
     avoid: BTreeSet<PeerId>,
     /// When the leader next checks whether the group can spread over more sites.
     next_spread: Time,
+}
+
+#[derive(Debug, Default)]
+struct Orphan {
+    proven: BTreeSet<PeerId>,
+    checks: BTreeMap<PeerId, u64>,
+    next_check: Time,
+    trimmed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -685,6 +707,9 @@ impl<S: Store> Node<S> {
         let Some(g) = self.groups.get(&item) else {
             return false;
         };
+        if !self.config.accept_deletes {
+            return false;
+        }
         for m in g.view.members.clone() {
             if m != self.me {
                 self.send(m, Message::Delete { item });
@@ -964,7 +989,14 @@ impl<S: Store> Node<S> {
                             && g.view.contains(&from)
                             && view.version <= g.view.version.saturating_add(MAX_VERSION_JUMP)
                     });
-                    if from_member {
+                    if from_member && self.store.contains(&item) {
+                        // Keep the copy until r members of the trimmed view prove they hold it.
+                        self.install_view(now, view);
+                        if let Some(g) = self.groups.get_mut(&item) {
+                            g.orphan.trimmed = true;
+                        }
+                        self.maintain_orphan(now, item, hosts);
+                    } else if from_member {
                         self.forget(now, item, false);
                     } else {
                         self.events.push_back(Event::ViewRefused { item, from });
@@ -987,7 +1019,7 @@ impl<S: Store> Node<S> {
                 let Some(g) = self.groups.get(&item) else {
                     return;
                 };
-                if !g.view.contains(&from) {
+                if !g.view.contains(&from) || !self.config.accept_deletes {
                     self.events.push_back(Event::ViewRefused { item, from });
                     return;
                 }
@@ -1086,6 +1118,7 @@ impl<S: Store> Node<S> {
             members: Vec::new(),
             fetching: Fetching::None,
             orphan_since: None,
+            orphan: Orphan::default(),
             avoid: BTreeSet::new(),
             next_spread: now + spread_interval,
         });
@@ -1101,11 +1134,15 @@ impl<S: Store> Node<S> {
         }
         g.members = members;
         g.view = view.clone();
-        g.orphan_since = if is_member {
-            None
+        if is_member {
+            g.orphan_since = None;
+            g.orphan = Orphan::default();
         } else {
-            g.orphan_since.or(Some(now))
-        };
+            g.orphan_since = g.orphan_since.or(Some(now));
+            // Only proofs from members of the view we now hold count.
+            g.orphan.proven.retain(|p| view.contains(p));
+            g.orphan.checks.retain(|p, _| view.contains(p));
+        }
         self.events.push_back(Event::ViewChanged(view));
         self.ensure_started(now);
     }
@@ -1115,6 +1152,87 @@ impl<S: Store> Node<S> {
             peer.shared.remove(item);
             if peer.shared.is_empty() {
                 self.peers.remove(&p);
+            }
+        }
+    }
+
+    /// A holder left out of its group's view keeps its copy until `r` members of that view have
+    /// proven to it that they hold the item (and, unless it was trimmed, the re-admission window
+    /// has passed). A view or trim written by a member that lies — evicting the holders in favour
+    /// of nodes that have nothing — therefore cannot make the holders drop the data. An orphan that
+    /// no member proves anything to for twice the window founds the group anew around its copy.
+    fn maintain_orphan(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) {
+        let r = self.config.replicas;
+        let timeout = self.config.orphan_timeout;
+        let me = self.me;
+        let holding = self.store.contains(&item);
+        let Some(g) = self.groups.get_mut(&item) else {
+            return;
+        };
+        let waited = now.saturating_since(g.orphan_since.unwrap_or(now));
+        if !holding || (g.orphan.proven.len() >= r && (g.orphan.trimmed || waited >= timeout)) {
+            self.forget(now, item, false);
+            return;
+        }
+        if waited >= timeout * 2 && g.orphan.proven.is_empty() {
+            let view = View::new(item, g.view.version.saturating_add(1), me, vec![me]);
+            self.events.push_back(Event::Refounded(item));
+            self.install_view(now, view);
+            self.maintain(now, item, hosts);
+            return;
+        }
+        if now < g.orphan.next_check {
+            return;
+        }
+        g.orphan.next_check = now + self.config.heartbeat_interval;
+        let ask: Vec<PeerId> = g
+            .view
+            .members
+            .iter()
+            .filter(|p| **p != me && !g.orphan.proven.contains(p))
+            .copied()
+            .collect();
+        for p in ask {
+            let nonce = self.rng.random();
+            if let Some(g) = self.groups.get_mut(&item) {
+                g.orphan.checks.insert(p, nonce);
+            }
+            self.send(
+                p,
+                Message::Heartbeat(Heartbeat {
+                    reply: false,
+                    groups: Vec::new(),
+                    challenges: vec![Challenge { item, nonce }],
+                    proofs: Vec::new(),
+                }),
+            );
+        }
+    }
+
+    /// Proofs answering an orphan's challenges (see [`Node::maintain_orphan`]).
+    fn check_orphan_proofs(&mut self, from: PeerId, proofs: &[Proof]) {
+        for p in proofs {
+            let Some(g) = self.groups.get(&p.item) else {
+                continue;
+            };
+            if g.orphan_since.is_none() || g.orphan.checks.get(&from) != Some(&p.nonce) {
+                continue;
+            }
+            let ok = self
+                .store
+                .get(&p.item)
+                .is_some_and(|it| it.prove(p.nonce, &self.config.item) == p.hash);
+            if let Some(g) = self.groups.get_mut(&p.item) {
+                g.orphan.checks.remove(&from);
+                if ok {
+                    g.orphan.proven.insert(from);
+                }
+            }
+            if !ok {
+                self.events.push_back(Event::ProofFailed {
+                    item: p.item,
+                    peer: from,
+                });
             }
         }
     }
@@ -1185,10 +1303,8 @@ impl<S: Store> Node<S> {
         let Some(g) = self.groups.get(&item) else {
             return;
         };
-        if let Some(since) = g.orphan_since {
-            if now.saturating_since(since) >= self.config.orphan_timeout {
-                self.forget(now, item, false);
-            }
+        if g.orphan_since.is_some() {
+            self.maintain_orphan(now, item, hosts);
             return;
         }
         if self.leaving.is_some() {
@@ -1889,8 +2005,17 @@ impl<S: Store> Node<S> {
                 keys.push((item, sender_key));
             }
         }
+        if !hb.proofs.is_empty() {
+            self.check_orphan_proofs(from, &hb.proofs);
+        }
         if !hb.proofs.is_empty() || !not_holding.is_empty() {
             self.check_proofs(now, from, &hb.proofs, &not_holding, hosts);
+        }
+        // A challenge about an item we deleted: tell the asker (an orphan that missed the delete).
+        for c in &hb.challenges {
+            if self.tombstones.contains_key(&c.item) {
+                self.send(from, Message::Delete { item: c.item });
+            }
         }
         let proofs: Vec<Proof> = hb
             .challenges
@@ -2461,6 +2586,25 @@ mod tests {
     }
 
     #[test]
+    fn with_deletes_off_neither_the_api_nor_a_member_deletes() {
+        let config = Config {
+            accept_deletes: false,
+            ..Config::default()
+        };
+        let mut net = Net::new(9, 3, config);
+        let id = net.put(0, b"keep");
+        net.run_for(Duration::from_secs(3));
+        let holders = net.holders(&id);
+        let now = net.now;
+        assert!(!net.nodes[holders[0]].delete(now, id));
+        let from = net.nodes[holders[0]].id();
+        let hv = net.hosts(holders[1]);
+        net.nodes[holders[1]].handle_message(now, from, Message::Delete { item: id }, &hv);
+        net.run_for(Duration::from_secs(5));
+        assert_eq!(net.holders(&id), holders);
+    }
+
+    #[test]
     fn large_items_are_replicated_block_by_block() {
         let config = Config {
             item: item::Config {
@@ -2544,6 +2688,84 @@ mod tests {
             let v = &net.nodes[*h].groups[&id].view;
             assert!(!v.contains(&sid) && v.version < version + 5, "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_member_forging_an_eviction_then_vanishing_cannot_make_the_holders_drop_the_item() {
+        let mut net = Net::new(8, 3, Config::default());
+        let id = net.put(0, b"precious");
+        net.run_for(Duration::from_secs(5));
+        let holders = net.holders(&id);
+        assert_eq!(holders.len(), 3);
+        // The liar: a holder that names two nodes holding nothing as the group, then vanishes.
+        let liar = holders[2];
+        let lid = net.nodes[liar].id();
+        let nobodies: Vec<PeerId> = (0..8)
+            .filter(|i| !holders.contains(i))
+            .take(2)
+            .map(|i| net.nodes[i].id())
+            .collect();
+        let version = net.nodes[holders[0]].groups[&id].view.version;
+        let forged = View::new(id, version + 1, lid, vec![lid, nobodies[0], nobodies[1]]);
+        for h in &holders[..2] {
+            let hv = net.hosts(*h);
+            let now = net.now;
+            net.nodes[*h].handle_message(now, lid, Message::ViewUpdate(forged.clone()), &hv);
+            net.nodes[*h].handle_message(now, lid, Message::Trim(forged.clone()), &hv);
+        }
+        net.dead.insert(lid);
+        // The honest holders keep their copies while nobody proves to hold it (before this check,
+        // the trim made both drop it at once: the item was gone) ...
+        // ... and, shown by nobody that the named members hold it, found the group anew after
+        // twice the orphan window; from then on the item is never below two copies and is back
+        // at r.
+        let mut refounded = false;
+        for _ in 0..100 {
+            net.run_for(Duration::from_millis(500));
+            if events(&mut net)
+                .iter()
+                .any(|e| matches!(e, Event::Refounded(i) if *i == id))
+            {
+                refounded = true;
+                break;
+            }
+            for h in &holders[..2] {
+                assert!(
+                    net.nodes[*h].store().contains(&id),
+                    "holder {h} dropped the item at {:?}",
+                    net.now
+                );
+            }
+        }
+        assert!(refounded, "no orphan founded the group anew");
+        for _ in 0..30 {
+            net.run_for(Duration::from_secs(1));
+            assert!(net.holders(&id).len() >= 2, "at {:?}", net.now);
+        }
+        let now_held = net.holders(&id);
+        assert_eq!(now_held.len(), 3, "holders {now_held:?}");
+        let agreed: BTreeSet<(u64, PeerId)> = now_held
+            .iter()
+            .map(|h| net.nodes[*h].groups[&id].view.key())
+            .collect();
+        assert_eq!(agreed.len(), 1, "one view");
+    }
+
+    #[test]
+    fn a_trimmed_holder_drops_its_copy_once_r_members_proved_they_hold() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"data");
+        net.run_for(Duration::from_secs(3));
+        let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+        let vid = net.nodes[victim].id();
+        net.dead.insert(vid);
+        net.run_for(Duration::from_secs(10));
+        assert_eq!(net.holders(&id).len(), 3, "replaced");
+        net.dead.remove(&vid);
+        // Back with its copy: over r, trimmed; it keeps the copy until r members proved theirs.
+        net.run_for(Duration::from_secs(15));
+        assert_eq!(net.holders(&id).len(), 3, "trimmed back to r");
+        assert!(net.sent["heartbeat"] > 0);
     }
 
     #[test]

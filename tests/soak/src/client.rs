@@ -204,11 +204,10 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
                 });
                 match id {
                     Some(id) => {
-                        s.acked.lock().unwrap_or_else(|e| e.into_inner()).push(Acked {
-                            index,
-                            id,
-                            node,
-                        });
+                        s.acked
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Acked { index, id, node });
                         s.counters.puts_ok.fetch_add(1, Ordering::Relaxed);
                         if w.keep > 0 {
                             trim_working_set(&s, w.keep);
@@ -242,8 +241,7 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
                 Fetch::Ok => c.gets_ok.fetch_add(1, Ordering::Relaxed),
                 // Deleted while we asked: not a failure.
                 Fetch::Failed
-                    if s
-                        .deleted
+                    if s.deleted
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .contains(&item.id) =>
