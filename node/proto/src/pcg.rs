@@ -2030,7 +2030,10 @@ impl<S: Store> Node<S> {
             .collect();
         // Owe the proofs until our next heartbeat to `from`, unless we answer now anyway (views
         // differ) or `from` is not in our rotation.
-        let answer_now = !hb.reply && (differs || !self.peers.contains_key(&from));
+        // A heartbeat carrying challenges and no group comes from an orphan checking that the
+        // group holds the item before it drops its copy: answer at once.
+        let orphan_check = keys.is_empty() && !hb.challenges.is_empty();
+        let answer_now = !hb.reply && (differs || orphan_check || !self.peers.contains_key(&from));
         let mut proofs = proofs;
         match self.peers.get_mut(&from) {
             Some(peer) if !answer_now => {
