@@ -796,6 +796,10 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
             "corrupt"
         }
         pcg::Event::Drained => "drained",
+        pcg::Event::Refounded(item) => {
+            warn!(item = %item.short(), "left out of the item's group and shown by no member that it holds the item: founded the group anew around our copy");
+            "refounded"
+        }
         _ => "other",
     };
     m.pcg_events.with_label_values(&[kind]).inc();
