@@ -201,12 +201,17 @@ impl Drop for Cluster {
     }
 }
 
-/// Resident set size of process `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// Resident set size of process `pid` and its anonymous part (heap, stacks: what a leak grows;
+/// the rest is the binary's pages, touched as code runs for the first time), in KiB (`VmRSS` and
+/// `RssAnon` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?))
 }

@@ -1,9 +1,9 @@
 //! `butter-soak`: N `butter-node` processes on loopback for a long run with steady churn (a random
 //! node SIGKILLed or SIGTERMed and restarted on the same data directory and ports, seeded) while a
-//! client stores items and reads earlier ones through the HTTP API. Samples every node's RSS
-//! (`/proc/<pid>/status`), open connections and tracked tasks (`/metrics`), prints progress lines
-//! and a summary, writes `soak.json` and `rss.svg`, and exits non-zero if an acknowledged item is
-//! lost (or came back with wrong bytes).
+//! client stores items and reads earlier ones through the HTTP API. Samples every node's RSS and
+//! its anonymous part, the heap (`/proc/<pid>/status`), open connections and tracked tasks
+//! (`/metrics`), prints progress lines and a summary, writes `soak.json`, `rss.svg` and
+//! `heap.svg`, and exits non-zero if an acknowledged item is lost (or came back with wrong bytes).
 //!
 //! Nodes `0..stable` are never churned: their memory trend covers the whole run. The first
 //! `seeds` of them are everyone's bootstrap peers. At most `max_down` nodes are down at once.
@@ -95,7 +95,8 @@ struct Cli {
     /// Seconds after the client stops (every node up, no churn) before the final check.
     #[arg(long, default_value_t = 20.0)]
     settle_secs: f64,
-    /// RSS slope (KiB/min) above which a node's memory is reported as growing.
+    /// Heap (anonymous memory) slope in KiB/min above which a node's memory is reported as
+    /// growing.
     #[arg(long, default_value_t = 64.0)]
     max_slope: f64,
 }
@@ -196,10 +197,12 @@ impl Soak {
                 .filter(|(c, _)| *c == 200)
                 .map(|(_, b)| String::from_utf8_lossy(&b).into_owned());
             let m = |name: &str| page.as_deref().and_then(|p| http::metric(p, name));
+            let rss = n.pid().filter(|_| up).and_then(cluster::rss_kib);
             self.samples[n.index].push(Sample {
                 t_min,
                 incarnation: n.starts,
-                rss_kib: n.pid().filter(|_| up).and_then(cluster::rss_kib),
+                rss_kib: rss.map(|r| r.0),
+                anon_kib: rss.map(|r| r.1),
                 connections: m("butter_connections_open"),
                 tasks: m("butter_tasks"),
                 items: m("butter_items_stored"),
@@ -211,6 +214,8 @@ impl Soak {
         let last: Vec<&Sample> = self.samples.iter().filter_map(|s| s.last()).collect();
         let mut rss: Vec<u64> = last.iter().filter_map(|s| s.rss_kib).collect();
         rss.sort_unstable();
+        let mut heap: Vec<u64> = last.iter().filter_map(|s| s.anon_kib).collect();
+        heap.sort_unstable();
         let sum = |f: fn(&Sample) -> Option<f64>| last.iter().filter_map(|s| f(s)).sum::<f64>();
         let t = self.shared.counters.tally();
         let up = self
@@ -220,7 +225,7 @@ impl Soak {
             .filter(|u| u.load(Ordering::Relaxed))
             .count();
         println!(
-            "[{}] up {up:>3}/{} stops {:>3} (kill {} term {}) crashes {} | put {} ok {} failed | get {} ok {} failed {} wrong {} cut ({:.1}%) | RSS MiB min/med/max {:.1}/{:.1}/{:.1} | conns {} tasks {}",
+            "[{}] up {up:>3}/{} stops {:>3} (kill {} term {}) crashes {} | put {} ok {} failed | get {} ok {} failed {} wrong {} cut ({:.1}%) | RSS MiB min/med/max {:.1}/{:.1}/{:.1} (heap med {:.1}) | conns {} tasks {}",
             mmss(self.t0.elapsed()),
             self.cluster.nodes.len(),
             self.kills + self.terms,
@@ -237,6 +242,7 @@ impl Soak {
             rss.first().map_or(0.0, |k| *k as f64 / 1024.0),
             rss.get(rss.len() / 2).map_or(0.0, |k| *k as f64 / 1024.0),
             rss.last().map_or(0.0, |k| *k as f64 / 1024.0),
+            heap.get(heap.len() / 2).map_or(0.0, |k| *k as f64 / 1024.0),
             sum(|s| s.connections),
             sum(|s| s.tasks),
         );
@@ -451,10 +457,24 @@ fn run(cli: Cli) -> Result<bool> {
         .filter_map(|s| s.rss_slope_kib_per_min)
         .collect();
     let worst_stable = stable_slopes.iter().copied().fold(f64::NAN, f64::max);
+    let stable_heap: Vec<f64> = summaries
+        .iter()
+        .filter(|s| s.stable)
+        .filter_map(|s| s.anon_slope_kib_per_min)
+        .collect();
+    let worst_heap = stable_heap.iter().copied().fold(f64::NAN, f64::max);
+    let mut sorted_heap = stable_heap.clone();
+    sorted_heap.sort_by(f64::total_cmp);
+    let median_heap = sorted_heap
+        .get(sorted_heap.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    // A leak grows the heap; the binary's pages (the rest of RSS) only grow until every code path
+    // has run once.
     let growing: Vec<usize> = summaries
         .iter()
         .filter(|s| {
-            s.rss_slope_kib_per_min.is_some_and(|k| k > cli.max_slope) && s.slope_span_min >= 1.0
+            s.anon_slope_kib_per_min.is_some_and(|k| k > cli.max_slope) && s.slope_span_min >= 1.0
         })
         .map(|s| s.node)
         .collect();
@@ -488,9 +508,23 @@ fn run(cli: Cli) -> Result<bool> {
         soak.crashes
     );
     println!(
-        "RSS slope after warm-up       stable nodes: worst {worst_stable:.1} KiB/min over {} nodes; nodes above {} KiB/min: {growing:?}",
+        "RSS slope after warm-up       stable nodes: worst {worst_stable:.1} KiB/min over {} nodes",
         stable_slopes.len(),
+    );
+    println!(
+        "heap slope after warm-up      stable nodes: median {median_heap:.1}, worst {worst_heap:.1} KiB/min; nodes above {} KiB/min: {growing:?}",
         cli.max_slope
+    );
+    println!(
+        "memory                        {}",
+        if growing.is_empty() {
+            format!(
+                "no growth trend (every heap slope after warm-up at most {} KiB/min)",
+                cli.max_slope
+            )
+        } else {
+            format!("GROWING on nodes {growing:?}")
+        }
     );
     println!(
         "connections (sum)             start {:.0} end {:.0}",
@@ -526,11 +560,22 @@ fn run(cli: Cli) -> Result<bool> {
             cli.nodes, cli.minutes
         ),
         &soak.samples,
+        report::Series::Rss,
+    )?;
+    report::plot_rss(
+        &cli.out.join("heap.svg"),
+        &format!(
+            "butter soak: anonymous memory (heap) of {} nodes over {} min (seed {seed})",
+            cli.nodes, cli.minutes
+        ),
+        &soak.samples,
+        report::Series::Anon,
     )?;
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         cli.out.join("soak.json").display(),
-        cli.out.join("rss.svg").display()
+        cli.out.join("rss.svg").display(),
+        cli.out.join("heap.svg").display()
     );
     let ok = lost.is_empty() && tally.gets_wrong == 0;
     if !ok {

@@ -17,6 +17,8 @@ pub struct Sample {
     pub incarnation: usize,
     /// Resident set size, KiB (None: the node was down).
     pub rss_kib: Option<u64>,
+    /// Its anonymous part (heap and stacks), KiB.
+    pub anon_kib: Option<u64>,
     /// `butter_connections_open` (None: down or no answer).
     pub connections: Option<f64>,
     /// `butter_tasks`.
@@ -57,6 +59,10 @@ pub struct NodeSummary {
     pub rss_slope_kib_per_min: Option<f64>,
     /// Minutes the slope covers.
     pub slope_span_min: f64,
+    /// Anonymous memory (heap) at the last sample, KiB.
+    pub anon_end_kib: Option<u64>,
+    /// Its trend over the same span as the RSS slope, KiB per minute.
+    pub anon_slope_kib_per_min: Option<f64>,
     /// Open connections at the first and last sample.
     pub connections: (Option<f64>, Option<f64>),
     /// Tracked tasks at the first and last sample.
@@ -80,10 +86,16 @@ pub fn summarise(
         .iter()
         .find(|s| s.incarnation == last_inc && s.rss_kib.is_some())
         .map_or(0.0, |s| s.t_min);
-    let pts: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.incarnation == last_inc && s.t_min >= inc_start + warmup_min)
+    let after_warmup = || {
+        samples
+            .iter()
+            .filter(move |s| s.incarnation == last_inc && s.t_min >= inc_start + warmup_min)
+    };
+    let pts: Vec<(f64, f64)> = after_warmup()
         .filter_map(|s| s.rss_kib.map(|r| (s.t_min, r as f64)))
+        .collect();
+    let anon_pts: Vec<(f64, f64)> = after_warmup()
+        .filter_map(|s| s.anon_kib.map(|r| (s.t_min, r as f64)))
         .collect();
     let span = match (pts.first(), pts.last()) {
         (Some(a), Some(b)) => b.0 - a.0,
@@ -100,6 +112,8 @@ pub fn summarise(
         rss_max_kib: rss.iter().max().copied(),
         rss_slope_kib_per_min: slope(&pts),
         slope_span_min: span,
+        anon_end_kib: samples.iter().rev().find_map(|s| s.anon_kib),
+        anon_slope_kib_per_min: slope(&anon_pts),
         connections: (first(|s| s.connections), last(|s| s.connections)),
         tasks: (first(|s| s.tasks), last(|s| s.tasks)),
         items_end: last(|s| s.items),
@@ -119,7 +133,7 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4} {:>6} {:>8} {:>11} {:>11} {:>11} {:>14} {:>9} {:>11} {:>11} {:>7}",
+        "{:>4} {:>6} {:>8} {:>11} {:>11} {:>11} {:>14} {:>11} {:>15} {:>9} {:>11} {:>11} {:>7}",
         "node",
         "kind",
         "restarts",
@@ -127,6 +141,8 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
         "RSS end",
         "RSS max",
         "slope KiB/min",
+        "heap end",
+        "heap KiB/min",
         "over min",
         "conns s/e",
         "tasks s/e",
@@ -135,7 +151,7 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>9.1} {:>11} {:>11} {:>7}",
+            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>7} KiB {:>15} {:>9.1} {:>11} {:>11} {:>7}",
             r.node,
             if r.stable { "stable" } else { "churn" },
             r.restarts,
@@ -143,6 +159,8 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
             opt(r.rss_end_kib),
             opt(r.rss_max_kib),
             opt_f(r.rss_slope_kib_per_min, 1),
+            opt(r.anon_end_kib),
+            opt_f(r.anon_slope_kib_per_min, 1),
             r.slope_span_min,
             format!(
                 "{}/{}",
@@ -156,8 +174,33 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     out
 }
 
-/// Plots every node's RSS (MiB) over time; restarts show as drops.
-pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>]) -> Result<()> {
+/// Which memory figure a plot shows.
+#[derive(Clone, Copy, Debug)]
+pub enum Series {
+    /// The whole resident set.
+    Rss,
+    /// Its anonymous part (heap and stacks).
+    Anon,
+}
+
+impl Series {
+    fn of(self, s: &Sample) -> Option<u64> {
+        match self {
+            Series::Rss => s.rss_kib,
+            Series::Anon => s.anon_kib,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Series::Rss => "RSS (MiB)",
+            Series::Anon => "anonymous memory (MiB)",
+        }
+    }
+}
+
+/// Plots every node's RSS or heap (MiB) over time; restarts show as drops.
+pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>], which: Series) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting: {e}");
     let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -169,7 +212,7 @@ pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>]) -> Result<()> 
     let y_max = series
         .iter()
         .flatten()
-        .filter_map(|s| s.rss_kib)
+        .filter_map(|s| which.of(s))
         .max()
         .map_or(1.0, |k| k as f64 / 1024.0 * 1.1);
     let mut chart = ChartBuilder::on(&root)
@@ -182,7 +225,7 @@ pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>]) -> Result<()> 
     chart
         .configure_mesh()
         .x_desc("minutes")
-        .y_desc("RSS (MiB)")
+        .y_desc(which.label())
         .draw()
         .map_err(|e| err(&e))?;
     for (i, s) in series.iter().enumerate() {
@@ -191,7 +234,7 @@ pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>]) -> Result<()> 
         let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
         let mut inc = usize::MAX;
         for p in s {
-            let Some(r) = p.rss_kib else {
+            let Some(r) = which.of(p) else {
                 inc = usize::MAX;
                 continue;
             };
@@ -246,6 +289,7 @@ mod tests {
                 t_min: t,
                 incarnation: 1,
                 rss_kib: Some(1000 + 500 * i as u64),
+                anon_kib: Some(400 + 100 * i as u64),
                 connections: Some(3.0),
                 tasks: Some(10.0),
                 items: None,
@@ -258,6 +302,7 @@ mod tests {
                 t_min: t,
                 incarnation: 2,
                 rss_kib: Some(rss),
+                anon_kib: Some(rss / 2),
                 connections: Some(4.0),
                 tasks: Some(12.0),
                 items: Some(7.0),
@@ -268,6 +313,8 @@ mod tests {
         assert_eq!(s.rss_end_kib, Some(2000));
         assert_eq!(s.rss_max_kib, Some(5500));
         assert!(s.rss_slope_kib_per_min.unwrap().abs() < 1e-9, "{s:?}");
+        assert!(s.anon_slope_kib_per_min.unwrap().abs() < 1e-9, "{s:?}");
+        assert_eq!(s.anon_end_kib, Some(1000));
         assert_eq!(s.connections, (Some(3.0), Some(4.0)));
         assert_eq!(s.tasks, (Some(10.0), Some(12.0)));
     }

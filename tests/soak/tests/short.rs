@@ -1,5 +1,6 @@
 //! A short soak (5 nodes, ~20 s of churn and client load) through the real `butter-soak` binary
-//! and debug `butter-node` processes: it passes, loses nothing, churns, and writes its figures.
+//! and debug `butter-node` processes: it passes, loses nothing, churns, deletes beyond its working
+//! set, and writes its figures.
 //! Needs `butter-node` built beside `butter-soak` (`cargo build -p butter-node`; a workspace test
 //! run builds it).
 
@@ -28,7 +29,14 @@ fn a_short_soak_loses_nothing_and_reports_every_node() {
             "--sample-every",
             "3",
         ])
-        .args(["--settle-secs", "5", "--put-every-ms", "200"])
+        .args([
+            "--settle-secs",
+            "5",
+            "--put-every-ms",
+            "200",
+            "--keep",
+            "20",
+        ])
         .arg("--bin")
         .arg(&node)
         .arg("--out")
@@ -48,6 +56,13 @@ fn a_short_soak_loses_nothing_and_reports_every_node() {
         report["items_acknowledged"]
     );
     assert_eq!(report["items_lost"].as_array().map(Vec::len), Some(0));
+    // The working set: older items were deleted through members, the 20 newest checked.
+    assert!(
+        report["client"]["deletes_ok"].as_u64() >= Some(10),
+        "{}",
+        report["client"]
+    );
+    assert!(report["items_live_checked"].as_u64() <= Some(21));
     let stops =
         report["churn"]["sigkill"].as_u64().unwrap() + report["churn"]["sigterm"].as_u64().unwrap();
     assert!(stops >= 3, "only {stops} churn stops");
@@ -56,16 +71,19 @@ fn a_short_soak_loses_nothing_and_reports_every_node() {
     assert_eq!(nodes.len(), 5);
     for n in nodes {
         assert!(n["rss_max_kib"].as_u64() > Some(1000), "{n}");
+        assert!(n["anon_end_kib"].as_u64() > Some(100), "{n}");
         assert!(
             n["tasks"][1].as_f64() > Some(0.0),
             "tasks gauge missing: {n}"
         );
     }
-    assert!(
-        std::fs::read_to_string(out.join("rss.svg"))
-            .unwrap()
-            .contains("<svg")
-    );
+    for plot in ["rss.svg", "heap.svg"] {
+        assert!(
+            std::fs::read_to_string(out.join(plot))
+                .unwrap()
+                .contains("<svg")
+        );
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
