@@ -583,6 +583,9 @@ impl HandOff {
 /// Blocks requested at once while assembling a large item.
 const FETCH_WINDOW: usize = 8;
 
+/// Most possession challenges an orphan sends one peer at once (one heartbeat carries them all).
+const ORPHAN_CHALLENGES_PER_PEER: usize = 64;
+
 /// One node's PCG state machine. See the module docs for the call order.
 #[derive(Debug)]
 pub struct Node<S: Store> {
@@ -597,6 +600,8 @@ pub struct Node<S: Store> {
     started: bool,
     tombstones: BTreeMap<ItemId, Time>,
     leaving: Option<Leaving>,
+    /// Orphans' possession challenges, batched per peer until the end of the tick.
+    orphan_asks: BTreeMap<PeerId, Vec<Challenge>>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -634,6 +639,7 @@ impl<S: Store> Node<S> {
             started: false,
             tombstones: BTreeMap::new(),
             leaving: None,
+            orphan_asks: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
         })
@@ -931,6 +937,7 @@ impl<S: Store> Node<S> {
             self.maintain(now, id, hosts);
             self.retry_fetch(now, id, hosts);
         }
+        self.flush_orphan_asks();
         self.send_heartbeats(now);
     }
 
@@ -990,12 +997,12 @@ impl<S: Store> Node<S> {
                             && view.version <= g.view.version.saturating_add(MAX_VERSION_JUMP)
                     });
                     if from_member && self.store.contains(&item) {
-                        // Keep the copy until r members of the trimmed view prove they hold it.
+                        // Keep the copy until r members of the trimmed view prove they hold it
+                        // (checked from the next tick on, batched with every other orphan's).
                         self.install_view(now, view);
                         if let Some(g) = self.groups.get_mut(&item) {
                             g.orphan.trimmed = true;
                         }
-                        self.maintain_orphan(now, item, hosts);
                     } else if from_member {
                         self.forget(now, item, false);
                     } else {
@@ -1185,24 +1192,57 @@ impl<S: Store> Node<S> {
             return;
         }
         g.orphan.next_check = now + self.config.heartbeat_interval;
+        // Live members not yet proven; the challenges go out batched, one heartbeat per peer.
         let ask: Vec<PeerId> = g
             .view
             .members
             .iter()
-            .filter(|p| **p != me && !g.orphan.proven.contains(p))
+            .filter(|p| **p != me && !g.orphan.proven.contains(p) && hosts.is_live(p))
             .copied()
             .collect();
         for p in ask {
+            if self
+                .orphan_asks
+                .get(&p)
+                .is_some_and(|b| b.len() >= ORPHAN_CHALLENGES_PER_PEER)
+            {
+                continue;
+            }
             let nonce = self.rng.random();
             if let Some(g) = self.groups.get_mut(&item) {
                 g.orphan.checks.insert(p, nonce);
             }
+            self.orphan_asks
+                .entry(p)
+                .or_default()
+                .push(Challenge { item, nonce });
+        }
+    }
+
+    /// Sends the orphans' batched challenges: one heartbeat per peer, whose entries say "version 0"
+    /// (we do not know your view) so the peer answers at once and with its current view — an
+    /// orphan thus follows its group's changes (a member replaced, a view that re-admits it).
+    fn flush_orphan_asks(&mut self) {
+        if self.orphan_asks.is_empty() {
+            return;
+        }
+        for (p, challenges) in std::mem::take(&mut self.orphan_asks) {
+            let groups = challenges
+                .iter()
+                .map(|c| GroupBeat {
+                    item: c.item,
+                    version: 0,
+                    author: self.me,
+                    holding: true,
+                    view: None,
+                })
+                .collect();
             self.send(
                 p,
                 Message::Heartbeat(Heartbeat {
                     reply: false,
-                    groups: Vec::new(),
-                    challenges: vec![Challenge { item, nonce }],
+                    groups,
+                    challenges,
                     proofs: Vec::new(),
                 }),
             );
@@ -2011,12 +2051,6 @@ impl<S: Store> Node<S> {
         if !hb.proofs.is_empty() || !not_holding.is_empty() {
             self.check_proofs(now, from, &hb.proofs, &not_holding, hosts);
         }
-        // A challenge about an item we deleted: tell the asker (an orphan that missed the delete).
-        for c in &hb.challenges {
-            if self.tombstones.contains_key(&c.item) {
-                self.send(from, Message::Delete { item: c.item });
-            }
-        }
         let proofs: Vec<Proof> = hb
             .challenges
             .iter()
@@ -2029,11 +2063,9 @@ impl<S: Store> Node<S> {
             })
             .collect();
         // Owe the proofs until our next heartbeat to `from`, unless we answer now anyway (views
-        // differ) or `from` is not in our rotation.
-        // A heartbeat carrying challenges and no group comes from an orphan checking that the
-        // group holds the item before it drops its copy: answer at once.
-        let orphan_check = keys.is_empty() && !hb.challenges.is_empty();
-        let answer_now = !hb.reply && (differs || orphan_check || !self.peers.contains_key(&from));
+        // differ) or `from` is not in our rotation. An orphan's check (entries of version 0)
+        // differs by construction, so it is answered at once, with our views.
+        let answer_now = !hb.reply && (differs || !self.peers.contains_key(&from));
         let mut proofs = proofs;
         match self.peers.get_mut(&from) {
             Some(peer) if !answer_now => {
@@ -2752,6 +2784,100 @@ mod tests {
             .map(|h| net.nodes[*h].groups[&id].view.key())
             .collect();
         assert_eq!(agreed.len(), 1, "one view");
+    }
+
+    #[test]
+    fn orphans_check_their_groups_with_one_heartbeat_per_peer() {
+        let mut net = Net::new(6, 3, Config::default());
+        let ids: Vec<ItemId> = (0..100u32)
+            .map(|i| net.put(0, format!("item {i}").as_bytes()))
+            .collect();
+        net.run_for(Duration::from_secs(5));
+        let h = *net.holders(&ids[0]).iter().find(|i| **i != 0).unwrap();
+        let held: Vec<ItemId> = ids
+            .iter()
+            .copied()
+            .filter(|id| net.nodes[h].store().contains(id))
+            .collect();
+        assert!(held.len() > 10);
+        // Node 0 (a member of every group) trims `h` out of all of them at once.
+        let trimmer = net.nodes[0].id();
+        let others: Vec<PeerId> = (1..6)
+            .filter(|i| *i != h)
+            .take(2)
+            .map(|i| net.nodes[i].id())
+            .collect();
+        let hv = net.hosts(h);
+        let now = net.now;
+        for id in &held {
+            let v = net.nodes[h].groups[id].view.clone();
+            let trim = View::new(
+                *id,
+                v.version + 1,
+                trimmer,
+                vec![trimmer, others[0], others[1]],
+            );
+            net.nodes[h].handle_message(now, trimmer, Message::Trim(trim), &hv);
+        }
+        while net.nodes[h].poll_transmit().is_some() {}
+        let next = net.nodes[h].poll_timeout().unwrap();
+        net.nodes[h].handle_timeout(next, &hv);
+        let mut beats = BTreeMap::new();
+        while let Some(t) = net.nodes[h].poll_transmit() {
+            if let Message::Heartbeat(hb) = t.msg {
+                *beats.entry(t.to).or_insert(0) += 1;
+                assert!(hb.challenges.len() <= ORPHAN_CHALLENGES_PER_PEER);
+            }
+        }
+        assert!(!beats.is_empty() && beats.len() <= 3 + 4, "{beats:?}");
+        // One heartbeat per trimmed group per peer would be far more.
+        assert!(
+            beats.values().sum::<usize>() <= 3 * held.len().div_ceil(ORPHAN_CHALLENGES_PER_PEER),
+            "{beats:?}"
+        );
+    }
+
+    #[test]
+    fn an_orphan_follows_its_groups_new_views_instead_of_keeping_a_stale_copy() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put(0, b"follow me");
+        net.run_for(Duration::from_secs(5));
+        let first = net.holders(&id);
+        assert_eq!(first.len(), 3);
+        // `c` goes away and is replaced by `d`.
+        let c = *first.iter().find(|i| **i != 0).unwrap();
+        let cid = net.nodes[c].id();
+        net.dead.insert(cid);
+        net.run_for(Duration::from_secs(10));
+        let second = net.holders(&id);
+        let d = *second
+            .iter()
+            .find(|i| !first.contains(i))
+            .expect("replaced");
+        // `c` comes back with its copy and learns it is out: an orphan whose view names `d`.
+        net.dead.remove(&cid);
+        net.run_for(Duration::from_secs(1));
+        assert!(net.nodes[c].groups[&id].orphan_since.is_some());
+        assert!(net.nodes[c].groups[&id].view.contains(&net.nodes[d].id()));
+        // `d` dies before it can prove anything to `c`, and the group replaces it in turn.
+        net.dead.insert(net.nodes[d].id());
+        net.run_for(Duration::from_secs(40));
+        // Either way — re-admitted to fill the gap (it holds the data) or let go — no node keeps a
+        // copy outside the group: r holders, one view.
+        let third = net.holders(&id);
+        assert_eq!(third.len(), 3, "{third:?}");
+        let views: BTreeSet<(u64, PeerId)> = third
+            .iter()
+            .map(|h| net.nodes[*h].groups[&id].view.key())
+            .collect();
+        assert_eq!(views.len(), 1, "holders disagree");
+        for h in &third {
+            assert!(
+                net.nodes[*h].groups[&id].orphan_since.is_none(),
+                "holder {h} is an orphan with view {:?}",
+                net.nodes[*h].groups[&id].view
+            );
+        }
     }
 
     #[test]
