@@ -27,7 +27,25 @@ pub fn router(node: Node) -> Router {
         .with_state(node)
 }
 
+/// `butter_heap_bytes`, registered with the node's registry on first use.
+static HEAP: std::sync::OnceLock<Option<prometheus::IntGauge>> = std::sync::OnceLock::new();
+
 async fn metrics(State(node): State<Node>) -> Response {
+    let heap = HEAP.get_or_init(|| {
+        let g = prometheus::IntGauge::new(
+            "butter_heap_bytes",
+            "Bytes of heap currently allocated by the node process (live allocations)",
+        )
+        .ok()?;
+        node.metrics()
+            .registry()
+            .register(Box::new(g.clone()))
+            .ok()?;
+        Some(g)
+    });
+    if let Some(g) = heap {
+        g.set(i64::try_from(crate::heap_bytes()).unwrap_or(i64::MAX));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -5,6 +5,17 @@
 //! environment variables and flags, in that order of precedence (flags win). `butter-node health`
 //! checks `/ready` (or `/health`) of a running node for container health checks.
 
+/// The system allocator, counting the bytes currently allocated: `/metrics` shows them as
+/// `butter_heap_bytes`, the live heap — what a leak grows, unlike RSS, which also holds the
+/// binary's pages and memory the allocator keeps for reuse.
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Bytes currently allocated by this process.
+pub(crate) fn heap_bytes() -> usize {
+    ALLOCATOR.allocated()
+}
+
 mod client;
 mod config;
 mod http;

@@ -1,9 +1,9 @@
 //! `butter-soak`: N `butter-node` processes on loopback for a long run with steady churn (a random
 //! node SIGKILLed or SIGTERMed and restarted on the same data directory and ports, seeded) while a
 //! client stores items and reads earlier ones through the HTTP API. Samples every node's RSS and
-//! its anonymous part, the heap (`/proc/<pid>/status`), open connections and tracked tasks
-//! (`/metrics`), prints progress lines and a summary, writes `soak.json`, `rss.svg` and
-//! `heap.svg`, and exits non-zero if an acknowledged item is lost (or came back with wrong bytes).
+//! its anonymous part (`/proc/<pid>/status`), the live heap, open connections and tracked tasks
+//! (`/metrics`), prints progress lines and a summary, writes `soak.json`, `rss.svg`, `heap.svg`
+//! and `anon.svg`, and exits non-zero if an acknowledged item is lost (or came back with wrong bytes).
 //!
 //! Nodes `0..stable` are never churned: their memory trend covers the whole run. The first
 //! `seeds` of them are everyone's bootstrap peers. At most `max_down` nodes are down at once.
@@ -95,8 +95,8 @@ struct Cli {
     /// Seconds after the client stops (every node up, no churn) before the final check.
     #[arg(long, default_value_t = 20.0)]
     settle_secs: f64,
-    /// Heap (anonymous memory) slope in KiB/min above which a node's memory is reported as
-    /// growing.
+    /// Live-heap (`butter_heap_bytes`) slope in KiB/min above which a node's memory is reported
+    /// as growing.
     #[arg(long, default_value_t = 64.0)]
     max_slope: f64,
 }
@@ -203,6 +203,7 @@ impl Soak {
                 incarnation: n.starts,
                 rss_kib: rss.map(|r| r.0),
                 anon_kib: rss.map(|r| r.1),
+                heap_kib: m("butter_heap_bytes").map(|b| (b / 1024.0) as u64),
                 connections: m("butter_connections_open"),
                 tasks: m("butter_tasks"),
                 items: m("butter_items_stored"),
@@ -214,7 +215,7 @@ impl Soak {
         let last: Vec<&Sample> = self.samples.iter().filter_map(|s| s.last()).collect();
         let mut rss: Vec<u64> = last.iter().filter_map(|s| s.rss_kib).collect();
         rss.sort_unstable();
-        let mut heap: Vec<u64> = last.iter().filter_map(|s| s.anon_kib).collect();
+        let mut heap: Vec<u64> = last.iter().filter_map(|s| s.heap_kib).collect();
         heap.sort_unstable();
         let sum = |f: fn(&Sample) -> Option<f64>| last.iter().filter_map(|s| f(s)).sum::<f64>();
         let t = self.shared.counters.tally();
@@ -257,6 +258,18 @@ fn run(cli: Cli) -> Result<bool> {
         bail!("--minutes, --churn-every and --sample-every must be positive");
     }
     let bin = node_bin(&cli)?;
+    // Ctrl-C or SIGTERM: stop every node (dropping the cluster kills them) instead of leaving them.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, interrupted.clone())
+            .context("installing a signal handler")?;
+    }
+    let check_interrupt = || -> Result<()> {
+        if interrupted.load(Ordering::Relaxed) {
+            bail!("interrupted: the nodes are stopped, no figures written");
+        }
+        Ok(())
+    };
     let seed = cli.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -326,6 +339,7 @@ fn run(cli: Cli) -> Result<bool> {
     let boot = Instant::now();
     let boot_limit = Duration::from_secs(60 + 2 * cli.nodes as u64);
     while !soak.booting.is_empty() {
+        check_interrupt()?;
         if boot.elapsed() > boot_limit {
             bail!(
                 "nodes {:?} not ready after {boot_limit:?}; see their logs in {}",
@@ -359,6 +373,10 @@ fn run(cli: Cli) -> Result<bool> {
     let mut next_churn = soak.t0 + churn_every;
     let mut next_sample = soak.t0;
     while soak.t0.elapsed() < run_for {
+        if let Err(e) = check_interrupt() {
+            shared.stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
         for i in soak.cluster.reap() {
             // A node that exits by itself is a crash: count it, restart it like churn.
             eprintln!("soak: node {i} exited by itself (crash); restarting it");
@@ -411,6 +429,7 @@ fn run(cli: Cli) -> Result<bool> {
     }
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs_f64(cli.settle_secs) || !soak.booting.is_empty() {
+        check_interrupt()?;
         soak.promote_booted();
         if settle.elapsed() > Duration::from_secs_f64(cli.settle_secs) + Duration::from_secs(60) {
             break;
@@ -457,11 +476,19 @@ fn run(cli: Cli) -> Result<bool> {
         .filter_map(|s| s.rss_slope_kib_per_min)
         .collect();
     let worst_stable = stable_slopes.iter().copied().fold(f64::NAN, f64::max);
+    // The leak measure: live heap allocations (`butter_heap_bytes`); anonymous memory beside it
+    // also holds what the allocator keeps for reuse.
     let stable_heap: Vec<f64> = summaries
+        .iter()
+        .filter(|s| s.stable)
+        .filter_map(|s| s.heap_slope_kib_per_min)
+        .collect();
+    let stable_anon: Vec<f64> = summaries
         .iter()
         .filter(|s| s.stable)
         .filter_map(|s| s.anon_slope_kib_per_min)
         .collect();
+    let worst_anon = stable_anon.iter().copied().fold(f64::NAN, f64::max);
     let worst_heap = stable_heap.iter().copied().fold(f64::NAN, f64::max);
     let mut sorted_heap = stable_heap.clone();
     sorted_heap.sort_by(f64::total_cmp);
@@ -469,12 +496,12 @@ fn run(cli: Cli) -> Result<bool> {
         .get(sorted_heap.len() / 2)
         .copied()
         .unwrap_or(f64::NAN);
-    // A leak grows the heap; the binary's pages (the rest of RSS) only grow until every code path
-    // has run once.
+    // A leak grows the live heap; the binary's pages (the rest of RSS) only grow until every code
+    // path has run once, and the allocator's free lists until they cover the peak.
     let growing: Vec<usize> = summaries
         .iter()
         .filter(|s| {
-            s.anon_slope_kib_per_min.is_some_and(|k| k > cli.max_slope) && s.slope_span_min >= 1.0
+            s.heap_slope_kib_per_min.is_some_and(|k| k > cli.max_slope) && s.slope_span_min >= 1.0
         })
         .map(|s| s.node)
         .collect();
@@ -512,14 +539,17 @@ fn run(cli: Cli) -> Result<bool> {
         stable_slopes.len(),
     );
     println!(
-        "heap slope after warm-up      stable nodes: median {median_heap:.1}, worst {worst_heap:.1} KiB/min; nodes above {} KiB/min: {growing:?}",
+        "anon slope after warm-up      stable nodes: worst {worst_anon:.1} KiB/min (heap plus allocator free lists and stacks)"
+    );
+    println!(
+        "live heap slope after warm-up stable nodes: median {median_heap:.1}, worst {worst_heap:.1} KiB/min; nodes above {} KiB/min: {growing:?}",
         cli.max_slope
     );
     println!(
         "memory                        {}",
         if growing.is_empty() {
             format!(
-                "no growth trend (every heap slope after warm-up at most {} KiB/min)",
+                "no growth trend (every live-heap slope after warm-up at most {} KiB/min)",
                 cli.max_slope
             )
         } else {
@@ -565,17 +595,27 @@ fn run(cli: Cli) -> Result<bool> {
     report::plot_rss(
         &cli.out.join("heap.svg"),
         &format!(
-            "butter soak: anonymous memory (heap) of {} nodes over {} min (seed {seed})",
+            "butter soak: live heap of {} nodes over {} min (seed {seed})",
+            cli.nodes, cli.minutes
+        ),
+        &soak.samples,
+        report::Series::Heap,
+    )?;
+    report::plot_rss(
+        &cli.out.join("anon.svg"),
+        &format!(
+            "butter soak: anonymous memory of {} nodes over {} min (seed {seed})",
             cli.nodes, cli.minutes
         ),
         &soak.samples,
         report::Series::Anon,
     )?;
     println!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
         cli.out.join("soak.json").display(),
         cli.out.join("rss.svg").display(),
-        cli.out.join("heap.svg").display()
+        cli.out.join("heap.svg").display(),
+        cli.out.join("anon.svg").display()
     );
     let ok = lost.is_empty() && tally.gets_wrong == 0;
     if !ok {

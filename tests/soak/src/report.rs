@@ -19,6 +19,8 @@ pub struct Sample {
     pub rss_kib: Option<u64>,
     /// Its anonymous part (heap and stacks), KiB.
     pub anon_kib: Option<u64>,
+    /// Live heap allocations (`butter_heap_bytes`), KiB: what a leak grows.
+    pub heap_kib: Option<u64>,
     /// `butter_connections_open` (None: down or no answer).
     pub connections: Option<f64>,
     /// `butter_tasks`.
@@ -63,6 +65,10 @@ pub struct NodeSummary {
     pub anon_end_kib: Option<u64>,
     /// Its trend over the same span as the RSS slope, KiB per minute.
     pub anon_slope_kib_per_min: Option<f64>,
+    /// Live heap at the last sample, KiB.
+    pub heap_end_kib: Option<u64>,
+    /// Its trend over the same span, KiB per minute.
+    pub heap_slope_kib_per_min: Option<f64>,
     /// Open connections at the first and last sample.
     pub connections: (Option<f64>, Option<f64>),
     /// Tracked tasks at the first and last sample.
@@ -97,6 +103,9 @@ pub fn summarise(
     let anon_pts: Vec<(f64, f64)> = after_warmup()
         .filter_map(|s| s.anon_kib.map(|r| (s.t_min, r as f64)))
         .collect();
+    let heap_pts: Vec<(f64, f64)> = after_warmup()
+        .filter_map(|s| s.heap_kib.map(|r| (s.t_min, r as f64)))
+        .collect();
     let span = match (pts.first(), pts.last()) {
         (Some(a), Some(b)) => b.0 - a.0,
         _ => 0.0,
@@ -114,6 +123,8 @@ pub fn summarise(
         slope_span_min: span,
         anon_end_kib: samples.iter().rev().find_map(|s| s.anon_kib),
         anon_slope_kib_per_min: slope(&anon_pts),
+        heap_end_kib: samples.iter().rev().find_map(|s| s.heap_kib),
+        heap_slope_kib_per_min: slope(&heap_pts),
         connections: (first(|s| s.connections), last(|s| s.connections)),
         tasks: (first(|s| s.tasks), last(|s| s.tasks)),
         items_end: last(|s| s.items),
@@ -133,7 +144,7 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4} {:>6} {:>8} {:>11} {:>11} {:>11} {:>14} {:>11} {:>15} {:>9} {:>11} {:>11} {:>7}",
+        "{:>4} {:>6} {:>8} {:>11} {:>11} {:>11} {:>14} {:>11} {:>14} {:>11} {:>14} {:>9} {:>11} {:>11} {:>7}",
         "node",
         "kind",
         "restarts",
@@ -141,6 +152,8 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
         "RSS end",
         "RSS max",
         "slope KiB/min",
+        "anon end",
+        "anon KiB/min",
         "heap end",
         "heap KiB/min",
         "over min",
@@ -151,7 +164,7 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>7} KiB {:>15} {:>9.1} {:>11} {:>11} {:>7}",
+            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>7} KiB {:>14} {:>7} KiB {:>14} {:>9.1} {:>11} {:>11} {:>7}",
             r.node,
             if r.stable { "stable" } else { "churn" },
             r.restarts,
@@ -161,6 +174,8 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
             opt_f(r.rss_slope_kib_per_min, 1),
             opt(r.anon_end_kib),
             opt_f(r.anon_slope_kib_per_min, 1),
+            opt(r.heap_end_kib),
+            opt_f(r.heap_slope_kib_per_min, 1),
             r.slope_span_min,
             format!(
                 "{}/{}",
@@ -181,6 +196,8 @@ pub enum Series {
     Rss,
     /// Its anonymous part (heap and stacks).
     Anon,
+    /// Live heap allocations.
+    Heap,
 }
 
 impl Series {
@@ -188,6 +205,7 @@ impl Series {
         match self {
             Series::Rss => s.rss_kib,
             Series::Anon => s.anon_kib,
+            Series::Heap => s.heap_kib,
         }
     }
 
@@ -195,6 +213,7 @@ impl Series {
         match self {
             Series::Rss => "RSS (MiB)",
             Series::Anon => "anonymous memory (MiB)",
+            Series::Heap => "live heap (MiB)",
         }
     }
 }
@@ -290,6 +309,7 @@ mod tests {
                 incarnation: 1,
                 rss_kib: Some(1000 + 500 * i as u64),
                 anon_kib: Some(400 + 100 * i as u64),
+                heap_kib: Some(300 + 50 * i as u64),
                 connections: Some(3.0),
                 tasks: Some(10.0),
                 items: None,
@@ -303,6 +323,7 @@ mod tests {
                 incarnation: 2,
                 rss_kib: Some(rss),
                 anon_kib: Some(rss / 2),
+                heap_kib: Some(rss / 4),
                 connections: Some(4.0),
                 tasks: Some(12.0),
                 items: Some(7.0),
@@ -315,6 +336,8 @@ mod tests {
         assert!(s.rss_slope_kib_per_min.unwrap().abs() < 1e-9, "{s:?}");
         assert!(s.anon_slope_kib_per_min.unwrap().abs() < 1e-9, "{s:?}");
         assert_eq!(s.anon_end_kib, Some(1000));
+        assert!(s.heap_slope_kib_per_min.unwrap().abs() < 1e-9, "{s:?}");
+        assert_eq!(s.heap_end_kib, Some(500));
         assert_eq!(s.connections, (Some(3.0), Some(4.0)));
         assert_eq!(s.tasks, (Some(10.0), Some(12.0)));
     }

@@ -72,6 +72,7 @@ fn a_short_soak_loses_nothing_and_reports_every_node() {
     for n in nodes {
         assert!(n["rss_max_kib"].as_u64() > Some(1000), "{n}");
         assert!(n["anon_end_kib"].as_u64() > Some(100), "{n}");
+        assert!(n["heap_end_kib"].as_u64() > Some(100), "{n}");
         assert!(
             n["tasks"][1].as_f64() > Some(0.0),
             "tasks gauge missing: {n}"
