@@ -498,10 +498,14 @@ fn run(cli: Cli) -> Result<bool> {
         .unwrap_or(f64::NAN);
     // A leak grows the live heap; the binary's pages (the rest of RSS) only grow until every code
     // path has run once, and the allocator's free lists until they cover the peak.
+    // A trend needs time: processes watched for less than a third of the run (churned ones
+    // restarted late) are listed in the table but not judged.
+    let judged_span = (cli.minutes / 3.0).min(10.0);
     let growing: Vec<usize> = summaries
         .iter()
         .filter(|s| {
-            s.heap_slope_kib_per_min.is_some_and(|k| k > cli.max_slope) && s.slope_span_min >= 1.0
+            s.heap_slope_kib_per_min.is_some_and(|k| k > cli.max_slope)
+                && s.slope_span_min >= judged_span
         })
         .map(|s| s.node)
         .collect();
@@ -549,7 +553,7 @@ fn run(cli: Cli) -> Result<bool> {
         "memory                        {}",
         if growing.is_empty() {
             format!(
-                "no growth trend (every live-heap slope after warm-up at most {} KiB/min)",
+                "no growth trend (every live-heap slope after warm-up, over at least {judged_span:.1} min, at most {} KiB/min)",
                 cli.max_slope
             )
         } else {
