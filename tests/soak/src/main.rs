@@ -95,9 +95,9 @@ struct Cli {
     /// Seconds after the client stops (every node up, no churn) before the final check.
     #[arg(long, default_value_t = 20.0)]
     settle_secs: f64,
-    /// Live-heap (`butter_heap_bytes`) slope in KiB/min above which a node's memory is reported
-    /// as growing.
-    #[arg(long, default_value_t = 64.0)]
+    /// Live-heap (`butter_heap_bytes`) drift in KiB/min — its trend once the items the node
+    /// holds are accounted for — above which a node's memory is reported as growing.
+    #[arg(long, default_value_t = 32.0)]
     max_slope: f64,
 }
 
@@ -483,6 +483,23 @@ fn run(cli: Cli) -> Result<bool> {
         .filter(|s| s.stable)
         .filter_map(|s| s.heap_slope_kib_per_min)
         .collect();
+    let stable_drift: Vec<f64> = summaries
+        .iter()
+        .filter(|s| s.stable)
+        .filter_map(|s| s.heap_drift_kib_per_min)
+        .collect();
+    let worst_drift = stable_drift.iter().copied().fold(f64::NAN, f64::max);
+    let mut sorted_drift = stable_drift.clone();
+    sorted_drift.sort_by(f64::total_cmp);
+    let median_drift = sorted_drift
+        .get(sorted_drift.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+    let per_item: Vec<f64> = summaries
+        .iter()
+        .filter(|s| s.stable)
+        .filter_map(|s| s.heap_per_item_kib)
+        .collect();
     let stable_anon: Vec<f64> = summaries
         .iter()
         .filter(|s| s.stable)
@@ -504,7 +521,7 @@ fn run(cli: Cli) -> Result<bool> {
     let growing: Vec<usize> = summaries
         .iter()
         .filter(|s| {
-            s.heap_slope_kib_per_min.is_some_and(|k| k > cli.max_slope)
+            s.heap_drift_kib_per_min.is_some_and(|k| k > cli.max_slope)
                 && s.slope_span_min >= judged_span
         })
         .map(|s| s.node)
@@ -546,14 +563,19 @@ fn run(cli: Cli) -> Result<bool> {
         "anon slope after warm-up      stable nodes: worst {worst_anon:.1} KiB/min (heap plus allocator free lists and stacks)"
     );
     println!(
-        "live heap slope after warm-up stable nodes: median {median_heap:.1}, worst {worst_heap:.1} KiB/min; nodes above {} KiB/min: {growing:?}",
+        "live heap slope after warm-up stable nodes: median {median_heap:.1}, worst {worst_heap:.1} KiB/min"
+    );
+    println!(
+        "live heap drift               stable nodes (trend with the items held accounted for): median {median_drift:.1}, worst {worst_drift:.1} KiB/min, at {:.1}-{:.1} KiB per item held; nodes above {} KiB/min: {growing:?}",
+        per_item.iter().copied().fold(f64::NAN, f64::min),
+        per_item.iter().copied().fold(f64::NAN, f64::max),
         cli.max_slope
     );
     println!(
         "memory                        {}",
         if growing.is_empty() {
             format!(
-                "no growth trend (every live-heap slope after warm-up, over at least {judged_span:.1} min, at most {} KiB/min)",
+                "no growth trend (every live-heap drift after warm-up, over at least {judged_span:.1} min, at most {} KiB/min)",
                 cli.max_slope
             )
         } else {

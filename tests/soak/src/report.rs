@@ -42,6 +42,35 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
     (sxx > 1e-12).then(|| sxy / sxx)
 }
 
+/// Least-squares fit of `y = a + b·u + c·x` over `(x, u, y)` points: returns `(b, c)`, the part
+/// of `y` that follows `u` and the trend over `x` once `u` is accounted for (None with fewer than
+/// 5 points or when `x` and `u` do not vary independently).
+pub fn fit_with(points: &[(f64, f64, f64)]) -> Option<(f64, f64)> {
+    if points.len() < 5 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, mu, my) = points.iter().fold((0.0, 0.0, 0.0), |a, p| {
+        (a.0 + p.0 / n, a.1 + p.1 / n, a.2 + p.2 / n)
+    });
+    let (mut sxx, mut suu, mut sxu, mut sxy, mut suy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (x, u, y) in points {
+        let (dx, du, dy) = (x - mx, u - mu, y - my);
+        sxx += dx * dx;
+        suu += du * du;
+        sxu += dx * du;
+        sxy += dx * dy;
+        suy += du * dy;
+    }
+    let det = suu * sxx - sxu * sxu;
+    if det.abs() < 1e-9 * (suu * sxx).max(1e-12) {
+        return None;
+    }
+    let b = (suy * sxx - sxy * sxu) / det;
+    let c = (sxy * suu - suy * sxu) / det;
+    Some((b, c))
+}
+
 /// One node's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeSummary {
@@ -69,6 +98,12 @@ pub struct NodeSummary {
     pub heap_end_kib: Option<u64>,
     /// Its trend over the same span, KiB per minute.
     pub heap_slope_kib_per_min: Option<f64>,
+    /// Live heap per item held (item content in the read cache plus group state), KiB: fitted
+    /// together with the drift.
+    pub heap_per_item_kib: Option<f64>,
+    /// The live heap's trend once the items held are accounted for, KiB per minute: the leak
+    /// measure (the items a node holds come and go with the working set).
+    pub heap_drift_kib_per_min: Option<f64>,
     /// Open connections at the first and last sample.
     pub connections: (Option<f64>, Option<f64>),
     /// Tracked tasks at the first and last sample.
@@ -106,6 +141,10 @@ pub fn summarise(
     let heap_pts: Vec<(f64, f64)> = after_warmup()
         .filter_map(|s| s.heap_kib.map(|r| (s.t_min, r as f64)))
         .collect();
+    let heap_items: Vec<(f64, f64, f64)> = after_warmup()
+        .filter_map(|s| Some((s.t_min, s.items?, s.heap_kib? as f64)))
+        .collect();
+    let fit = fit_with(&heap_items);
     let span = match (pts.first(), pts.last()) {
         (Some(a), Some(b)) => b.0 - a.0,
         _ => 0.0,
@@ -125,6 +164,8 @@ pub fn summarise(
         anon_slope_kib_per_min: slope(&anon_pts),
         heap_end_kib: samples.iter().rev().find_map(|s| s.heap_kib),
         heap_slope_kib_per_min: slope(&heap_pts),
+        heap_per_item_kib: fit.map(|f| f.0),
+        heap_drift_kib_per_min: fit.map(|f| f.1),
         connections: (first(|s| s.connections), last(|s| s.connections)),
         tasks: (first(|s| s.tasks), last(|s| s.tasks)),
         items_end: last(|s| s.items),
@@ -153,9 +194,9 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
         "RSS max",
         "slope KiB/min",
         "anon end",
-        "anon KiB/min",
         "heap end",
         "heap KiB/min",
+        "drift KiB/min",
         "over min",
         "conns s/e",
         "tasks s/e",
@@ -164,7 +205,7 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>7} KiB {:>14} {:>7} KiB {:>14} {:>9.1} {:>11} {:>11} {:>7}",
+            "{:>4} {:>6} {:>8} {:>8} KiB {:>7} KiB {:>7} KiB {:>14} {:>7} KiB {:>7} KiB {:>14} {:>14} {:>9.1} {:>11} {:>11} {:>7}",
             r.node,
             if r.stable { "stable" } else { "churn" },
             r.restarts,
@@ -173,9 +214,9 @@ pub fn node_table(rows: &[NodeSummary]) -> String {
             opt(r.rss_max_kib),
             opt_f(r.rss_slope_kib_per_min, 1),
             opt(r.anon_end_kib),
-            opt_f(r.anon_slope_kib_per_min, 1),
             opt(r.heap_end_kib),
             opt_f(r.heap_slope_kib_per_min, 1),
+            opt_f(r.heap_drift_kib_per_min, 1),
             r.slope_span_min,
             format!(
                 "{}/{}",
@@ -296,6 +337,25 @@ mod tests {
             .collect();
         assert!(slope(&flat).unwrap().abs() < 0.5);
         assert_eq!(slope(&line[..2]), None);
+    }
+
+    #[test]
+    fn the_drift_separates_growth_over_time_from_growth_with_items_held() {
+        // Heap = 1000 + 6 per item + 2 per minute, items going up and down.
+        let pts: Vec<(f64, f64, f64)> = (0..40)
+            .map(|i| {
+                let t = f64::from(i) * 0.5;
+                let items = f64::from((i * 37) % 23 + 10);
+                (t, items, 1000.0 + 6.0 * items + 2.0 * t)
+            })
+            .collect();
+        let (per_item, drift) = fit_with(&pts).unwrap();
+        assert!((per_item - 6.0).abs() < 1e-6 && (drift - 2.0).abs() < 1e-6);
+        // Items rising in step with time cannot be told apart from a drift.
+        let collinear: Vec<(f64, f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), f64::from(i), f64::from(i)))
+            .collect();
+        assert_eq!(fit_with(&collinear), None);
     }
 
     #[test]
