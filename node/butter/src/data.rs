@@ -614,6 +614,7 @@ async fn drive(node: Node) {
                         st.pcg.store().save_view(v);
                     }
                     pcg::Event::Dropped(item) => st.pcg.store().drop_view(item),
+                    pcg::Event::Deleted(item) => st.rbfs.forget_hint(item),
                     _ => {}
                 }
             }
@@ -766,6 +767,7 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
         pcg::Event::ViewChanged(_) => "view_changed",
         pcg::Event::Holding(_) => "holding",
         pcg::Event::Dropped(_) => "dropped",
+        pcg::Event::Deleted(_) => "deleted",
         pcg::Event::Recruited { item, peers } => {
             info!(item = %item.short(), recruits = peers.len(), "group repaired");
             "repair"

@@ -384,6 +384,8 @@ pub enum Event {
     /// Left out of its group's view and never shown that any member holds the item, this node
     /// founded the group anew around its copy.
     Refounded(ItemId),
+    /// The item was deleted here (by this node or a member): refused until the tombstone expires.
+    Deleted(ItemId),
     /// As leader, recruited new members.
     Recruited {
         /// The item.
@@ -1294,6 +1296,7 @@ impl<S: Store> Node<S> {
         if tombstone {
             self.tombstones
                 .insert(item, now + self.config.tombstone_ttl);
+            self.events.push_back(Event::Deleted(item));
         }
     }
 
@@ -2614,10 +2617,16 @@ mod tests {
         let id = net.put(0, b"secret");
         net.run_for(Duration::from_secs(3));
         let now = net.now;
+        let holders = net.holders(&id);
         net.nodes[0].delete(now, id);
         net.deliver();
         net.run_for(Duration::from_secs(5));
         assert!(net.holders(&id).is_empty());
+        let deleted = events(&mut net)
+            .iter()
+            .filter(|e| matches!(e, Event::Deleted(i) if *i == id))
+            .count();
+        assert_eq!(deleted, holders.len(), "every holder reports the delete");
     }
 
     #[test]

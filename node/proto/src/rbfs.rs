@@ -485,6 +485,13 @@ impl Node {
         }
     }
 
+    /// Forgets the holders remembered for `item` (it was deleted: they hold nothing).
+    pub fn forget_hint(&mut self, item: &ItemId) {
+        if self.hints.remove(item).is_some() {
+            self.hint_order.retain(|i| i != item);
+        }
+    }
+
     /// Starts a search for `item`. A local hit completes at once (see [`Node::poll_event`]).
     pub fn find(
         &mut self,
@@ -978,6 +985,25 @@ impl Node {
 mod tests {
     use super::*;
     use crate::item::MemoryStore;
+
+    #[test]
+    fn hints_are_bounded_and_forgotten_for_deleted_items() {
+        let me = PeerId([1; 32]);
+        let config = Config {
+            max_hints: 10,
+            ..Config::default()
+        };
+        let mut n = Node::new(me, config, 1).unwrap();
+        let ids: Vec<ItemId> = (0..20u32).map(|i| ItemId::of(&i.to_le_bytes())).collect();
+        for id in &ids {
+            n.add_hint(*id, &[PeerId([2; 32]), me]);
+        }
+        assert_eq!(n.hints.len(), 10);
+        assert!(!n.hints.contains_key(&ids[0]) && n.hints[&ids[19]] == [PeerId([2; 32])]);
+        n.forget_hint(&ids[19]);
+        assert_eq!((n.hints.len(), n.hint_order.len()), (9, 9));
+        assert!(!n.hints.contains_key(&ids[19]));
+    }
 
     struct Hosts {
         me: PeerId,
