@@ -150,6 +150,6 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECS (default 600) s, one at a time (n
 	done
 
 .PHONY: soak
-soak: ## SOAK_NODES (30) butter-node processes on loopback for SOAK_MINS (30) minutes with churn and a client: items lost, RSS, connections, tasks (SEED=N replays)
+soak: ## SOAK_NODES (30) butter-node processes on loopback for SOAK_MINS (30) minutes with churn and a client: items lost, RSS, live heap and its drift, connections, tasks (SEED=N replays)
 	$(CARGO) build --release --locked -p butter-node -p butter-soak
 	$(TARGET_DIR)/release/butter-soak --nodes $(or $(SOAK_NODES),30) --minutes $(or $(SOAK_MINS),30) --out soak-out $(if $(SEED),--seed $(SEED))
