@@ -7,6 +7,30 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A spawned example, killed and reaped when dropped — also when an assertion fails first, so a
+/// failing test leaves no process behind.
+struct Reap(std::process::Child);
+
+impl std::ops::Deref for Reap {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn example(name: &str) -> PathBuf {
     // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
     // `cargo test` and `cargo nextest run` build the examples; `cargo test --test examples` does
@@ -56,11 +80,13 @@ fn ohce_demo_prints_the_reversed_text() {
 fn ohce_serve_and_call_across_processes() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut server = Command::new(example("ohce"))
-        .args(["--serve", &addr])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Reap(
+        Command::new(example("ohce"))
+            .args(["--serve", &addr])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().contains("listening"));
     let out = Command::new(example("ohce"))
@@ -81,12 +107,14 @@ fn ohce_serve_and_call_across_processes() {
 fn chat_line_reaches_the_other_node() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut bob = Command::new(example("chat"))
-        .args(["--name", "bob", "--listen", &addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut bob = Reap(
+        Command::new(example("chat"))
+            .args(["--name", "bob", "--listen", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     let out = bob.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -99,12 +127,14 @@ fn chat_line_reaches_the_other_node() {
             .unwrap()
             .contains("chat node")
     );
-    let mut alice = Command::new(example("chat"))
-        .args(["--name", "alice", "--peer", &addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut alice = Reap(
+        Command::new(example("chat"))
+            .args(["--name", "alice", "--peer", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     alice
         .stdin
         .as_mut()
@@ -137,7 +167,7 @@ fn free_port() -> u16 {
 }
 
 /// Spawns an example and returns it with the first line it printed.
-fn spawn_example(name: &str, args: &[&str]) -> (std::process::Child, String) {
+fn spawn_example(name: &str, args: &[&str]) -> (Reap, String) {
     let mut child = Command::new(example(name))
         .args(args)
         .stdout(Stdio::piped())
@@ -145,7 +175,7 @@ fn spawn_example(name: &str, args: &[&str]) -> (std::process::Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    (child, first)
+    (Reap(child), first)
 }
 
 #[test]
