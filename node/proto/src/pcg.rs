@@ -29,6 +29,14 @@
 //!   group whose holders share a site recruits one live host on a site the group lacks; that
 //!   recruit is not trimmed while it fetches, and once it holds, trimming removes a holder of the
 //!   shared site. The group ends with `r` members on as many sites as the table offers.
+//! - **Orphans**: a holder left out of its group's view (trimmed, or replaced while away) keeps
+//!   its copy until `r` members of the view it was given have proven by challenge that they hold
+//!   the item (and, unless trimmed, [`Config::orphan_timeout`] has passed without re-admission).
+//!   It checks in batches — one heartbeat per peer per tick — and follows the group's view through
+//!   the answers. A view written by a lying member therefore cannot make the holders drop the data;
+//!   an orphan that nobody proves anything to for twice the timeout founds the group anew.
+//! - **Deleting** is for members only ([`Config::accept_deletes`]); deleted items are refused for
+//!   [`Config::tombstone_ttl`].
 //! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
 //!   [`GroupState::Hot`] (> r).
 //! - **Graceful shutdown**: [`Node::begin_shutdown`] hands every group this node holds to a
