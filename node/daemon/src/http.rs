@@ -174,6 +174,7 @@ async fn get_group(State(node): State<Node>, Path(id): Path<String>) -> Response
         Some(g) => Json(serde_json::json!({
             "item": id.to_string(),
             "state": g.state.as_str(),
+            "orphan": g.orphan,
             "version": g.view.version,
             "leader": g.leader.map(|l| l.to_string()),
             "members": g.members.iter().map(|m| serde_json::json!({

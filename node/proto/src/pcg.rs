@@ -480,6 +480,9 @@ pub struct GroupInfo {
     pub leader: Option<PeerId>,
     /// Cold, goldilocks or hot.
     pub state: GroupState,
+    /// This node is not in the view: it keeps its copy until the members prove theirs (or it is
+    /// re-admitted).
+    pub orphan: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -610,8 +613,9 @@ pub struct Node<S: Store> {
     started: bool,
     tombstones: BTreeMap<ItemId, Time>,
     leaving: Option<Leaving>,
-    /// Orphans' possession challenges, batched per peer until the end of the tick.
-    orphan_asks: BTreeMap<PeerId, Vec<Challenge>>,
+    /// Orphans' checks, batched per peer until the end of the tick: the item, and a challenge
+    /// when that member has not proven yet.
+    orphan_asks: BTreeMap<PeerId, Vec<(ItemId, Option<Challenge>)>>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -790,6 +794,7 @@ impl<S: Store> Node<S> {
             leader: self.leader(g, hosts),
             state: self.state_for(holders),
             members,
+            orphan: g.orphan_since.is_some(),
         })
     }
 
@@ -1202,15 +1207,17 @@ impl<S: Store> Node<S> {
             return;
         }
         g.orphan.next_check = now + self.config.heartbeat_interval;
-        // Live members not yet proven; the challenges go out batched, one heartbeat per peer.
-        let ask: Vec<PeerId> = g
+        // Every live member is asked for its view (so the orphan follows the group: a member
+        // replaced, a view that re-admits it); those not yet proven are also challenged. Batched:
+        // one heartbeat per peer.
+        let ask: Vec<(PeerId, bool)> = g
             .view
             .members
             .iter()
-            .filter(|p| **p != me && !g.orphan.proven.contains(p) && hosts.is_live(p))
-            .copied()
+            .filter(|p| **p != me && hosts.is_live(p))
+            .map(|p| (*p, !g.orphan.proven.contains(p)))
             .collect();
-        for p in ask {
+        for (p, challenge) in ask {
             if self
                 .orphan_asks
                 .get(&p)
@@ -1218,14 +1225,17 @@ impl<S: Store> Node<S> {
             {
                 continue;
             }
-            let nonce = self.rng.random();
-            if let Some(g) = self.groups.get_mut(&item) {
-                g.orphan.checks.insert(p, nonce);
+            let challenge = challenge.then(|| Challenge {
+                item,
+                nonce: self.rng.random(),
+            });
+            if let (Some(c), Some(g)) = (&challenge, self.groups.get_mut(&item)) {
+                g.orphan.checks.insert(p, c.nonce);
             }
             self.orphan_asks
                 .entry(p)
                 .or_default()
-                .push(Challenge { item, nonce });
+                .push((item, challenge));
         }
     }
 
@@ -1236,17 +1246,18 @@ impl<S: Store> Node<S> {
         if self.orphan_asks.is_empty() {
             return;
         }
-        for (p, challenges) in std::mem::take(&mut self.orphan_asks) {
-            let groups = challenges
+        for (p, asks) in std::mem::take(&mut self.orphan_asks) {
+            let groups = asks
                 .iter()
-                .map(|c| GroupBeat {
-                    item: c.item,
+                .map(|(item, _)| GroupBeat {
+                    item: *item,
                     version: 0,
                     author: self.me,
                     holding: true,
                     view: None,
                 })
                 .collect();
+            let challenges = asks.into_iter().filter_map(|(_, c)| c).collect();
             self.send(
                 p,
                 Message::Heartbeat(Heartbeat {
