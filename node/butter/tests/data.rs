@@ -293,7 +293,7 @@ async fn a_peer_lying_about_holding_data_is_banned_and_replaced() {
         .iter()
         .filter(|n| n.transport().is_banned(&liar.id()))
         .collect();
-    let repaired = wait(Duration::from_secs(60), || {
+    let repaired = wait(Duration::from_secs(120), || {
         ids.iter().all(|id| {
             banning.iter().all(|b| {
                 b.group(id).is_none_or(|g| {
@@ -303,7 +303,21 @@ async fn a_peer_lying_about_holding_data_is_banned_and_replaced() {
         })
     })
     .await;
-    assert!(repaired, "groups kept the banned liar");
+    let kept: Vec<String> = ids
+        .iter()
+        .flat_map(|id| {
+            banning.iter().filter_map(move |b| {
+                let g = b.group(id)?;
+                (!g.orphan && g.view.members.contains(&liar.id()) && b.items().contains(id))
+                    .then(|| format!("{} at {}: {g:?}", id.short(), b.id().short()))
+            })
+        })
+        .collect();
+    assert!(
+        repaired,
+        "groups kept the banned liar:\n{}",
+        kept.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2053,7 +2053,11 @@ impl<S: Store> Node<S> {
             let sender_key = (gb.version > 0).then_some((gb.version, gb.author));
             if let Some(g) = self.groups.get_mut(&item) {
                 if let Some(m) = g.members.iter_mut().find(|m| m.id == from) {
-                    m.holding = Some(gb.holding);
+                    // Version 0 while holding: an orphan's check, not a member's report — it
+                    // must not make a member we judged not holding (a liar) look holding again.
+                    if gb.version != 0 || !gb.holding {
+                        m.holding = Some(gb.holding);
+                    }
                     m.seen = sender_key;
                 }
                 differs |= sender_key != Some(g.view.key());
