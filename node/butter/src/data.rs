@@ -301,12 +301,15 @@ impl Node {
     /// node outside the item's group (members accept deletes only from members).
     pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
         let data = self.data()?;
-        if !data.lock().pcg.config().accept_deletes {
-            return Err(DataError::DeletesOff);
-        }
         let now = data.now();
-        if !data.lock().pcg.delete(now, id) {
-            return Err(DataError::NotMember(id));
+        {
+            let mut st = data.lock();
+            if !st.pcg.config().accept_deletes {
+                return Err(DataError::DeletesOff);
+            }
+            if !st.pcg.delete(now, id) {
+                return Err(DataError::NotMember(id));
+            }
         }
         data.notify.notify_one();
         info!(item = %id.short(), "item deleted");

@@ -294,32 +294,13 @@ fn items_through_the_http_api_and_the_cli() {
     // The CLI does the same.
     let file = dir.path().join("note.txt");
     std::fs::write(&file, b"hello from the cli").unwrap();
-    let out = Command::new(BIN)
-        .args(["put", "--http", &format!("127.0.0.1:{}", nodes[1].http)])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let http = |i: usize| format!("127.0.0.1:{}", nodes[i].http);
+    let out = cli(&["put", "--http", &http(1), file.to_str().unwrap()]);
+    let cli_id = String::from_utf8_lossy(&out).trim().to_string();
+    assert_eq!(
+        cli(&["get", &cli_id, "--http", &http(2)]),
+        b"hello from the cli"
     );
-    let cli_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let out = Command::new(BIN)
-        .args([
-            "get",
-            &cli_id,
-            "--http",
-            &format!("127.0.0.1:{}", nodes[2].http),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout, b"hello from the cli");
     let out = Command::new(BIN)
         .args(["status", "--http", &format!("127.0.0.1:{}", nodes[0].http)])
         .output()
@@ -331,20 +312,7 @@ fn items_through_the_http_api_and_the_cli() {
     let (code, body) = request(nodes[1].http, "DELETE", &format!("/items/{missing}"), &[]).unwrap();
     assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("send the delete to a member"));
-    let out = Command::new(BIN)
-        .args([
-            "delete",
-            &id,
-            "--http",
-            &format!("127.0.0.1:{}", nodes[0].http),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli(&["delete", &id, "--http", &http(0)]);
     assert!(wait_until(Duration::from_secs(10), || {
         nodes.iter().all(|n| {
             request(n.http, "GET", "/items", &[])
@@ -353,6 +321,17 @@ fn items_through_the_http_api_and_the_cli() {
     }));
     let (code, _) = request(nodes[2].http, "GET", &format!("/items/{id}"), &[]).unwrap();
     assert_eq!(code, 404);
+}
+
+/// Runs the CLI; it must succeed. Returns what it printed.
+fn cli(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "butter-node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 fn status_peers(port: u16) -> Option<u64> {

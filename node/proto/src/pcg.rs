@@ -2870,7 +2870,7 @@ mod tests {
     }
 
     #[test]
-    fn an_orphan_follows_its_groups_new_views_instead_of_keeping_a_stale_copy() {
+    fn a_holder_back_after_its_replacement_died_keeps_no_copy_outside_the_group() {
         let mut net = Net::new(9, 3, Config::default());
         let id = net.put(0, b"follow me");
         net.run_for(Duration::from_secs(5));

@@ -470,49 +470,25 @@ fn run(cli: Cli) -> Result<bool> {
             .filter_map(|s| s.last().and_then(f))
             .sum()
     };
-    let stable_slopes: Vec<f64> = summaries
-        .iter()
-        .filter(|s| s.stable)
-        .filter_map(|s| s.rss_slope_kib_per_min)
-        .collect();
-    let worst_stable = stable_slopes.iter().copied().fold(f64::NAN, f64::max);
     // The leak measure: live heap allocations (`butter_heap_bytes`); anonymous memory beside it
     // also holds what the allocator keeps for reuse.
-    let stable_heap: Vec<f64> = summaries
-        .iter()
-        .filter(|s| s.stable)
-        .filter_map(|s| s.heap_slope_kib_per_min)
-        .collect();
-    let stable_drift: Vec<f64> = summaries
-        .iter()
-        .filter(|s| s.stable)
-        .filter_map(|s| s.heap_drift_kib_per_min)
-        .collect();
-    let worst_drift = stable_drift.iter().copied().fold(f64::NAN, f64::max);
-    let mut sorted_drift = stable_drift.clone();
-    sorted_drift.sort_by(f64::total_cmp);
-    let median_drift = sorted_drift
-        .get(sorted_drift.len() / 2)
-        .copied()
-        .unwrap_or(f64::NAN);
-    let per_item: Vec<f64> = summaries
-        .iter()
-        .filter(|s| s.stable)
-        .filter_map(|s| s.heap_per_item_kib)
-        .collect();
-    let stable_anon: Vec<f64> = summaries
-        .iter()
-        .filter(|s| s.stable)
-        .filter_map(|s| s.anon_slope_kib_per_min)
-        .collect();
-    let worst_anon = stable_anon.iter().copied().fold(f64::NAN, f64::max);
-    let worst_heap = stable_heap.iter().copied().fold(f64::NAN, f64::max);
-    let mut sorted_heap = stable_heap.clone();
-    sorted_heap.sort_by(f64::total_cmp);
-    let median_heap = sorted_heap
-        .get(sorted_heap.len() / 2)
-        .copied()
-        .unwrap_or(f64::NAN);
+    // One figure over the stable nodes: (median, worst) — and the values, for the range.
+    let over_stable = |f: fn(&report::NodeSummary) -> Option<f64>| -> (f64, f64, Vec<f64>) {
+        let mut v: Vec<f64> = summaries
+            .iter()
+            .filter(|s| s.stable)
+            .filter_map(f)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+        let worst = v.last().copied().unwrap_or(f64::NAN);
+        (median, worst, v)
+    };
+    let (median_heap, worst_heap, _) = over_stable(|s| s.heap_slope_kib_per_min);
+    let (median_drift, worst_drift, _) = over_stable(|s| s.heap_drift_kib_per_min);
+    let (_, _, per_item) = over_stable(|s| s.heap_per_item_kib);
+    let (_, worst_anon, _) = over_stable(|s| s.anon_slope_kib_per_min);
+    let (_, worst_stable, stable_slopes) = over_stable(|s| s.rss_slope_kib_per_min);
     // A leak grows the live heap; the binary's pages (the rest of RSS) only grow until every code
     // path has run once, and the allocator's free lists until they cover the peak.
     // A trend needs time: processes watched for less than a third of the run (churned ones
