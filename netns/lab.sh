@@ -640,6 +640,25 @@ stop_nodes() {
 	done
 }
 
+# The kernel's IPv4 neighbour (ARP) table is one table for the whole machine: every namespace's
+# entries count against net.ipv4.neigh.default.gc_thresh3 (1024 by default), and past it the
+# kernel refuses to resolve new neighbours ("neighbor table overflow!" in dmesg) and drops the
+# datagrams: on one bridge of 40 nodes, 33 filled the table talking to each other and the last 7
+# could reach nobody. Each host may resolve every host of its subnet, so the lab needs about
+# (subnets + 1) x hosts x (hosts + 2) entries; raise the limits (never lower them) to fit.
+ensure_neighbour_capacity() {
+	local need dir=/proc/sys/net/ipv4/neigh/default t2 t3
+	need=$(((SUBNETS + 1) * HOSTS * (HOSTS + 2) + 1024))
+	[[ -w $dir/gc_thresh3 ]] || return 0
+	t2=$(<"$dir/gc_thresh2") t3=$(<"$dir/gc_thresh3")
+	if ((t3 >= 2 * need && t2 >= need)); then return 0; fi
+	log "raising the machine's neighbour table limits for $SUBNETS x $HOSTS hosts:" \
+		"gc_thresh2 $t2 -> $((t2 > need ? t2 : need)), gc_thresh3 $t3 -> $((t3 > 2 * need ? t3 : 2 * need))" \
+		"(net.ipv4.neigh.default; shared by every namespace)"
+	((t2 >= need)) || echo "$need" >"$dir/gc_thresh2"
+	((t3 >= 2 * need)) || echo "$((2 * need))" >"$dir/gc_thresh3"
+}
+
 # --- commands -----------------------------------------------------------------------------------
 
 teardown() {
@@ -743,6 +762,7 @@ cmd_up() {
 		WIPE=yes
 		log "built $TOPOLOGY: $SUBNETS subnet(s) x $HOSTS host(s), $PUBLIC public, bootstrap $BOOTSTRAP"
 	fi
+	ensure_neighbour_capacity
 	if [[ $START == yes ]]; then start_nodes < <(all_hosts); fi
 }
 

@@ -157,6 +157,8 @@ fn main() {
         pcg::Message::Trim(view.clone()),
         pcg::Message::Leave { item: small.id() },
         pcg::Message::Delete { item: small.id() },
+        pcg::Message::Rival(view.clone()),
+        pcg::Message::Rendezvous(vec![view.clone()]),
     ];
     let mut sequence = Vec::new();
     for (i, m) in pcg_msgs.iter().enumerate() {

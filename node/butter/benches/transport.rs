@@ -120,11 +120,49 @@ fn main() {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: transport [--qbench FILE] [--quick]\n  --qbench FILE  qbench output to compare against\n  --quick        fewer iterations (smoke run)"
+            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)"
         );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    if let Some(o) = &only {
+        if !["handshake", "latency", "rate", "bulk", "memory"].contains(&o.as_str()) {
+            eprintln!("--only {o}: expected handshake, latency, rate, bulk or memory");
+            std::process::exit(2);
+        }
+    }
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(n) = value("--pairs") {
+        let Ok(n) = n.parse::<usize>() else {
+            eprintln!("--pairs {n}: expected a number of pairs, e.g. 3");
+            std::process::exit(2);
+        };
+        let Some(bin) = value("--qbench-bin") else {
+            eprintln!(
+                "--pairs needs --qbench-bin PATH (make bench builds qbench into target/release)"
+            );
+            std::process::exit(2);
+        };
+        let mut pass: Vec<String> = Vec::new();
+        if quick {
+            pass.push("--quick".into());
+        }
+        if let Some(o) = &only {
+            pass.extend(["--only".into(), o.clone()]);
+        }
+        return pairs(n, &bin, &pass);
+    }
     let base = args
         .iter()
         .position(|a| a == "--qbench")
@@ -135,12 +173,16 @@ fn main() {
 
     // Idle node RSS, in a fresh process so nothing else is counted.
     let exe = std::env::current_exe().expect("own path");
-    let idle_kib: f64 = std::process::Command::new(exe)
-        .arg("--idle-child")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(f64::NAN);
+    let idle_kib: f64 = if !part("memory") {
+        f64::NAN
+    } else {
+        std::process::Command::new(exe)
+            .arg("--idle-child")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,141 +196,166 @@ fn main() {
         let peer = c.connect(addr).await.expect("connect");
         let n = if quick { 50 } else { 300 };
 
-        eprintln!("[1/5] handshakes ({n})");
-        let mut hs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
-            hs.push(t.elapsed().as_secs_f64() * 1e6);
-            conn.close(0u32.into(), b"");
-        }
-        rows.push((
-            "handshake p50",
-            "µs",
-            pct(&mut hs, 0.5),
-            Some("handshake_p50_us"),
-            false,
-        ));
-        rows.push((
-            "handshake p99",
-            "µs",
-            pct(&mut hs, 0.99),
-            Some("handshake_p99_us"),
-            false,
-        ));
-
-        let iters = if quick { 300 } else { 3000 };
-        eprintln!("[2/5] request latency ({iters} × 64 B, {iters} × 4 KiB)");
-        for _ in 0..200 {
-            blob(&c, peer, 64).await;
-        }
-        let mut lat = Vec::with_capacity(iters);
-        for _ in 0..iters {
-            let t = Instant::now();
-            blob(&c, peer, 64).await;
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        rows.push((
-            "64 B request p50",
-            "µs",
-            pct(&mut lat, 0.5),
-            Some("rpc64_p50_us"),
-            false,
-        ));
-        let mut lat = Vec::with_capacity(iters);
-        for _ in 0..iters {
-            let t = Instant::now();
-            blob(&c, peer, 4096).await;
-            lat.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        rows.push((
-            "4 KiB request p50",
-            "µs",
-            pct(&mut lat, 0.5),
-            Some("rpc4k_p50_us"),
-            false,
-        ));
-        rows.push((
-            "4 KiB request p99",
-            "µs",
-            pct(&mut lat, 0.99),
-            Some("rpc4k_p99_us"),
-            false,
-        ));
-
-        let total = if quick { 2000 } else { 20000 };
-        eprintln!("[3/5] request rate, 32 in flight ({total} requests, 64 B and 4 KiB)");
-        for (label, size, key) in [
-            ("64 B rate, 32 in flight", 64u64, Some("rate32")),
-            ("4 KiB rate, 32 in flight", 4096, None),
-        ] {
-            let t = Instant::now();
-            let mut tasks = Vec::new();
-            for w in 0..32 {
-                let c2 = c.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut i = w;
-                    while i < total {
-                        blob(&c2, peer, size).await;
-                        i += 32;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.expect("worker");
+        if part("handshake") {
+            eprintln!("[1/5] handshakes ({n})");
+            let mut hs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
+                hs.push(t.elapsed().as_secs_f64() * 1e6);
+                conn.close(0u32.into(), b"");
             }
             rows.push((
-                label,
-                "req/s",
-                total as f64 / t.elapsed().as_secs_f64(),
-                key,
+                "handshake p50",
+                "µs",
+                pct(&mut hs, 0.5),
+                Some("handshake_p50_us"),
+                false,
+            ));
+            rows.push((
+                "handshake p99",
+                "µs",
+                pct(&mut hs, 0.99),
+                Some("handshake_p99_us"),
+                false,
+            ));
+        }
+
+        let iters = if quick { 300 } else { 3000 };
+        if part("latency") {
+            eprintln!("[2/5] request latency ({iters} × 64 B, {iters} × 4 KiB)");
+            for _ in 0..200 {
+                blob(&c, peer, 64).await;
+            }
+            let mut lat = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let t = Instant::now();
+                blob(&c, peer, 64).await;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            rows.push((
+                "64 B request p50",
+                "µs",
+                pct(&mut lat, 0.5),
+                Some("rpc64_p50_us"),
+                false,
+            ));
+            let mut lat = Vec::with_capacity(iters);
+            for _ in 0..iters {
+                let t = Instant::now();
+                blob(&c, peer, 4096).await;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            rows.push((
+                "4 KiB request p50",
+                "µs",
+                pct(&mut lat, 0.5),
+                Some("rpc4k_p50_us"),
+                false,
+            ));
+            rows.push((
+                "4 KiB request p99",
+                "µs",
+                pct(&mut lat, 0.99),
+                Some("rpc4k_p99_us"),
+                false,
+            ));
+        }
+
+        let total = if quick { 2000 } else { 20000 };
+        if part("rate") {
+            eprintln!("[3/5] request rate, 32 in flight ({total} requests, 64 B and 4 KiB)");
+            for (label, size, key) in [
+                ("64 B rate, 32 in flight", 64u64, Some("rate32")),
+                ("4 KiB rate, 32 in flight", 4096, None),
+            ] {
+                let stats = || c.transport().pooled(&peer).map(|conn| conn.stats());
+                let before = stats();
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for w in 0..32 {
+                    let c2 = c.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut i = w;
+                        while i < total {
+                            blob(&c2, peer, size).await;
+                            i += 32;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.expect("worker");
+                }
+                let elapsed = t.elapsed();
+                // Packets per request on the client's pooled connection: where framework
+                // overhead turns into datagrams, it shows here before it shows in time.
+                if let (Some(a), Some(b)) = (before, stats()) {
+                    let per = |x: u64, y: u64| (y - x) as f64 / total as f64;
+                    eprintln!(
+                        "      {label}: {:.2} datagrams sent, {:.2} received per request",
+                        per(a.udp_tx.datagrams, b.udp_tx.datagrams),
+                        per(a.udp_rx.datagrams, b.udp_rx.datagrams)
+                    );
+                }
+                rows.push((
+                    label,
+                    "req/s",
+                    total as f64 / elapsed.as_secs_f64(),
+                    key,
+                    true,
+                ));
+            }
+        }
+
+        let mib = if quick { 64u64 } else { 256 };
+        if part("bulk") {
+            eprintln!("[4/5] bulk: one {mib} MiB item");
+            let t = Instant::now();
+            let got = blob(&c, peer, mib << 20).await;
+            rows.push((
+                "bulk, one item",
+                "MiB/s",
+                got as f64 / t.elapsed().as_secs_f64() / 1048576.0,
+                Some("bulk_mib_s"),
                 true,
             ));
         }
 
-        let mib = if quick { 64u64 } else { 256 };
-        eprintln!("[4/5] bulk: one {mib} MiB item");
-        let t = Instant::now();
-        let got = blob(&c, peer, mib << 20).await;
-        rows.push((
-            "bulk, one item",
-            "MiB/s",
-            got as f64 / t.elapsed().as_secs_f64() / 1048576.0,
-            Some("bulk_mib_s"),
-            true,
-        ));
-
         let m = if quick { 100 } else { 500 };
-        eprintln!("[5/5] memory: {m} idle connections");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = rss_kib();
-        let mut conns = Vec::new();
-        for seq in 0..m {
-            let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
-            // One request per connection, as the baseline does, so stream state is allocated.
-            let ping = butter_proto::wire::Request::Ping { seq: seq as u64 };
-            c.transport()
-                .request_on(&conn, &ping, Bytes::new())
-                .await
-                .expect("ping");
-            conns.push(conn);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let per = (rss_kib().saturating_sub(before)) as f64 / m as f64;
-        rows.push((
-            "RSS per idle connection (both ends)",
-            "KiB",
-            per,
-            Some("conn_kib"),
-            false,
-        ));
-        for conn in &conns {
-            conn.close(0u32.into(), b"");
+        if part("memory") {
+            eprintln!("[5/5] memory: {m} idle connections");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = rss_kib();
+            let mut conns = Vec::new();
+            for seq in 0..m {
+                let (_, conn) = c.transport().connect(addr, None).await.expect("dial");
+                // One request per connection, as the baseline does, so stream state is allocated.
+                let ping = butter_proto::wire::Request::Ping { seq: seq as u64 };
+                c.transport()
+                    .request_on(&conn, &ping, Bytes::new())
+                    .await
+                    .expect("ping");
+                conns.push(conn);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let per = (rss_kib().saturating_sub(before)) as f64 / m as f64;
+            rows.push((
+                "RSS per idle connection (both ends)",
+                "KiB",
+                per,
+                Some("conn_kib"),
+                false,
+            ));
+            for conn in &conns {
+                conn.close(0u32.into(), b"");
+            }
         }
         c.shutdown(Duration::from_secs(1)).await;
         s.shutdown(Duration::from_secs(1)).await;
     });
-    rows.push(("RSS idle node", "KiB", idle_kib, Some("idle_kib"), false));
+    if part("memory") {
+        rows.push(("RSS idle node", "KiB", idle_kib, Some("idle_kib"), false));
+    }
 
     println!();
     println!("| figure | butter | raw quinn | ratio |");
@@ -307,4 +374,110 @@ fn main() {
         };
         println!("| {label} | {v:.0} {unit} | {qs} | {ratio} |");
     }
+}
+
+/// One figure of a run's table: butter's value, raw quinn's (if compared), the ratio.
+type Figure = (f64, Option<f64>, Option<f64>);
+
+/// The figures of a table printed by this bench, in order.
+fn parse_table(text: &str) -> Vec<(String, String, Figure)> {
+    let num = |cell: &str| -> Option<f64> {
+        cell.split_whitespace()
+            .next()?
+            .trim_end_matches('×')
+            .parse()
+            .ok()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| figure"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let [label, butter, raw, ratio] = cells[..] else {
+                return None;
+            };
+            let unit = butter.split_whitespace().nth(1).unwrap_or("").to_string();
+            Some((
+                label.to_string(),
+                unit,
+                (num(butter)?, num(raw), num(ratio)),
+            ))
+        })
+        .collect()
+}
+
+fn median_range(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let fmt = |x: f64| {
+        if x < 10.0 {
+            format!("{x:.2}")
+        } else {
+            format!("{x:.0}")
+        }
+    };
+    format!(
+        "{} ({}–{})",
+        fmt(s[s.len() / 2]),
+        fmt(s[0]),
+        fmt(s[s.len() - 1])
+    )
+}
+
+/// `n` interleaved pairs: raw quinn (qbench, then `qbench idle`), then this bench against it in
+/// a fresh process; prints every figure's median and range, and the ratio's, so noise and gap
+/// can be told apart.
+fn pairs(n: usize, qbench: &str, pass: &[String]) {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = std::env::temp_dir().join(format!("butter-bench-pairs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut runs: Vec<Vec<(String, String, Figure)>> = Vec::new();
+    for i in 0..n {
+        eprintln!("pair {}/{n}: raw quinn ({qbench})", i + 1);
+        let mut text = String::new();
+        for extra in [None, Some("idle")] {
+            let out = std::process::Command::new(qbench)
+                .args(extra)
+                .output()
+                .unwrap_or_else(|e| {
+                    eprintln!("cannot run {qbench}: {e} (make bench builds it)");
+                    std::process::exit(2)
+                });
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        let file = dir.join(format!("qbench-{i}.txt"));
+        std::fs::write(&file, &text).expect("write qbench output");
+        eprintln!("pair {}/{n}: butter", i + 1);
+        let out = std::process::Command::new(&exe)
+            .arg("--qbench")
+            .arg(&file)
+            .args(pass)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the bench");
+        let table = String::from_utf8_lossy(&out.stdout);
+        print!("{table}");
+        runs.push(parse_table(&table));
+    }
+    println!("\n## {n} interleaved pairs: median (min–max)\n");
+    println!("| figure | butter | raw quinn | ratio |");
+    println!("|---|---:|---:|---:|");
+    let Some(first) = runs.first() else { return };
+    for (label, unit, _) in first {
+        let pick = |f: fn(&Figure) -> Option<f64>| -> Vec<f64> {
+            runs.iter()
+                .filter_map(|r| r.iter().find(|(l, _, _)| l == label))
+                .filter_map(|(_, _, fig)| f(fig))
+                .collect()
+        };
+        println!(
+            "| {label} | {} {unit} | {} {unit} | {}× |",
+            median_range(&pick(|f| Some(f.0))),
+            median_range(&pick(|f| f.1)),
+            median_range(&pick(|f| f.2)),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,16 +1,21 @@
 //! The default data overlay on a real node: Peer Content Groups keep every item alive on `r`
-//! diverse nodes, random breadth-first search finds it. Both are sans-IO state machines in
-//! `butter-proto` ([`pcg`], [`rbfs`]); this module is their thin async driver.
+//! diverse nodes, random breadth-first search finds it. Both run composed in one sans-IO core,
+//! [`DataCore`] (`butter-proto`, also what the simulator runs), with the glue between them; this
+//! module is its thin async driver: it feeds the core messages, timers and the membership
+//! layer's liveness, sends what it asks to send, and turns its events into metrics and answers.
 //!
 //! PCG and RBFS messages travel as `Request::Overlay { name: "pcg" | "rbfs" }` with a postcard
 //! body; blocks of large items are fetched with `Request::Overlay { name: "block" }`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use butter_proto::item::{Assembler, ItemId, Store};
-use butter_proto::pcg::{self, GroupInfo, HostView};
+use butter_proto::node::TableView;
+use butter_proto::node::data::{self as core, DataCore};
+use butter_proto::pcg::{self, GroupInfo};
+use butter_proto::peers::Table;
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::wire::Request;
 use butter_proto::{PeerId, Time};
@@ -95,6 +100,23 @@ pub enum DataError {
     Request(#[from] RequestError),
 }
 
+/// Why the data overlay could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A `[node.data]` value is out of range.
+    #[error("data: {0}")]
+    Config(#[from] core::ConfigError),
+    /// The item store in the data directory could not be opened.
+    #[error("data: cannot open the item store in {dir}: {source}")]
+    Store {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// How a search ended, for the API.
 #[derive(Clone, Debug, Serialize)]
 pub struct Retrieved {
@@ -110,8 +132,7 @@ pub struct Retrieved {
 }
 
 struct State {
-    pcg: pcg::Node<NodeStore>,
-    rbfs: rbfs::Node,
+    core: DataCore<NodeStore>,
     /// Corrupt files the store found on read that the metrics have counted.
     corrupt_counted: u64,
 }
@@ -141,7 +162,7 @@ impl Data {
         data_dir: Option<&std::path::Path>,
         epoch: Instant,
         seed: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let mut pc = pcg::Config {
             replicas: cfg.replicas,
             heartbeat_interval: Duration::from_secs_f64(cfg.heartbeat_secs.max(0.05)),
@@ -149,16 +170,13 @@ impl Data {
             ..pcg::Config::default()
         };
         pc.item.max_item_size = cfg.max_item_size;
-        pc.validate().map_err(|e| format!("data: {e}"))?;
-        let rc = rbfs::Config {
-            item: pc.item.clone(),
-            ..rbfs::Config::default()
-        };
+        pc.validate()?;
         let store = match data_dir {
             Some(dir) => {
                 let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes, cfg.cache_bytes)
-                    .map_err(|e| {
-                        format!("data: cannot open the item store in {}: {e}", dir.display())
+                    .map_err(|source| SetupError::Store {
+                        dir: dir.to_path_buf(),
+                        source,
                     })?;
                 if loaded.items > 0 || loaded.corrupt > 0 {
                     info!(
@@ -172,16 +190,14 @@ impl Data {
             None => NodeStore::memory(cfg.storage_bytes),
         };
         let views = store.load_views();
-        let mut pcg = pcg::Node::new(me, pc, store, seed).map_err(|e| format!("data: {e}"))?;
+        let mut core = DataCore::new(me, pc, rbfs::Config::default(), store, seed)?;
         // Rejoin our groups: within their grace window the others keep us instead of replacing us.
         for view in views {
-            pcg.restore(Time::ZERO, view);
+            core.restore(Time::ZERO, view);
         }
-        let rbfs = rbfs::Node::new(me, rc, seed ^ 0x5eed).map_err(|e| format!("data: {e}"))?;
         Ok(Data {
             state: Mutex::new(State {
-                pcg,
-                rbfs,
+                core,
                 corrupt_counted: 0,
             }),
             notify: Notify::new(),
@@ -199,82 +215,32 @@ impl Data {
     }
 }
 
-/// The membership layer's view of other nodes, as PCG and RBFS ask for it.
+/// The known-host table at one instant, as PCG and RBFS ask for it (a copy, so the membership
+/// lock is not held while the data core runs): live hosts, sites, and the table's own diversity
+/// choice ([`TableView`]).
 struct Hosts {
-    entries: BTreeMap<PeerId, (String, bool, f64)>,
-    /// This node and its site: its own site counts when choosing diverse members.
-    me: (PeerId, String),
+    table: Table,
+    now: Time,
+    me: PeerId,
+    site: String,
 }
 
 impl Hosts {
     fn of(node: &Node) -> Hosts {
-        let entries = node.inner.membership.read(|c, now| {
-            c.table()
-                .iter()
-                .map(|h| {
-                    let live = matches!(h.liveness, butter_proto::peers::Liveness::Alive);
-                    let score = c.table().score(&h.record.id, now).unwrap_or(0.0);
-                    (h.record.id, (h.record.site.clone(), live, score))
-                })
-                .collect()
-        });
+        let (table, now) = node
+            .inner
+            .membership
+            .read(|c, now| (c.table().clone(), now));
         Hosts {
-            entries,
-            me: (node.id(), node.site().to_string()),
+            table,
+            now,
+            me: node.id(),
+            site: node.site().to_string(),
         }
     }
-}
 
-impl HostView for Hosts {
-    fn live_hosts(&self) -> Vec<PeerId> {
-        self.entries
-            .iter()
-            .filter(|(_, (_, live, _))| *live)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    fn is_live(&self, id: &PeerId) -> bool {
-        self.entries.get(id).is_none_or(|(_, live, _)| *live)
-    }
-
-    fn site(&self, id: &PeerId) -> Option<&str> {
-        if *id == self.me.0 {
-            return Some(&self.me.1);
-        }
-        self.entries.get(id).map(|(s, _, _)| s.as_str())
-    }
-
-    fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
-        // Greedy: each pick prefers a site not yet represented (by the excluded members or earlier
-        // picks), then the higher diversity score.
-        let mut used: BTreeSet<&str> = exclude.iter().filter_map(|e| self.site(e)).collect();
-        let mut pool: Vec<(&PeerId, &str, f64)> = self
-            .entries
-            .iter()
-            .filter(|(id, (_, live, _))| *live && !exclude.contains(id))
-            .map(|(id, (site, _, score))| (id, site.as_str(), *score))
-            .collect();
-        let mut out = Vec::new();
-        while out.len() < k && !pool.is_empty() {
-            let best = pool
-                .iter()
-                .enumerate()
-                .max_by(|(_, a), (_, b)| {
-                    let fresh_a = !used.contains(a.1);
-                    let fresh_b = !used.contains(b.1);
-                    fresh_a
-                        .cmp(&fresh_b)
-                        .then(a.2.total_cmp(&b.2))
-                        .then(b.0.cmp(a.0))
-                })
-                .map(|(i, _)| i);
-            let Some(i) = best else { break };
-            let (id, site, _) = pool.swap_remove(i);
-            used.insert(site);
-            out.push(*id);
-        }
-        out
+    fn view(&self) -> TableView<'_> {
+        TableView::new(&self.table, self.now, self.me, &self.site)
     }
 }
 
@@ -289,7 +255,7 @@ impl Node {
         let data = self.data()?;
         let hosts = Hosts::of(self);
         let now = data.now();
-        let id = data.lock().pcg.store_item(now, content, &hosts)?;
+        let id = data.lock().core.put(now, content, &hosts.view())?;
         data.notify.notify_one();
         info!(item = %id.short(), "item stored");
         Ok(id)
@@ -304,10 +270,10 @@ impl Node {
         let now = data.now();
         {
             let mut st = data.lock();
-            if !st.pcg.config().accept_deletes {
+            if !st.core.pcg().config().accept_deletes {
                 return Err(DataError::DeletesOff);
             }
-            if !st.pcg.delete(now, id) {
+            if !st.core.delete(now, id) {
                 return Err(DataError::NotMember(id));
             }
         }
@@ -325,13 +291,15 @@ impl Node {
         let hosts = Hosts::of(self);
         {
             let now = data.now();
+            // The waiter goes in under the state lock: the driver drains the search's outcome
+            // under that lock too, and an outcome with no waiter yet would be dropped.
             let mut st = data.lock();
-            let State { pcg, rbfs, .. } = &mut *st;
-            let q = rbfs.find(now, id, pcg.store(), &hosts);
+            let q = st.core.find(now, id, &hosts.view());
             data.waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(q, tx);
+            drop(st);
         }
         data.notify.notify_one();
         let outcome = tokio::time::timeout(Duration::from_secs(20), rx).await;
@@ -381,7 +349,7 @@ impl Node {
         holder: PeerId,
     ) -> Result<Vec<u8>, DataError> {
         let data = self.data()?;
-        let cfg = data.lock().pcg.config().item.clone();
+        let cfg = data.lock().core.pcg().config().item.clone();
         let mut asm =
             Assembler::new(manifest, &cfg).map_err(|e| DataError::Fetch(id, e.to_string()))?;
         for index in asm.missing() {
@@ -403,7 +371,7 @@ impl Node {
     pub fn group(&self, id: &ItemId) -> Option<GroupInfo> {
         let data = self.inner.data.as_ref()?;
         let hosts = Hosts::of(self);
-        data.lock().pcg.group(id, &hosts)
+        data.lock().core.pcg().group(id, &hosts.view())
     }
 
     /// Items this node holds.
@@ -411,7 +379,7 @@ impl Node {
         self.inner
             .data
             .as_ref()
-            .map(|d| d.lock().pcg.store().ids())
+            .map(|d| d.lock().core.store().ids())
             .unwrap_or_default()
     }
 
@@ -421,7 +389,7 @@ impl Node {
             return [0; 3];
         };
         let hosts = Hosts::of(self);
-        data.lock().pcg.states(&hosts)
+        data.lock().core.pcg().states(&hosts.view())
     }
 
     /// Test hook: replaces the bytes of a locally held item without changing its id, as a disk
@@ -431,7 +399,7 @@ impl Node {
         self.inner
             .data
             .as_ref()
-            .is_some_and(|d| d.lock().pcg.store_mut().corrupt(id, bytes))
+            .is_some_and(|d| d.lock().core.store_mut().corrupt(id, bytes))
     }
 
     /// Sends an overlay message and returns the reply body.
@@ -459,60 +427,27 @@ pub(crate) fn handle(
     body: &[u8],
 ) -> Option<Result<Bytes, String>> {
     let data = node.inner.data.as_ref()?;
-    let now = data.now();
-    match name {
-        "pcg" => {
-            let msg: pcg::Message = match postcard::from_bytes(body) {
-                Ok(m) => m,
-                Err(e) => return Some(Err(format!("bad pcg message: {e}"))),
-            };
-            node.metrics()
-                .pcg_messages
-                .with_label_values(&["in", msg.kind()])
-                .inc();
-            let hosts = Hosts::of(node);
-            data.lock().pcg.handle_message(now, from.id, msg, &hosts);
-            data.notify.notify_one();
-            Some(Ok(Bytes::new()))
-        }
-        "rbfs" => {
-            let msg: rbfs::Message = match postcard::from_bytes(body) {
-                Ok(m) => m,
-                Err(e) => return Some(Err(format!("bad rbfs message: {e}"))),
-            };
-            node.metrics()
-                .rbfs_messages
-                .with_label_values(&["in", msg.kind()])
-                .inc();
-            let hosts = Hosts::of(node);
-            let mut st = data.lock();
-            let State { pcg, rbfs, .. } = &mut *st;
-            rbfs.handle_message(now, from.id, msg, pcg.store(), &hosts);
-            drop(st);
-            data.notify.notify_one();
-            Some(Ok(Bytes::new()))
-        }
-        "block" => {
-            let (id, index): (ItemId, u32) = match postcard::from_bytes(body) {
-                Ok(v) => v,
-                Err(e) => return Some(Err(format!("bad block request: {e}"))),
-            };
-            let st = data.lock();
-            let cfg = st.pcg.config().item.clone();
-            let Some(item) = st.pcg.store().get(&id) else {
-                return Some(Err(format!("item {} not held here", id.short())));
-            };
-            let block = item
-                .manifest(&cfg)
-                .and_then(|m| item.block(&m, index).map(|b| b.to_vec()));
-            Some(
-                block
-                    .map(Bytes::from)
-                    .ok_or_else(|| format!("no block {index}")),
-            )
-        }
-        _ => None,
+    if name == core::BLOCK {
+        let block = data.lock().core.handle_block_request(body);
+        return Some(block.map(Bytes::from).map_err(|e| e.to_string()));
     }
+    let msg = match core::Message::decode(name, body) {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let counter = match msg {
+        core::Message::Pcg(_) => &node.metrics().pcg_messages,
+        core::Message::Rbfs(_) => &node.metrics().rbfs_messages,
+    };
+    counter.with_label_values(&["in", msg.kind()]).inc();
+    let hosts = Hosts::of(node);
+    let now = data.now();
+    data.lock()
+        .core
+        .handle_message(now, from.id, msg, &hosts.view());
+    data.notify.notify_one();
+    Some(Ok(Bytes::new()))
 }
 
 /// Starts the driver task.
@@ -534,8 +469,8 @@ pub(crate) async fn hand_off(node: &Node, limit: Duration) -> pcg::HandOff {
     let now = data.now();
     let started = {
         let mut st = data.lock();
-        let started = !st.pcg.is_leaving();
-        st.pcg.begin_shutdown(now, &hosts);
+        let started = !st.core.pcg().is_leaving();
+        st.core.begin_shutdown(now, &hosts.view());
         started
     };
     data.notify.notify_one();
@@ -545,7 +480,10 @@ pub(crate) async fn hand_off(node: &Node, limit: Duration) -> pcg::HandOff {
     loop {
         let (drained, report) = {
             let st = data.lock();
-            (st.pcg.is_drained(), st.pcg.hand_off().unwrap_or_default())
+            (
+                st.core.pcg().is_drained(),
+                st.core.pcg().hand_off().unwrap_or_default(),
+            )
         };
         if drained {
             if started && report.groups > 0 {
@@ -574,7 +512,7 @@ pub(crate) fn is_leaving(node: &Node) -> bool {
     node.inner
         .data
         .as_ref()
-        .is_some_and(|d| d.lock().pcg.is_leaving())
+        .is_some_and(|d| d.lock().core.pcg().is_leaving())
 }
 
 async fn drive(node: Node) {
@@ -582,168 +520,54 @@ async fn drive(node: Node) {
         return;
     };
     let cancel = node.cancelled();
-    let mut live: BTreeSet<PeerId> = BTreeSet::new();
-    let mut dead: BTreeSet<PeerId> = BTreeSet::new();
     let mut check_at = Instant::now();
     {
         let now = data.now();
-        data.lock().rbfs.start(now);
+        data.lock().core.start(now);
     }
     loop {
-        let hosts = Hosts::of(&node);
-        let now = data.now();
-        let (pcg_tx, rbfs_tx, pcg_ev, rbfs_ev, timeout) = {
+        let (transmits, events, timeout) = {
             let mut st = data.lock();
-            let mut pcg_tx = Vec::new();
-            while let Some(t) = st.pcg.poll_transmit() {
-                pcg_tx.push(t);
+            let mut transmits = Vec::new();
+            while let Some(t) = st.core.poll_transmit() {
+                transmits.push(t);
             }
-            let mut rbfs_tx = Vec::new();
-            while let Some(t) = st.rbfs.poll_transmit() {
-                rbfs_tx.push(t);
-            }
-            let mut pcg_ev = Vec::new();
-            while let Some(e) = st.pcg.poll_event() {
-                pcg_ev.push(e);
-            }
-            let mut rbfs_ev = Vec::new();
-            while let Some(e) = st.rbfs.poll_event() {
-                rbfs_ev.push(e);
-            }
-            for e in &pcg_ev {
-                match e {
-                    pcg::Event::ViewChanged(v) => {
-                        st.rbfs.add_hint(v.item, &v.members);
-                        st.pcg.store().save_view(v);
-                    }
-                    pcg::Event::Dropped(item) => st.pcg.store().drop_view(item),
-                    pcg::Event::Deleted(item) => st.rbfs.forget_hint(item),
+            let mut events = Vec::new();
+            while let Some(e) = st.core.poll_event() {
+                // Persist group views so a restart rejoins its groups.
+                match &e {
+                    core::Event::Pcg(pcg::Event::ViewChanged(v)) => st.core.store().save_view(v),
+                    core::Event::Pcg(pcg::Event::Dropped(item)) => st.core.store().drop_view(item),
                     _ => {}
                 }
+                events.push(e);
             }
-            let t = [st.pcg.poll_timeout(), st.rbfs.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            (pcg_tx, rbfs_tx, pcg_ev, rbfs_ev, t)
+            (transmits, events, st.core.poll_timeout())
         };
-        for mut t in pcg_tx {
-            if node.config().data.lie {
-                if let pcg::Message::Heartbeat(hb) = &mut t.msg {
-                    for p in &mut hb.proofs {
-                        p.hash = [0x11; 32];
-                    }
-                }
-            }
-            let body = match postcard::to_stdvec(&t.msg) {
-                Ok(b) => b,
-                Err(e) => {
-                    warn!(error = %e, "cannot encode pcg message");
-                    continue;
-                }
-            };
-            node.metrics()
-                .pcg_messages
-                .with_label_values(&["out", t.msg.kind()])
-                .inc();
-            let n = node.clone();
-            let d = data.clone();
-            node.inner.tasks.spawn(async move {
-                let r = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    n.send_overlay(t.to, "pcg", Bytes::from(body)),
-                )
-                .await;
-                if !matches!(r, Ok(Ok(_))) {
-                    debug!(peer = %t.to.short(), "pcg message not delivered");
-                    d.lock().pcg.handle_unreachable(t.to);
-                    d.notify.notify_one();
-                }
-            });
+        for t in transmits {
+            send(&node, &data, t);
         }
-        for t in rbfs_tx {
-            let Ok(body) = postcard::to_stdvec(&t.msg) else {
-                continue;
-            };
-            node.metrics()
-                .rbfs_messages
-                .with_label_values(&["out", t.msg.kind()])
-                .inc();
-            let n = node.clone();
-            node.inner.tasks.spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    n.send_overlay(t.to, "rbfs", Bytes::from(body)),
-                )
-                .await;
-            });
-        }
-        for e in pcg_ev {
-            record_pcg(&node, &e);
-        }
-        for e in rbfs_ev {
-            let (q, outcome) = match e {
-                rbfs::Event::Found {
-                    search,
-                    content,
-                    manifest,
-                    holder,
-                    hops,
-                    ..
-                } => (
-                    search,
-                    Outcome::Found {
-                        content,
-                        manifest,
-                        holder,
-                        hops,
-                    },
-                ),
-                rbfs::Event::NotFound { search, .. } => (search, Outcome::NotFound),
-                rbfs::Event::Corrupt { item, holder } => {
-                    warn!(item = %item.short(), holder = %holder.short(), "search answer did not match its id");
-                    node.inner.transport.strike(&holder, "wrong_data");
-                    node.metrics()
-                        .pcg_events
-                        .with_label_values(&["corrupt_answer"])
-                        .inc();
-                    continue;
-                }
-                _ => continue,
-            };
-            if let Some(tx) = data
-                .waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&q)
-            {
-                let _ = tx.send(outcome);
+        for e in events {
+            match e {
+                core::Event::Pcg(e) => record_pcg(&node, &e),
+                core::Event::Rbfs(e) => answer_search(&node, &data, e),
+                _ => {}
             }
         }
-        // Members the membership layer dropped are down for PCG too.
+        // The membership layer's liveness, every 500 ms: hosts that left the live set are down
+        // for PCG; those SWIM declared dead (not merely suspect or evicted for diversity) are
+        // replaced at once, SWIM's suspicion having been their grace.
         if Instant::now() >= check_at {
             check_at = Instant::now() + Duration::from_millis(500);
-            let now_live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
-            let gone: Vec<PeerId> = live.difference(&now_live).copied().collect();
-            // Declared dead by SWIM (not merely suspect or evicted for diversity): groups replace
-            // it at once, SWIM's suspicion having been its grace.
-            let dead_now: BTreeSet<PeerId> = node
+            let hosts = Hosts::of(&node);
+            let dead: BTreeSet<PeerId> = node
                 .inner
                 .membership
                 .read(|c, _| c.swim().recently_dead().copied().collect());
-            let newly_dead: Vec<PeerId> = dead_now.difference(&dead).copied().collect();
-            if !gone.is_empty() || !newly_dead.is_empty() {
-                let mut st = data.lock();
-                for p in gone {
-                    st.pcg.handle_peer_down(now, p, &hosts);
-                }
-                for p in newly_dead {
-                    st.pcg.handle_peer_dead(now, p, &hosts);
-                }
-            }
-            dead = dead_now;
-            live = now_live;
+            let now = data.now();
+            data.lock().core.handle_liveness(now, &hosts.view(), dead);
             update_gauges(&node, &data, &hosts);
+            continue;
         }
         let wake = timeout
             .map(|t| data.epoch + t.as_duration())
@@ -755,12 +579,86 @@ async fn drive(node: Node) {
             _ = tokio::time::sleep_until(wake) => {
                 let hosts = Hosts::of(&node);
                 let now = data.now();
-                let mut st = data.lock();
-                let State { pcg, rbfs, .. } = &mut *st;
-                pcg.handle_timeout(now, &hosts);
-                rbfs.handle_timeout(now, pcg.store(), &hosts);
+                data.lock().core.handle_timeout(now, &hosts.view());
             }
         }
+    }
+}
+
+/// Sends one transmit of the core in a task of its own, bounded by a deadline; a PCG message
+/// that is not delivered goes back to the core as unreachable.
+fn send(node: &Node, data: &Arc<Data>, mut t: core::Transmit) {
+    if node.config().data.lie {
+        if let core::Message::Pcg(pcg::Message::Heartbeat(hb)) = &mut t.msg {
+            for p in &mut hb.proofs {
+                p.hash = [0x11; 32];
+            }
+        }
+    }
+    let body = match t.msg.encode() {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "cannot encode a data overlay message");
+            return;
+        }
+    };
+    let (counter, deadline) = match t.msg {
+        core::Message::Pcg(_) => (&node.metrics().pcg_messages, Duration::from_secs(5)),
+        core::Message::Rbfs(_) => (&node.metrics().rbfs_messages, Duration::from_secs(2)),
+    };
+    counter.with_label_values(&["out", t.msg.kind()]).inc();
+    let n = node.clone();
+    let d = data.clone();
+    node.inner.tasks.spawn(async move {
+        let overlay = t.msg.overlay();
+        let r =
+            tokio::time::timeout(deadline, n.send_overlay(t.to, overlay, Bytes::from(body))).await;
+        if !matches!(r, Ok(Ok(_))) {
+            debug!(peer = %t.to.short(), overlay, "data overlay message not delivered");
+            d.lock().core.handle_send_failed(&t);
+            d.notify.notify_one();
+        }
+    });
+}
+
+/// Hands a search's outcome to whoever waits for it; a corrupt answer strikes its holder.
+fn answer_search(node: &Node, data: &Data, e: rbfs::Event) {
+    let (q, outcome) = match e {
+        rbfs::Event::Found {
+            search,
+            content,
+            manifest,
+            holder,
+            hops,
+            ..
+        } => (
+            search,
+            Outcome::Found {
+                content,
+                manifest,
+                holder,
+                hops,
+            },
+        ),
+        rbfs::Event::NotFound { search, .. } => (search, Outcome::NotFound),
+        rbfs::Event::Corrupt { item, holder } => {
+            warn!(item = %item.short(), holder = %holder.short(), "search answer did not match its id");
+            node.inner.transport.strike(&holder, "wrong_data");
+            node.metrics()
+                .pcg_events
+                .with_label_values(&["corrupt_answer"])
+                .inc();
+            return;
+        }
+        _ => return,
+    };
+    if let Some(tx) = data
+        .waiters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&q)
+    {
+        let _ = tx.send(outcome);
     }
 }
 
@@ -814,14 +712,14 @@ fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
     let m = node.metrics();
     let (states, usage, cache, leaving, newly_corrupt) = {
         let mut st = data.lock();
-        let cache = st.pcg.store().cache_usage();
+        let cache = st.core.store().cache_usage();
         let newly_corrupt = cache.corrupt_found.saturating_sub(st.corrupt_counted);
         st.corrupt_counted = cache.corrupt_found;
         (
-            st.pcg.states(hosts),
-            st.pcg.store().usage(),
+            st.core.pcg().states(&hosts.view()),
+            st.core.store().usage(),
             cache,
-            st.pcg.is_leaving(),
+            st.core.pcg().is_leaving(),
             newly_corrupt,
         )
     };

@@ -34,6 +34,7 @@ pub mod config;
 pub mod data;
 pub mod discovery;
 pub mod identity;
+mod kernel;
 pub mod limiter;
 mod membership;
 pub mod metrics;

@@ -358,6 +358,7 @@ async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
     let mut buf = vec![0u8; 2048];
     let mut resolve_at = Instant::now();
     let mut gauges_at = Instant::now();
+    let mut drops = SendDrops::new();
     loop {
         // Drain everything the core produced, acting outside the lock.
         let (actions, events, timeout) = {
@@ -395,6 +396,7 @@ async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
         if now >= gauges_at {
             gauges_at = now + Duration::from_secs(1);
             update_gauges(&node);
+            drops.tick(&node, now);
         }
         let wake = timeout
             .map(|t| shared.to_instant(t))
@@ -635,6 +637,43 @@ fn record(node: &Node, event: Event) {
 }
 
 /// Refreshes the known-host gauges (by site and state, and by diversity class) and the task gauge.
+/// Follows the kernel's count of dropped outgoing datagrams: into a metric, and into a warning
+/// (at most once a minute) when they come in bursts, because a node whose datagrams the kernel
+/// drops looks from outside like a node nobody answers.
+struct SendDrops {
+    last: Option<u64>,
+    warned: Option<Instant>,
+}
+
+impl SendDrops {
+    /// Drops per second that earn a warning.
+    const BURST: u64 = 10;
+
+    fn new() -> Self {
+        SendDrops {
+            last: crate::kernel::udp_send_errors(),
+            warned: None,
+        }
+    }
+
+    fn tick(&mut self, node: &Node, now: Instant) {
+        let Some(total) = crate::kernel::udp_send_errors() else {
+            return;
+        };
+        let delta = total.saturating_sub(self.last.unwrap_or(total));
+        self.last = Some(total);
+        node.metrics().udp_send_dropped.inc_by(delta);
+        if delta >= Self::BURST
+            && self
+                .warned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            self.warned = Some(now);
+            warn!(dropped = delta, "{}", crate::kernel::SEND_DROP_HINT);
+        }
+    }
+}
+
 fn update_gauges(node: &Node) {
     let m = node.metrics();
     let tasks = node.inner.tasks.len() + node.inner.transport.task_count();

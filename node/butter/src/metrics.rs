@@ -115,6 +115,9 @@ pub struct Metrics {
     pub store_memory_bytes: IntGauge,
     /// Background tasks the node and its transport track (spawned, not yet finished).
     pub tasks: IntGauge,
+    /// Outgoing UDP datagrams the kernel dropped in the node's network namespace since it started
+    /// (the kernel's `Udp: SndbufErrors`, Linux only).
+    pub udp_send_dropped: IntCounter,
     /// Relaying, reachability and hole punching.
     pub relay: RelayMetrics,
 }
@@ -381,6 +384,12 @@ impl Metrics {
             "butter_tasks",
             "Background tasks the node and its transport track (spawned, not yet finished)",
         ));
+        let udp_send_dropped = must(IntCounter::new(
+            "butter_udp_send_dropped_total",
+            "Outgoing UDP datagrams the kernel dropped in this node's network namespace since it \
+             started (Udp SndbufErrors); a full neighbour (ARP) table on a host running many \
+             nodes is the usual cause",
+        ));
         // Known labels start at 0, so dashboards show a flat line rather than "no data".
         for reason in [
             "malformed",
@@ -428,6 +437,7 @@ impl Metrics {
             Box::new(stored_bytes.clone()),
             Box::new(store_memory_bytes.clone()),
             Box::new(tasks.clone()),
+            Box::new(udp_send_dropped.clone()),
         ] {
             must(registry.register(c));
         }
@@ -460,6 +470,7 @@ impl Metrics {
             stored_bytes,
             store_memory_bytes,
             tasks,
+            udp_send_dropped,
             relay,
         }
     }

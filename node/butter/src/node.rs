@@ -42,6 +42,9 @@ pub enum BuildError {
     /// The membership settings are invalid.
     #[error("membership: {0}")]
     Membership(String),
+    /// The data overlay could not be set up (its settings, or the item store).
+    #[error(transparent)]
+    Data(#[from] crate::data::SetupError),
 }
 
 /// Builds a [`Node`]: configuration, behaviours, optional identity and metrics.
@@ -171,16 +174,13 @@ impl NodeBuilder {
         let core = membership::core(&self.config, local, seed)
             .map_err(|e| BuildError::Membership(e.to_string()))?;
         let data = if self.config.data.enabled {
-            Some(Arc::new(
-                crate::data::Data::new(
-                    identity.peer_id(),
-                    &self.config.data,
-                    self.config.data_dir.as_deref(),
-                    started,
-                    seed,
-                )
-                .map_err(BuildError::Membership)?,
-            ))
+            Some(Arc::new(crate::data::Data::new(
+                identity.peer_id(),
+                &self.config.data,
+                self.config.data_dir.as_deref(),
+                started,
+                seed,
+            )?))
         } else {
             None
         };

@@ -70,11 +70,17 @@ async fn ready(State(node): State<Node>) -> Response {
         )
             .into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no live peer yet\n",
-        )
-            .into_response()
+        let dropped = node.metrics().udp_send_dropped.get();
+        let why = if dropped > 0 {
+            format!(
+                "not ready: no live peer yet; {dropped} outgoing datagrams dropped by the kernel \
+                 since start: is the host's neighbour (ARP) table full? \
+                 (net.ipv4.neigh.default.gc_thresh3)\n"
+            )
+        } else {
+            "not ready: no live peer yet\n".to_owned()
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     }
 }
 

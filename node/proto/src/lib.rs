@@ -12,6 +12,8 @@
 //! - [`peers`]: the bounded known-host table and its diversity rule.
 //! - [`beacon`]: LAN discovery beacons (encoding and the announce schedule).
 //! - [`swim`]: SWIM-style liveness (direct and indirect probes, suspicion).
+//! - [`pcg`], [`rbfs`]: Peer Content Groups and random breadth-first search.
+//! - [`node`]: the machines composed into one core ([`node::DataCore`] so far).
 //!
 //! ## Concepts
 //! State machines take inputs through `handle_*(now, …)` methods and produce outputs that the driver
@@ -30,6 +32,7 @@ pub mod beacon;
 pub mod id;
 pub mod item;
 pub mod membership;
+pub mod node;
 pub mod pcg;
 pub mod peers;
 pub mod rbfs;

@@ -485,6 +485,11 @@ impl Node {
         }
     }
 
+    /// The hosts this node was told hold `item` (its group's members), if any.
+    pub fn hint(&self, item: &ItemId) -> Option<&[PeerId]> {
+        self.hints.get(item).map(Vec::as_slice)
+    }
+
     /// Forgets the holders remembered for `item` (it was deleted: they hold nothing).
     pub fn forget_hint(&mut self, item: &ItemId) {
         if self.hints.remove(item).is_some() {

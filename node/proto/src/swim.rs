@@ -682,9 +682,13 @@ impl Swim {
         self.queue.push(Queued { update, remaining });
     }
 
-    /// Sends the first round right away when there is something new to spread.
+    /// Sends the first round right away when there is something new to spread and no round is
+    /// scheduled; otherwise the news waits for the scheduled round (at most one
+    /// [`Config::gossip_interval`]). Gossip rounds therefore never come faster than one per
+    /// interval, however much gossip arrives: kicking a round on every received message let a burst
+    /// of suspicions feed itself (each message received set off `gossip_fanout` more at once).
     fn kick_gossip<R: Rng + ?Sized>(&mut self, now: Time, rng: &mut R) {
-        if !self.queue.is_empty() && self.next_gossip.is_none_or(|t| t > now) {
+        if !self.queue.is_empty() && self.next_gossip.is_none() {
             self.gossip_round(now, rng);
         }
     }
@@ -1016,6 +1020,40 @@ mod tests {
         }
         // 4 · ⌈log10(31)⌉ = 8 transmissions.
         assert_eq!(sent, 8);
+    }
+
+    /// 100 suspicions arriving from 100 members within one gossip interval: the node sends its
+    /// first round at once and then no more than one round (`gossip_fanout` messages) per
+    /// interval. Before, every received message set off a round of its own (300 messages here).
+    #[test]
+    fn a_burst_of_gossip_sends_at_most_one_round_per_interval() {
+        let (mut s, mut rng) = swim(100);
+        let interval = Config::default().gossip_interval;
+        let fanout = Config::default().gossip_fanout;
+        let start = Time::from_duration(Duration::from_secs(1));
+        let mut sent = 0;
+        for n in 1..=100u32 {
+            let u = MemberUpdate {
+                id: id(1 + (n % 100)),
+                incarnation: u64::from(n),
+                state: MemberState::Suspect,
+            };
+            // All within the first interval, none past it.
+            let at = start + interval * (n - 1) / 101;
+            s.handle_gossip(at, id(n), &[u], &mut rng);
+            sent += drain(&mut s)
+                .0
+                .iter()
+                .filter(|c| matches!(c, Command::Gossip { .. }))
+                .count();
+        }
+        assert!(
+            sent <= fanout,
+            "{sent} gossip messages within one interval (at most {fanout})"
+        );
+        assert!(sent > 0, "the first news goes out at once");
+        // The rest goes with the scheduled round.
+        assert!(s.poll_timeout() <= start + interval);
     }
 
     #[test]

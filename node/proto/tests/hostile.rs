@@ -240,6 +240,8 @@ fn pcg_message() -> impl Strategy<Value = pcg::Message> {
         view().prop_map(pcg::Message::Trim),
         item_id().prop_map(|item| pcg::Message::Leave { item }),
         item_id().prop_map(|item| pcg::Message::Delete { item }),
+        view().prop_map(pcg::Message::Rival),
+        proptest::collection::vec(view(), 0..4).prop_map(pcg::Message::Rendezvous),
     ]
 }
 

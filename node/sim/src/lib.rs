@@ -1,8 +1,9 @@
 //! # butter-sim — a deterministic discrete-event simulator over `butter-proto`
 //!
-//! The simulator runs the *same* PCG and RBFS state machines as the real node
-//! (`butter_proto::pcg::Node`, `butter_proto::rbfs::Node`), thousands of them, over a modelled
-//! network, and measures what the original Butter's report measured, side by side.
+//! The simulator runs the *same* data core as the real node (`butter_proto::node::DataCore`:
+//! PCG and RBFS with the glue between them, e.g. group views feeding search hints), thousands of
+//! them, over a modelled network, and measures what the original Butter's report measured, side
+//! by side. Membership (the known-host table and SWIM) is still a model here, below.
 //!
 //! ## Layout
 //! - [`world`]: the simulated world — event queue, network (sites, latency, loss, partitions), the

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use butter_proto::item::{ItemId, MemoryStore, Store};
+use butter_proto::node::data::{self, DataCore};
 use butter_proto::pcg::{self, HostView};
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::{PeerId, Time};
@@ -43,16 +44,7 @@ impl Default for NetConfig {
     }
 }
 
-/// A partition: sites in `side` cannot talk to the others between `from` and `until`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Partition {
-    /// Sites on one side.
-    pub side: Vec<usize>,
-    /// Start (from the simulation's start).
-    pub from: Duration,
-    /// End.
-    pub until: Duration,
-}
+pub use butter_proto::node::net::Partition;
 
 /// Everything that defines one simulation run.
 #[derive(Clone, Debug)]
@@ -218,12 +210,8 @@ impl Report {
     }
 }
 
-/// A message in flight.
-#[derive(Debug)]
-enum Msg {
-    Pcg(pcg::Message),
-    Rbfs(rbfs::Message),
-}
+/// A message in flight: the data core's own.
+type Msg = data::Message;
 
 #[derive(Debug)]
 struct Delivery {
@@ -318,8 +306,8 @@ struct Meta {
 
 struct SimNode {
     id: PeerId,
-    pcg: pcg::Node<MemoryStore>,
-    rbfs: rbfs::Node,
+    /// The node binary's data core (PCG, RBFS and their glue).
+    core: DataCore<MemoryStore>,
     known: Vec<PeerId>,
     wake: Option<Time>,
     born: Time,
@@ -534,14 +522,12 @@ impl World {
         let id = make_id(self.sc.seed, slot, inc);
         let nseed = mix(self.sc.seed ^ mix(u64::from(slot) << 32 | u64::from(inc)));
         let store = MemoryStore::new(self.sc.store_bytes);
-        let pcg = pcg::Node::new(id, self.sc.pcg.clone(), store, nseed).expect("valid pcg config");
-        let mut rbfs =
-            rbfs::Node::new(id, self.sc.rbfs.clone(), mix(nseed)).expect("valid rbfs config");
-        rbfs.start(self.now);
+        let mut core = DataCore::new(id, self.sc.pcg.clone(), self.sc.rbfs.clone(), store, nseed)
+            .expect("valid pcg and rbfs config");
+        core.start(self.now);
         Box::new(SimNode {
             id,
-            pcg,
-            rbfs,
+            core,
             known: Vec::new(),
             wake: None,
             born: self.now,
@@ -700,15 +686,7 @@ impl World {
                     return;
                 }
                 self.log(u64::from(slot), 1);
-                self.with_node(s, |n, h| {
-                    if n.pcg.poll_timeout().is_some_and(|t| t <= h.now) {
-                        n.pcg.handle_timeout(h.now, h);
-                    }
-                    if n.rbfs.poll_timeout().is_some_and(|t| t <= h.now) {
-                        let store = n.pcg.store();
-                        n.rbfs.handle_timeout(h.now, store, h);
-                    }
-                });
+                self.with_node(s, |n, h| n.core.handle_timeout(h.now, h));
             }
             Ev::Deliver(d) => {
                 let Delivery { from, to, msg } = *d;
@@ -718,13 +696,7 @@ impl World {
                     return;
                 }
                 self.log(u64::from(slot), u64::from(decode(&from).0));
-                self.with_node(s, |n, h| match msg {
-                    Msg::Pcg(m) => n.pcg.handle_message(h.now, from, m, h),
-                    Msg::Rbfs(m) => {
-                        let store = n.pcg.store();
-                        n.rbfs.handle_message(h.now, from, m, store, h)
-                    }
-                });
+                self.with_node(s, |n, h| n.core.handle_message(h.now, from, msg, h));
             }
             Ev::Store { index } => {
                 let content = self.content(index);
@@ -732,7 +704,7 @@ impl World {
                     return;
                 };
                 let id = self
-                    .with_node(s, |n, h| n.pcg.store_item(h.now, content, h).ok())
+                    .with_node(s, |n, h| n.core.put(h.now, content, h).ok())
                     .flatten();
                 if let Some(id) = id {
                     self.items.push(id);
@@ -782,9 +754,9 @@ impl World {
                     }
                     // The membership layer tells the node; PCG repairs at once.
                     self.with_node(s, |n, h| {
-                        for d in n.pcg.co_members() {
+                        for d in n.core.pcg().co_members() {
                             if !h.is_live(&d) {
-                                n.pcg.handle_peer_down(h.now, d, h);
+                                n.core.handle_peer_down(h.now, d, h);
                             }
                         }
                     });
@@ -858,11 +830,7 @@ impl World {
         let Some(node) = self.nodes[s].as_mut() else {
             return;
         };
-        let wake = [node.pcg.poll_timeout(), node.rbfs.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        let wake = wake.map(|t| t.max(self.now));
+        let wake = node.core.poll_timeout().map(|t| t.max(self.now));
         if wake != node.wake {
             node.wake = wake;
             if let Some(t) = wake {
@@ -895,17 +863,23 @@ impl World {
 
     fn drain(&mut self, node: &mut SimNode) {
         let from = node.id;
-        while let Some(t) = node.pcg.poll_transmit() {
+        while let Some(t) = node.core.poll_transmit() {
             self.count(t.msg.kind());
-            self.report.data_bytes += t.msg.data_bytes() as u64;
-            self.send(from, t.to, Msg::Pcg(t.msg));
+            match &t.msg {
+                Msg::Pcg(m) => self.report.data_bytes += m.data_bytes() as u64,
+                Msg::Rbfs(m) => self.attribute(m),
+            }
+            self.send(from, t.to, t.msg);
         }
-        while let Some(t) = node.rbfs.poll_transmit() {
-            self.count(t.msg.kind());
-            self.attribute(&t.msg);
-            self.send(from, t.to, Msg::Rbfs(t.msg));
-        }
-        while let Some(e) = node.pcg.poll_event() {
+        while let Some(e) = node.core.poll_event() {
+            let e = match e {
+                data::Event::Pcg(e) => e,
+                data::Event::Rbfs(e) => {
+                    self.search_event(from, e);
+                    continue;
+                }
+                _ => continue,
+            };
             let k = match e {
                 pcg::Event::Recruited { .. } => "recruited",
                 pcg::Event::Trimmed { .. } => "trimmed",
@@ -920,34 +894,36 @@ impl World {
             };
             *self.report.pcg_events.entry(k.to_owned()).or_default() += 1;
         }
-        while let Some(e) = node.rbfs.poll_event() {
-            let (item, outcome) = match e {
-                rbfs::Event::Found { item, hops, .. } => (item, Some(hops)),
-                rbfs::Event::NotFound { item, .. } => (item, None),
-                _ => continue,
-            };
-            let Some(&idx) = self.by_origin.get(&(from, item)) else {
-                continue;
-            };
-            let t = &mut self.tracks[idx];
-            if t.done.is_some() {
-                continue;
-            }
-            let q = QueryOutcome {
-                found: outcome.is_some(),
-                hops: outcome.unwrap_or(0),
-                messages: 0,
-                seconds: self.now.saturating_since(t.started).as_secs_f64(),
-                sweep: t.sweep,
-                existed: t.existed,
-            };
-            t.done = Some(self.report.queries.len());
-            self.report.queries.push(q);
-            if outcome.is_some() {
-                self.window_found += 1
-            } else {
-                self.window_failed += 1
-            }
+    }
+
+    /// Records the outcome of a tracked search.
+    fn search_event(&mut self, from: PeerId, e: rbfs::Event) {
+        let (item, outcome) = match e {
+            rbfs::Event::Found { item, hops, .. } => (item, Some(hops)),
+            rbfs::Event::NotFound { item, .. } => (item, None),
+            _ => return,
+        };
+        let Some(&idx) = self.by_origin.get(&(from, item)) else {
+            return;
+        };
+        let t = &mut self.tracks[idx];
+        if t.done.is_some() {
+            return;
+        }
+        let q = QueryOutcome {
+            found: outcome.is_some(),
+            hops: outcome.unwrap_or(0),
+            messages: 0,
+            seconds: self.now.saturating_since(t.started).as_secs_f64(),
+            sweep: t.sweep,
+            existed: t.existed,
+        };
+        t.done = Some(self.report.queries.len());
+        self.report.queries.push(q);
+        if outcome.is_some() {
+            self.window_found += 1
+        } else {
+            self.window_failed += 1
         }
     }
 
@@ -1023,7 +999,7 @@ impl World {
             };
             if self.nodes[s]
                 .as_ref()
-                .is_some_and(|n| !n.pcg.store().contains(&id))
+                .is_some_and(|n| !n.core.store().contains(&id))
             {
                 origin = Some(s);
                 break;
@@ -1044,8 +1020,7 @@ impl World {
         });
         self.by_origin.insert((pid, id), idx);
         self.with_node(s, |n, h| {
-            let store = n.pcg.store();
-            n.rbfs.find(h.now, id, store, h);
+            n.core.find(h.now, id, h);
         });
     }
 
@@ -1053,7 +1028,7 @@ impl World {
         self.nodes
             .iter()
             .flatten()
-            .filter(|n| n.pcg.store().contains(id))
+            .filter(|n| n.core.store().contains(id))
             .count()
     }
 
@@ -1066,7 +1041,7 @@ impl World {
             .collect();
         let mut counts = vec![0usize; self.items.len()];
         for n in self.nodes.iter().flatten() {
-            for id in n.pcg.store().ids() {
+            for id in n.core.store().ids() {
                 if let Some(i) = index.get(&id) {
                     counts[*i] += 1;
                 }
@@ -1168,7 +1143,7 @@ impl World {
             return;
         };
         self.report.deaths += 1;
-        self.report.bytes_lost_by_deaths += dead.pcg.store().usage().used;
+        self.report.bytes_lost_by_deaths += dead.core.store().usage().used;
         self.report.node_seconds += self.now.saturating_since(dead.born).as_secs_f64();
         let (d0, d1) = self.sc.detect;
         let delay = if d1 > d0 {
@@ -1184,7 +1159,7 @@ impl World {
         self.push(
             detect_at,
             Ev::Detect {
-                co_members: dead.pcg.co_members().into_boxed_slice(),
+                co_members: dead.core.pcg().co_members().into_boxed_slice(),
             },
         );
         // Replaced empty: a new identity on the same site, bootstrapped from a random live node.

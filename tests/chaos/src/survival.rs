@@ -157,6 +157,10 @@ struct Member {
 struct Group {
     #[serde(default)]
     members: Vec<Member>,
+    /// The answering node is not in the view it shows (a holder on its way out, waiting for the
+    /// members' proofs): its view may be stale, so the judge asks another holder.
+    #[serde(default)]
+    orphan: bool,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +242,7 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
         (r.status == 200)
             .then(|| r.json::<Group>().ok())
             .flatten()
+            .filter(|g| !g.orphan)
             .map(|g| count(&g))
     };
     let mut replicas = vec![0usize; ids.len()];
@@ -252,7 +257,7 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
                         .iter()
                         .map(|&item| {
                             // The chosen holder first, then the others: a node may list an item
-                            // it keeps outside the group (404 from /group).
+                            // it keeps outside the group (404 from /group, or an orphan's view).
                             let n = std::iter::once(node)
                                 .chain(holders[item].iter().copied().filter(|&h| h != node))
                                 .find_map(|h| ask(h, item))

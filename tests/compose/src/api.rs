@@ -235,7 +235,37 @@ pub fn healthy(addr: SocketAddr) -> bool {
 
 /// `GET /ready` answers 200.
 pub fn ready(addr: SocketAddr) -> bool {
-    get(addr, "/ready", NODE_TIMEOUT).is_ok_and(|r| r.status == 200)
+    ready_reason(addr).is_ok()
+}
+
+/// `GET /ready`: `Ok` when 200, else the node's reason (its 503 body) or why it did not answer.
+pub fn ready_reason(addr: SocketAddr) -> std::result::Result<(), String> {
+    match get(addr, "/ready", NODE_TIMEOUT) {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!("{} {}", r.status, r.text().trim())),
+        Err(e) => Err(format!("no answer: {e:#}")),
+    }
+}
+
+/// Runs `f` on every element with at most `width` at once (scoped threads), keeping the order.
+pub fn concurrently<T: Sync, R: Send>(
+    items: &[T],
+    width: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let width = width.max(1);
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(width) {
+        let part: Vec<R> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        out.extend(part);
+    }
+    out
 }
 
 /// `GET /status`.

@@ -71,8 +71,15 @@ impl Compose {
     }
 
     fn run(&self, profiles: &[&str], args: &[String]) -> Result<()> {
+        self.run_with(profiles, args, &[])
+    }
+
+    fn run_with(&self, profiles: &[&str], args: &[String], env: &[(&str, String)]) -> Result<()> {
         let mut cmd = self.command(profiles);
         cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let status = cmd
             .status()
             .with_context(|| format!("running {}", self.program()))?;
@@ -83,8 +90,14 @@ impl Compose {
     }
 
     /// `up -d`: creates what is missing, starts what is stopped, leaves running containers be.
-    /// `scale` overrides the nodes per LAN; `profiles` adds e.g. `monitoring`.
-    pub fn up(&self, scale: Option<usize>, profiles: &[&str]) -> Result<()> {
+    /// `scale` overrides the nodes per LAN; `profiles` adds e.g. `monitoring`; `env` is passed
+    /// to the compose CLI (variables the compose file reads).
+    pub fn up(
+        &self,
+        scale: Option<usize>,
+        profiles: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<()> {
         let mut args = vec!["up".to_string(), "-d".into(), "--remove-orphans".into()];
         if let Some(n) = scale {
             for lan in crate::topology::LANS {
@@ -92,7 +105,7 @@ impl Compose {
                 args.push(format!("{lan}={n}"));
             }
         }
-        self.run(profiles, &args)
+        self.run_with(profiles, &args, env)
     }
 
     /// `down -v`: removes the containers, networks and volumes the project made (monitoring

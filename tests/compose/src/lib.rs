@@ -40,6 +40,7 @@ pub mod api;
 pub mod compose;
 pub mod dashboards;
 pub mod engine;
+pub mod host;
 pub mod prometheus;
 pub mod testbed;
 pub mod topology;

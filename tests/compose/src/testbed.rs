@@ -111,12 +111,19 @@ impl Testbed {
         if self.engine.image_size(&image)?.is_none() {
             bail!("image {image} is missing: `make image` builds it (no registry needed)");
         }
+        let need = crate::host::neighbour_entries(topology::LANS.len(), opts.scale);
+        if let Some(changed) = crate::host::ensure_neighbour_capacity(need)? {
+            eprintln!("{changed}");
+        }
         let profiles: &[&str] = if opts.monitoring {
             &["monitoring"]
         } else {
             &[]
         };
-        self.compose.up(Some(opts.scale), profiles)
+        let env: Vec<(&str, String)> = health_interval(topology::LANS.len() * (opts.scale + 1))
+            .map(|s| vec![("BUTTER_HEALTH_INTERVAL", format!("{s}s"))])
+            .unwrap_or_default();
+        self.compose.up(Some(opts.scale), profiles, &env)
     }
 
     /// `compose down -v`, then removes the anonymous volumes the containers had (compose 1.29
@@ -124,7 +131,20 @@ impl Testbed {
     /// of the project is left.
     pub fn down(&self) -> Result<()> {
         let volumes = self.engine.project_volumes(&self.project)?;
-        self.compose.down()?;
+        // Right after many containers go, the engine can still count their endpoints on a
+        // network ("has active endpoints"): try again a few times before giving up.
+        let mut tries = 0;
+        while let Err(e) = self.compose.down() {
+            tries += 1;
+            if tries == 4 {
+                return Err(e.context(
+                    "the engine kept the project's networks; `docker network ls` lists them, \
+                     `docker network rm` removes them once their endpoints are gone",
+                ));
+            }
+            eprintln!("down: {e:#}; trying again in 3 s");
+            std::thread::sleep(Duration::from_secs(3));
+        }
         for v in volumes {
             self.engine.remove_volume(&v)?;
         }
@@ -147,18 +167,15 @@ impl Testbed {
 
     /// Every running Butter node's readiness, Docker health, status and peers, now.
     pub fn observe(&self) -> Result<Vec<NodeView>> {
-        Ok(self
-            .nodes()?
-            .into_iter()
-            .filter(|c| c.running)
-            .map(|c| {
-                let health = self.engine.health(&c.id).ok();
-                NodeView {
-                    health,
-                    ..observe(c)
-                }
-            })
-            .collect())
+        let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.running).collect();
+        // One request of each kind per node, 32 nodes at a time: 100+ containers stay fast.
+        Ok(api::concurrently(&running, 32, |c| {
+            let health = self.engine.health(&c.id).ok();
+            NodeView {
+                health,
+                ..observe(c.clone())
+            }
+        }))
     }
 
     /// Waits until Docker reports every running Butter node `healthy` (its health check, i.e.
@@ -212,18 +229,34 @@ impl Testbed {
             if nodes.is_empty() {
                 bail!("no node containers in project {}", self.project);
             }
-            let not_ready: Vec<String> = nodes
+            let reasons = api::concurrently(&nodes, 32, |c| match c.http() {
+                Some(addr) => api::ready_reason(addr),
+                None => Err("no address on its LAN yet".into()),
+            });
+            let not_ready: Vec<(String, String)> = nodes
                 .iter()
-                .filter(|c| !c.http().is_some_and(api::ready))
-                .map(Container::label)
+                .zip(reasons)
+                .filter_map(|(c, r)| r.err().map(|why| (c.label(), why)))
                 .collect();
             if not_ready.is_empty() {
+                eprintln!("ready {0}/{0}", nodes.len());
                 return self.observe();
             }
+            eprint!("\rready {}/{} ", nodes.len() - not_ready.len(), nodes.len());
             if Instant::now() >= deadline {
-                bail!("not ready after {:?}: {}", timeout, not_ready.join(", "));
+                let mut table = String::new();
+                for (name, why) in &not_ready {
+                    let _ = writeln!(table, "  {name:<14} {why}");
+                }
+                bail!(
+                    "\n{} of {} nodes not ready after {:?} (raise --timeout, or see their logs: \
+                     docker logs <name>):\n{table}",
+                    not_ready.len(),
+                    nodes.len(),
+                    timeout
+                );
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
@@ -252,6 +285,17 @@ impl Testbed {
         }
         Ok(out)
     }
+}
+
+/// The Docker health-check interval (seconds) for a network of `containers`, unless the user
+/// chose one (`BUTTER_HEALTH_INTERVAL`) or the compose file's 5 s is fine: every check is an
+/// exec (runc, a shim, a process) in the container, and past ~64 containers checks every 5 s
+/// cost a 2-core machine more than the nodes do. At most ~6 checks a second in all.
+pub fn health_interval(containers: usize) -> Option<u64> {
+    if std::env::var_os("BUTTER_HEALTH_INTERVAL").is_some() || containers <= 64 {
+        return None;
+    }
+    Some((containers as u64).div_ceil(6).max(5))
 }
 
 /// Reads one node's API (not its Docker health: [`Testbed::observe`] adds that).
@@ -350,4 +394,20 @@ pub fn table(views: &[NodeView]) -> String {
         n = views.len()
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_slow_down_past_64_containers() {
+        if std::env::var_os("BUTTER_HEALTH_INTERVAL").is_some() {
+            return; // the user's choice wins; nothing to check here
+        }
+        assert_eq!(health_interval(15), None);
+        assert_eq!(health_interval(63), None);
+        assert_eq!(health_interval(123), Some(21));
+        assert_eq!(health_interval(303), Some(51));
+    }
 }

@@ -934,3 +934,120 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
     );
     Ok(())
 }
+
+/// Puts the network back at its default scale when dropped (the next test expects 3 × 4 + 3).
+struct DefaultScale<'a> {
+    bed: &'a Testbed,
+}
+
+impl Drop for DefaultScale<'_> {
+    fn drop(&mut self) {
+        let back = self
+            .bed
+            .up(&UpOptions::default())
+            .and_then(|()| self.bed.wait_ready(READY_TIMEOUT));
+        if let Err(e) = back {
+            eprintln!("could not bring the network back to its default scale: {e:#}");
+        }
+    }
+}
+
+/// The kit at scale (issue 19), as a user runs it: `butter-kit up --scale 20` (3 × 20 + 3 = 63
+/// containers) shows its progress (`ready N/M`) and ends with every node ready and the table;
+/// `butter-kit status` then lists every node, each ready, in one pass.
+#[test]
+fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()> {
+    let Some(bed) = bed("kit_at_scale")? else {
+        return Ok(());
+    };
+    const SCALE: usize = 20;
+    let total = topology::LANS.len() * (SCALE + 1);
+    let _restore = DefaultScale { bed: &bed };
+    let kit = env!("CARGO_BIN_EXE_butter-kit");
+    let root = topology::repo_root();
+
+    let start = Instant::now();
+    let up = std::process::Command::new(kit)
+        .args(["--root", &root.display().to_string()])
+        .args(["up", "--scale", &SCALE.to_string()])
+        .output()
+        .context("running butter-kit up")?;
+    let up_took = start.elapsed();
+    let (out, err) = (
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr),
+    );
+    ensure!(
+        up.status.success(),
+        "butter-kit up --scale {SCALE} failed:\n{err}\n{out}"
+    );
+    ensure!(
+        err.contains(&format!("ready {total}/{total}")),
+        "up did not report its progress up to ready {total}/{total}:\n{err}"
+    );
+    ensure!(
+        out.contains(&format!("{total} nodes ready in")),
+        "up did not end with the count of ready nodes:\n{out}"
+    );
+
+    let nodes = bed.nodes()?;
+    ensure!(
+        nodes.len() == total,
+        "{} node containers, expected {total}",
+        nodes.len()
+    );
+    // Every node must have its row in every pass; a node may be momentarily not ready (a
+    // gateway busy relaying for 20 nodes missing one /ready deadline), so up to three passes
+    // are allowed for every row to say ready, as a user would run status again.
+    let mut status_took = Duration::ZERO;
+    let mut last = String::new();
+    let mut all_ready = false;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let status = std::process::Command::new(kit)
+            .args(["--root", &root.display().to_string(), "status"])
+            .output()
+            .context("running butter-kit status")?;
+        status_took = status_took.max(start.elapsed());
+        let table = String::from_utf8_lossy(&status.stdout).into_owned();
+        ensure!(
+            status.status.success(),
+            "butter-kit status failed:\n{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let mut missing = Vec::new();
+        let mut not_ready = Vec::new();
+        for c in &nodes {
+            let label = c.label();
+            match table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+            {
+                Some(row) if row.split_whitespace().nth(4) == Some("yes") => {}
+                Some(row) => not_ready.push(row.to_string()),
+                None => missing.push(label),
+            }
+        }
+        ensure!(
+            missing.is_empty(),
+            "status at scale {SCALE} has no row for {missing:?}:\n{table}"
+        );
+        last = table;
+        if not_ready.is_empty() {
+            all_ready = true;
+            break;
+        }
+        eprintln!("status: not ready yet: {not_ready:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    ensure!(
+        all_ready && last.contains(&format!("{total}/{total} ready")),
+        "status at scale {SCALE}: not every node ready in three passes:\n{last}"
+    );
+    eprintln!(
+        "scale {SCALE} ({total} containers): up ready in {:.1} s, status in {:.2} s",
+        up_took.as_secs_f64(),
+        status_took.as_secs_f64()
+    );
+    Ok(())
+}

@@ -67,6 +67,9 @@ pub struct Config {
     pub wait_secs: u32,
     /// Topology arguments (`--topology nat --public 1 --nat s1=eim …`); empty: routed.
     pub topology: Vec<String>,
+    /// Start every node in `up` (default); `false` builds the topology only, for tests that start
+    /// nodes themselves ([`Lab::start_many`]).
+    pub start: bool,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             node_args: Vec::new(),
             wait_secs: 30,
             topology: Vec::new(),
+            start: true,
         }
     }
 
@@ -275,6 +279,9 @@ impl Lab {
             args.extend(["--loss".into(), spec.clone()]);
         }
         args.extend(config.topology.iter().cloned());
+        if !config.start {
+            args.push("--no-start".into());
+        }
         if !config.node_args.is_empty() {
             args.push("--".into());
             args.extend(config.node_args.iter().cloned());
@@ -287,7 +294,9 @@ impl Lab {
             .enumerate()
             .map(|(i, h)| (IpAddr::V4(h.addr), i))
             .collect();
-        lab.started = lab.read_started()?;
+        if config.start {
+            lab.started = lab.read_started()?;
+        }
         Ok(lab)
     }
 
@@ -398,6 +407,16 @@ impl Lab {
     pub fn start(&self, i: usize) -> Result<Instant> {
         self.script(["start", "--wait", "0", self.hosts[i].name.as_str()])?;
         self.read_started()
+    }
+
+    /// Starts the nodes of `hosts` at one instant, waiting up to `wait_secs` for their `/health`;
+    /// returns the instant they were released (also [`started`](Self::started) from then on).
+    pub fn start_many(&mut self, hosts: &[usize], wait_secs: u32) -> Result<Instant> {
+        let mut args = vec!["start".to_string(), "--wait".into(), wait_secs.to_string()];
+        args.extend(hosts.iter().map(|i| self.hosts[*i].name.clone()));
+        self.script(&args)?;
+        self.started = self.read_started()?;
+        Ok(self.started)
     }
 
     /// Stops every node, wipes their data and starts them all again at one instant, waiting up

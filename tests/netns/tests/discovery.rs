@@ -274,3 +274,67 @@ fn five_percent_loss_evicts_no_live_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// Issue 17: a LAN larger than the known-host table's site share (64). 72 nodes start at one
+/// instant on one bridge, then 4 newcomers join one at a time into the LAN already at its cap.
+/// After each step every node holds `min(N − 1, 64)` same-site hosts, is listed by at least 8
+/// others, the who-knows-whom graph is strongly connected and every `/ready` answers 200. The
+/// bound is generous (the debug binary, 2 shared cores); the timed figure is bench-discovery's.
+#[test]
+fn a_lan_past_the_site_share_leaves_nobody_alone() -> Result<()> {
+    let Some(env) = Environment::detect_or_skip("a_lan_past_the_site_share_leaves_nobody_alone")
+    else {
+        return Ok(());
+    };
+    const FIRST: usize = 72;
+    const JOINERS: usize = 4;
+    let mut lab = Lab::up(
+        &env,
+        &Config {
+            start: false,
+            ..Config::new(1, (FIRST + JOINERS) as u32)
+        },
+    )?;
+    let first: Vec<usize> = (0..FIRST).collect();
+    let start = lab.start_many(&first, 60)?;
+    let took = wait_until(
+        &lab,
+        &first,
+        start,
+        start + Duration::from_secs(40),
+        "72 nodes started at once: share, known by 8, connected",
+        |poll| Ok(poll.lan_goal_laggards(&lab)),
+    )?;
+    eprintln!("72 nodes at their goal {took:?} after the start");
+    let mut up = first;
+    for joiner in FIRST..FIRST + JOINERS {
+        let released = lab.start(joiner)?;
+        up.push(joiner);
+        let took = wait_until(
+            &lab,
+            &up,
+            released,
+            released + Duration::from_secs(30),
+            &format!("{} joining a LAN at its cap", lab.hosts()[joiner].name),
+            |poll| Ok(poll.lan_goal_laggards(&lab)),
+        )?;
+        eprintln!("{} nodes at their goal {took:?} after the joiner", up.len());
+    }
+    let poll = Poll::take(&lab, &up);
+    no_foreign_peers(&lab, &poll)?;
+    let degrees = poll.in_degrees(&lab);
+    eprintln!(
+        "listed by: min {} max {}",
+        degrees.iter().min().unwrap_or(&0),
+        degrees.iter().max().unwrap_or(&0)
+    );
+    for i in &up {
+        let http = lab.hosts()[*i].http;
+        ensure!(
+            butter_netns_tests::node_api::ready(http)?,
+            "{} is not ready",
+            lab.hosts()[*i].name
+        );
+    }
+    Ok(())
+}

@@ -43,9 +43,9 @@ enum Cmd {
         /// Also start Prometheus and Grafana (profile `monitoring`; needs a registry).
         #[arg(long)]
         monitoring: bool,
-        /// Seconds to wait for every node's /ready.
-        #[arg(long, default_value_t = 90)]
-        timeout: u64,
+        /// Seconds to wait for every node's /ready (default: 90, or 1 s per container if more).
+        #[arg(long)]
+        timeout: Option<u64>,
     },
     /// Print the table of every node (no waiting).
     Status,
@@ -130,10 +130,12 @@ fn urls(bed: &Testbed) -> Result<()> {
     Ok(())
 }
 
-fn up(root: &std::path::Path, scale: usize, monitoring: bool, timeout: u64) -> Result<()> {
+fn up(root: &std::path::Path, scale: usize, monitoring: bool, timeout: Option<u64>) -> Result<()> {
     let bed = Testbed::open(root)?;
     let start = Instant::now();
     bed.up(&UpOptions { scale, monitoring })?;
+    let containers = topology::LANS.len() * (scale + 1);
+    let timeout = timeout.unwrap_or_else(|| 90.max(containers as u64));
     let views = bed.wait_ready(Duration::from_secs(timeout))?;
     println!(
         "\n{} nodes ready in {:.1} s ({} LANs × {scale} + {} gateways)\n",

@@ -5,6 +5,10 @@
 //!   knows all N−1 others (T6: ≤ 2 s in 20 of 20 runs). In the first run it also counts the
 //!   UDP datagrams entering the bridge in the first 10 s and over the 20 s after: multicast
 //!   (T6: start-up ≤ 2·N, steady state ≤ 0.5/s) and unicast per node (no probe storm).
+//! - `large`: the same at 50, 100 and 150 nodes (20, 20 and 5 runs), past the table's site share
+//!   of 64: time until every node holds `min(N − 1, 64)` same-site hosts, is listed by at least 8
+//!   others and the who-knows-whom graph is strongly connected (≤ 2 s; 150: ≤ 5 s), with the
+//!   traffic and CPU per node of the first run.
 //! - `cross`: 3 subnets × 10 nodes, host 1 of each subnet bootstrapping from the next subnet:
 //!   time until every node knows a host in each other subnet (T7: ≤ 10 s).
 //! - `fail`: N nodes on one bridge, converged; SIGKILL a random node (seeded): time until it left
@@ -44,7 +48,7 @@ fn parse_args() -> Result<Options> {
         .unwrap_or(1);
     let mut o = Options {
         runs: 20,
-        only: vec!["lan".into(), "cross".into(), "fail".into()],
+        only: vec!["lan".into(), "large".into(), "cross".into(), "fail".into()],
         nodes: 30,
         seed,
         timeout: Duration::from_secs(30),
@@ -60,7 +64,9 @@ fn parse_args() -> Result<Options> {
             "--timeout" => o.timeout = Duration::from_secs(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
-                    "bench-discovery [--runs N (20)] [--only lan,cross,fail] [--nodes N (30)] [--seed S] [--timeout SECS (30)]"
+                    "bench-discovery [--runs N (20)] [--only lan,large,cross,fail] [--nodes N (30)] [--seed S] [--timeout SECS (30)]\n\
+                     lan: --nodes on one bridge; large: 50, 100 and 150 on one bridge (5 runs at 150);\n\
+                     cross: 3 x 10 with bootstrap; fail: kill one of --nodes and time its removal"
                 );
                 std::process::exit(0);
             }
@@ -154,6 +160,11 @@ struct TrafficReport {
     nodes: u32,
     startup: lab::Traffic,
     steady: lab::Traffic,
+    /// CPU seconds of all nodes over the start-up window, and over the steady window.
+    cpu_startup: f64,
+    cpu_steady: f64,
+    /// Length of the start-up window (10 s, or longer when the goal took longer).
+    startup_secs: f64,
 }
 
 impl TrafficReport {
@@ -164,17 +175,21 @@ impl TrafficReport {
         let secs = Self::STEADY.as_secs_f64();
         let n = f64::from(self.nodes);
         format!(
-            "traffic, {} nodes on one bridge: first {} s: {} multicast (T6: <= 2N = {}), \
+            "traffic, {} nodes on one bridge: first {:.0} s: {} multicast (T6: <= 2N = {}), \
              {} unicast datagrams; next {} s: {:.2} multicast/s (T6: <= 0.5/s), \
-             {:.1} unicast datagrams/s per node",
+             {:.1} unicast datagrams/s per node; CPU per node: {:.1} % over the first {:.0} s, \
+             {:.2} % after",
             self.nodes,
-            Self::STARTUP.as_secs(),
+            self.startup_secs,
             self.startup.multicast,
             2 * self.nodes,
             self.startup.unicast,
             Self::STEADY.as_secs(),
             self.steady.multicast as f64 / secs,
             self.steady.unicast as f64 / secs / n,
+            100.0 * self.cpu_startup / self.startup_secs / n,
+            self.startup_secs,
+            100.0 * self.cpu_steady / secs / n,
         )
     }
 }
@@ -183,55 +198,96 @@ fn sleep_until(at: Instant) {
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
 }
 
-fn bench_lan(env: &Environment, o: &Options) -> Result<(Series, TrafficReport)> {
+/// CPU seconds (user + system) the lab's node processes used so far, from `/proc/PID/stat`.
+fn node_cpu_secs(lab: &Lab) -> f64 {
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    (0..lab.hosts().len())
+        .filter_map(|i| {
+            let pid = std::fs::read_to_string(lab.log_path(i).with_file_name("pid")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+            // Fields after the command name (which may hold spaces): utime and stime are 14, 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / ticks_per_sec
+}
+
+/// N nodes on one bridge started at one instant, `runs` times: time to the LAN goal (`Observation::lan_goal_laggards` empty).
+fn bench_lan(
+    env: &Environment,
+    nodes: u32,
+    runs: usize,
+    target: Duration,
+    timeout: Duration,
+) -> Result<(Series, TrafficReport)> {
     let mut series = Series::new(
-        format!("lan convergence, {} nodes", o.nodes),
-        "≤ 2 s, 20/20 runs",
+        format!("lan convergence, {nodes} nodes"),
+        format!("≤ {} s, {runs}/{runs} runs", target.as_secs()),
     );
     // Counted from the fresh lab: `up` builds the bridge (counter at 0) before it starts nodes.
     let mut lab = Lab::up(
         env,
         &Config {
             wait_secs: 0,
-            ..Config::new(1, o.nodes)
+            ..Config::new(1, nodes)
         },
     )?;
     let hosts: Vec<usize> = (0..lab.hosts().len()).collect();
     let mut traffic = TrafficReport {
-        nodes: o.nodes,
+        nodes,
         startup: Default::default(),
         steady: Default::default(),
+        cpu_startup: 0.0,
+        cpu_steady: 0.0,
+        startup_secs: TrafficReport::STARTUP.as_secs_f64(),
     };
-    for run in 0..o.runs {
+    for run in 0..runs {
         if run > 0 {
             lab.restart(0)?;
         }
-        let describe = |p: &Poll| p.describe_lan_gaps(&lab);
-        let target = Duration::from_secs(2);
+        let describe = |p: &Poll| {
+            let mut gaps = p.describe_lan_gaps(&lab);
+            if gaps.is_empty() {
+                let degrees = p.in_degrees(&lab);
+                let least = degrees.iter().min().copied().unwrap_or(0);
+                gaps.push(format!(
+                    "every node holds its share; fewest listing one node: {least}; \
+                     strongly connected: {}",
+                    p.strongly_connected(&lab)
+                ));
+            }
+            gaps
+        };
         let (took, gaps) = time_until_explained(
             &lab,
             &hosts,
             lab.started(),
-            o.timeout,
-            |p| p.lan_laggards(&lab),
+            timeout,
+            |p| p.lan_goal_laggards(&lab),
             Some((target, &describe)),
         );
         record(&mut series, took, target, run);
         if let Some(gaps) = gaps {
-            eprintln!(
-                "    at {target:?}, {} nodes still missed peers, e.g.:",
-                gaps.len()
-            );
+            eprintln!("    at {target:?}, not there yet, e.g.:");
             for gap in gaps.iter().take(5) {
                 eprintln!("      {gap}");
             }
         }
         if run == 0 {
-            sleep_until(lab.started() + TrafficReport::STARTUP);
+            // The start-up window ends 10 s after the start, or when the goal was reached (or
+            // given up) if that is later; the steady window is the 20 s after it.
+            let startup_end = Instant::now().max(lab.started() + TrafficReport::STARTUP);
+            sleep_until(startup_end);
+            traffic.startup_secs = startup_end.duration_since(lab.started()).as_secs_f64();
             let at_startup = lab.traffic(1)?;
-            sleep_until(lab.started() + TrafficReport::STARTUP + TrafficReport::STEADY);
+            let cpu_at_startup = node_cpu_secs(&lab);
+            sleep_until(startup_end + TrafficReport::STEADY);
             traffic.startup = at_startup;
             traffic.steady = lab.traffic(1)? - at_startup;
+            traffic.cpu_startup = cpu_at_startup;
+            traffic.cpu_steady = node_cpu_secs(&lab) - cpu_at_startup;
             eprintln!("  {}", traffic.report());
         }
     }
@@ -321,18 +377,35 @@ fn main() -> Result<()> {
     );
     let mut rng = Rng(o.seed);
     let mut all = Vec::new();
-    let mut traffic = None;
+    let mut traffic = Vec::new();
     for scenario in &o.only {
         eprintln!("scenario {scenario}");
         match scenario.as_str() {
             "lan" => {
-                let (series, t) = bench_lan(&env, &o)?;
+                let (series, t) =
+                    bench_lan(&env, o.nodes, o.runs, Duration::from_secs(2), o.timeout)?;
                 all.push(series);
-                traffic = Some(t);
+                traffic.push(t);
+            }
+            "large" => {
+                // Past the table's site share: 20 runs at 50 and 100, 5 at 150 (or --runs, if
+                // fewer), 2 s to the goal (150: 5 s).
+                for (nodes, runs, secs) in [(50, 20, 2), (100, 20, 2), (150, 5, 5)] {
+                    eprintln!("  {nodes} nodes");
+                    let (series, t) = bench_lan(
+                        &env,
+                        nodes,
+                        o.runs.min(runs),
+                        Duration::from_secs(secs),
+                        o.timeout,
+                    )?;
+                    all.push(series);
+                    traffic.push(t);
+                }
             }
             "cross" => all.push(bench_cross(&env, &o)?),
             "fail" => all.extend(bench_fail(&env, &o, &mut rng)?),
-            other => bail!("unknown scenario {other} (lan, cross, fail)"),
+            other => bail!("unknown scenario {other} (lan, large, cross, fail)"),
         }
     }
     println!(
@@ -342,8 +415,8 @@ fn main() -> Result<()> {
         env.bin.display()
     );
     print!("{}", stats::table(&all));
-    if let Some(traffic) = traffic {
-        println!("{}", traffic.report());
+    for t in traffic {
+        println!("{}", t.report());
     }
     Ok(())
 }

@@ -1,0 +1,606 @@
+//! The data half of the node: PCG and RBFS composed, with the glue between them.
+//!
+//! [`DataCore`] owns a [`pcg::Node`] and an [`rbfs::Node`] over one item store and does what the
+//! node binary's driver used to do by hand between them:
+//! - a group view that changes teaches RBFS where the item lives (`add_hint`), a deleted item is
+//!   forgotten there (`forget_hint`);
+//! - the membership layer's liveness reaches PCG: a host that left the live set is *down*
+//!   (`handle_peer_down`, it keeps its place for the grace period), one SWIM declared dead is
+//!   *dead* (`handle_peer_dead`, replaced at once, SWIM's suspicion having been its grace);
+//! - a PCG message that could not be delivered counts against its destination
+//!   (`handle_unreachable`); an RBFS one does not (a search simply tries elsewhere);
+//! - messages are decoded here from the overlay name and body they travel as (`pcg`, `rbfs`),
+//!   with a typed error for a body that does not decode, and block requests of large items are
+//!   answered from the store.
+//!
+//! The binary (`butter::data`) and the simulator (`butter-sim`) drive this same object (the PCG
+//! fault-mix harness still drives `pcg::Node` alone): inputs through `handle_*(now, …)` and the
+//! application calls, outputs drained with [`poll_transmit`](DataCore::poll_transmit),
+//! [`poll_event`](DataCore::poll_event) and [`poll_timeout`](DataCore::poll_timeout).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::PeerId;
+use crate::item::{self, ItemId, Store};
+use crate::pcg::{self, HostView};
+use crate::rbfs::{self, QueryId};
+use crate::time::Time;
+
+/// The overlay name PCG messages travel under.
+pub const PCG: &str = "pcg";
+/// The overlay name RBFS messages travel under.
+pub const RBFS: &str = "rbfs";
+/// The overlay name block requests of large items travel under.
+pub const BLOCK: &str = "block";
+
+/// A message of the data overlay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Peer Content Groups.
+    Pcg(pcg::Message),
+    /// Random breadth-first search.
+    Rbfs(rbfs::Message),
+}
+
+impl Message {
+    /// The overlay name it travels under ([`PCG`] or [`RBFS`]).
+    pub fn overlay(&self) -> &'static str {
+        match self {
+            Message::Pcg(_) => PCG,
+            Message::Rbfs(_) => RBFS,
+        }
+    }
+
+    /// Its kind, for counters (`heartbeat`, `query`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Pcg(m) => m.kind(),
+            Message::Rbfs(m) => m.kind(),
+        }
+    }
+
+    /// The body it travels with (postcard).
+    pub fn encode(&self) -> Result<Vec<u8>, DecodeError> {
+        match self {
+            Message::Pcg(m) => postcard::to_stdvec(m),
+            Message::Rbfs(m) => postcard::to_stdvec(m),
+        }
+        .map_err(|e| DecodeError::Body {
+            overlay: self.overlay(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes a body received under `overlay`; `Ok(None)` when the name is not a message of
+    /// this overlay (e.g. [`BLOCK`], or another protocol's).
+    pub fn decode(overlay: &str, body: &[u8]) -> Result<Option<Message>, DecodeError> {
+        let bad = |overlay: &'static str, e: postcard::Error| DecodeError::Body {
+            overlay,
+            reason: e.to_string(),
+        };
+        match overlay {
+            PCG => postcard::from_bytes(body)
+                .map(|m| Some(Message::Pcg(m)))
+                .map_err(|e| bad(PCG, e)),
+            RBFS => postcard::from_bytes(body)
+                .map(|m| Some(Message::Rbfs(m)))
+                .map_err(|e| bad(RBFS, e)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A body that is not a valid message of its overlay name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The body does not decode (or, when encoding, the message does not fit postcard).
+    #[error("bad {overlay} message: {reason}")]
+    Body {
+        /// `pcg`, `rbfs` or `block`.
+        overlay: &'static str,
+        /// The decoder's reason.
+        reason: String,
+    },
+}
+
+/// Why a block request was not answered with a block.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlockError {
+    /// The request body does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// This node does not hold the item.
+    #[error("item {0} not held here")]
+    NotHeld(String),
+    /// The item has no block of that index (or is small enough to travel whole).
+    #[error("no block {0}")]
+    NoBlock(u32),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transmit {
+    /// The destination.
+    pub to: PeerId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Something the application or the metrics may want to know.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// From PCG (a view changed, a group was repaired, a proof failed, …).
+    Pcg(pcg::Event),
+    /// From RBFS (a search found its item or gave up, an answer was corrupt).
+    Rbfs(rbfs::Event),
+}
+
+/// Configuration out of range.
+pub type ConfigError = item::ConfigError;
+
+/// PCG and RBFS over one store, with the glue between them. See the [module docs](self).
+#[derive(Debug)]
+pub struct DataCore<S: Store> {
+    pcg: pcg::Node<S>,
+    rbfs: rbfs::Node,
+    events: VecDeque<Event>,
+    /// The live set last reported by [`handle_liveness`](Self::handle_liveness).
+    live: BTreeSet<PeerId>,
+    /// The dead set last reported.
+    dead: BTreeSet<PeerId>,
+}
+
+impl<S: Store> DataCore<S> {
+    /// A data core for node `me` over `store`; the RBFS item limits are PCG's. `seed` seeds both
+    /// machines (differently).
+    pub fn new(
+        me: PeerId,
+        pcg: pcg::Config,
+        rbfs: rbfs::Config,
+        store: S,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        let rbfs = rbfs::Config {
+            item: pcg.item.clone(),
+            ..rbfs
+        };
+        Ok(DataCore {
+            pcg: pcg::Node::new(me, pcg, store, seed)?,
+            rbfs: rbfs::Node::new(me, rbfs, seed ^ 0x5eed)?,
+            events: VecDeque::new(),
+            live: BTreeSet::new(),
+            dead: BTreeSet::new(),
+        })
+    }
+
+    /// Starts RBFS's timers (summary pulls); call once, at start.
+    pub fn start(&mut self, now: Time) {
+        self.rbfs.start(now);
+    }
+
+    /// PCG, for queries (groups, states, store, hand-off report).
+    pub fn pcg(&self) -> &pcg::Node<S> {
+        &self.pcg
+    }
+
+    /// RBFS, for queries.
+    pub fn rbfs(&self) -> &rbfs::Node {
+        &self.rbfs
+    }
+
+    /// The item store.
+    pub fn store(&self) -> &S {
+        self.pcg.store()
+    }
+
+    /// The item store, to change it outside the protocol (a test corrupting a copy).
+    pub fn store_mut(&mut self) -> &mut S {
+        self.pcg.store_mut()
+    }
+
+    /// Rejoins a group this node was in before a restart (its saved view).
+    pub fn restore(&mut self, now: Time, view: pcg::View) {
+        self.pcg.restore(now, view);
+        self.pump();
+    }
+
+    /// Stores `content` here and in a group of `r` diverse hosts; returns its id.
+    pub fn put(
+        &mut self,
+        now: Time,
+        content: Vec<u8>,
+        hosts: &dyn HostView,
+    ) -> Result<ItemId, pcg::PutError> {
+        let r = self.pcg.store_item(now, content, hosts);
+        self.pump();
+        r
+    }
+
+    /// Deletes `item` from its group; `false` when this node is not a member.
+    pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
+        let done = self.pcg.delete(now, item);
+        self.pump();
+        done
+    }
+
+    /// Starts a search for `item` (local store and hints first); the answer comes as an
+    /// [`Event::Rbfs`] `Found`/`NotFound` with the returned id.
+    pub fn find(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) -> QueryId {
+        let q = self.rbfs.find(now, item, self.pcg.store(), hosts);
+        self.pump();
+        q
+    }
+
+    /// A message received from `from`.
+    pub fn handle_message(&mut self, now: Time, from: PeerId, msg: Message, hosts: &dyn HostView) {
+        match msg {
+            Message::Pcg(m) => self.pcg.handle_message(now, from, m, hosts),
+            Message::Rbfs(m) => self
+                .rbfs
+                .handle_message(now, from, m, self.pcg.store(), hosts),
+        }
+        self.pump();
+    }
+
+    /// Answers a block request (`(item, index)`, postcard) of a large item from the store.
+    pub fn handle_block_request(&self, body: &[u8]) -> Result<Vec<u8>, BlockError> {
+        let (id, index): (ItemId, u32) =
+            postcard::from_bytes(body).map_err(|e| DecodeError::Body {
+                overlay: BLOCK,
+                reason: e.to_string(),
+            })?;
+        let item = self
+            .pcg
+            .store()
+            .get(&id)
+            .ok_or_else(|| BlockError::NotHeld(id.short()))?;
+        item.manifest(&self.pcg.config().item)
+            .and_then(|m| item.block(&m, index).map(<[u8]>::to_vec))
+            .ok_or(BlockError::NoBlock(index))
+    }
+
+    /// A transmit could not be delivered (no connection, a timeout, an error reply).
+    pub fn handle_send_failed(&mut self, t: &Transmit) {
+        if let Message::Pcg(_) = t.msg {
+            self.pcg.handle_unreachable(t.to);
+            self.pump();
+        }
+    }
+
+    /// The membership layer's liveness now: the hosts it believes up (`hosts.live_hosts()`) and
+    /// those SWIM declared dead recently. A host that left the live set since the last call is
+    /// down for PCG, one newly in `dead` is dead. Call it whenever liveness may have changed (the
+    /// binary: every 500 ms).
+    pub fn handle_liveness(&mut self, now: Time, hosts: &dyn HostView, dead: BTreeSet<PeerId>) {
+        let live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
+        for p in self.live.difference(&live) {
+            self.pcg.handle_peer_down(now, *p, hosts);
+        }
+        for p in dead.difference(&self.dead) {
+            self.pcg.handle_peer_dead(now, *p, hosts);
+        }
+        self.live = live;
+        self.dead = dead;
+        self.pump();
+    }
+
+    /// `peer` is believed down (a driver that learns of single deaths rather than live sets).
+    pub fn handle_peer_down(&mut self, now: Time, peer: PeerId, hosts: &dyn HostView) {
+        self.pcg.handle_peer_down(now, peer, hosts);
+        self.pump();
+    }
+
+    /// Timers: call at [`poll_timeout`](Self::poll_timeout) or later.
+    pub fn handle_timeout(&mut self, now: Time, hosts: &dyn HostView) {
+        if self.pcg.poll_timeout().is_some_and(|t| t <= now) {
+            self.pcg.handle_timeout(now, hosts);
+        }
+        if self.rbfs.poll_timeout().is_some_and(|t| t <= now) {
+            self.rbfs.handle_timeout(now, self.pcg.store(), hosts);
+        }
+        self.pump();
+    }
+
+    /// Hands every group over and takes no new ones (drain or shutdown).
+    pub fn begin_shutdown(&mut self, now: Time, hosts: &dyn HostView) {
+        self.pcg.begin_shutdown(now, hosts);
+        self.pump();
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.pcg.poll_transmit() {
+            return Some(Transmit {
+                to: t.to,
+                msg: Message::Pcg(t.msg),
+            });
+        }
+        self.rbfs.poll_transmit().map(|t| Transmit {
+            to: t.to,
+            msg: Message::Rbfs(t.msg),
+        })
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.pump();
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        [self.pcg.poll_timeout(), self.rbfs.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Drains both machines' events into the queue, applying the glue on the way.
+    fn pump(&mut self) {
+        while let Some(e) = self.pcg.poll_event() {
+            match &e {
+                pcg::Event::ViewChanged(v) => self.rbfs.add_hint(v.item, &v.members),
+                pcg::Event::Deleted(item) => self.rbfs.forget_hint(item),
+                _ => {}
+            }
+            self.events.push_back(Event::Pcg(e));
+        }
+        while let Some(e) = self.rbfs.poll_event() {
+            self.events.push_back(Event::Rbfs(e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    use super::*;
+    use crate::item::MemoryStore;
+    use crate::node::TableView;
+    use crate::peers::{self, Liveness, Source, Table};
+    use crate::wire::PeerRecord;
+
+    /// Data cores on their own sites over real known-host tables, messages delivered at once.
+    struct Net {
+        cores: Vec<DataCore<MemoryStore>>,
+        tables: Vec<Table>,
+        ids: Vec<PeerId>,
+        sites: Vec<String>,
+        /// Crashed: sends nothing, receives nothing.
+        down: BTreeSet<usize>,
+        now: Time,
+    }
+
+    fn peer(i: usize) -> PeerId {
+        PeerId::from_public_key(&(i as u64).to_le_bytes())
+    }
+
+    impl Net {
+        fn new(n: usize) -> Net {
+            let ids: Vec<PeerId> = (0..n).map(peer).collect();
+            let sites: Vec<String> = (0..n).map(|i| format!("site-{i}")).collect();
+            let mut rng = SmallRng::seed_from_u64(1);
+            let tables = (0..n)
+                .map(|i| {
+                    let mut t = Table::new(peers::Config::default(), ids[i]).unwrap();
+                    for j in (0..n).filter(|j| *j != i) {
+                        let rec = PeerRecord {
+                            id: ids[j],
+                            addrs: vec![std::net::SocketAddr::from(([10, 0, 0, j as u8], 7000))],
+                            site: sites[j].clone(),
+                            uptime_secs: 10,
+                            storage_free: 1 << 30,
+                            known_hosts: n as u32 - 1,
+                            public: false,
+                            relays: vec![],
+                        };
+                        t.insert(Time::ZERO, rec, Source::Exchange, &mut rng);
+                    }
+                    t
+                })
+                .collect();
+            let cores = (0..n)
+                .map(|i| {
+                    let pcg = pcg::Config {
+                        replicas: 3,
+                        ..pcg::Config::default()
+                    };
+                    let mut c = DataCore::new(
+                        ids[i],
+                        pcg,
+                        rbfs::Config::default(),
+                        MemoryStore::new(1 << 20),
+                        i as u64,
+                    )
+                    .unwrap();
+                    c.start(Time::ZERO);
+                    c
+                })
+                .collect();
+            Net {
+                cores,
+                tables,
+                ids,
+                sites,
+                down: BTreeSet::new(),
+                now: Time::ZERO,
+            }
+        }
+
+        fn idx(&self, id: &PeerId) -> usize {
+            self.ids.iter().position(|p| p == id).unwrap()
+        }
+
+        fn with<R>(
+            &mut self,
+            i: usize,
+            f: impl FnOnce(&mut DataCore<MemoryStore>, &TableView<'_>, Time) -> R,
+        ) -> R {
+            let view = TableView::new(&self.tables[i], self.now, self.ids[i], &self.sites[i]);
+            f(&mut self.cores[i], &view, self.now)
+        }
+
+        /// Delivers until quiet; a transmit to or from a crashed node fails (as the driver
+        /// reports it) instead.
+        fn deliver(&mut self) {
+            for _ in 0..10_000 {
+                let mut any = false;
+                for i in 0..self.cores.len() {
+                    while let Some(t) = self.cores[i].poll_transmit() {
+                        any = true;
+                        let j = self.idx(&t.to);
+                        if self.down.contains(&i) || self.down.contains(&j) {
+                            if !self.down.contains(&i) {
+                                self.cores[i].handle_send_failed(&t);
+                            }
+                            continue;
+                        }
+                        // Through the wire encoding, as the binary sends it.
+                        let body = t.msg.encode().unwrap();
+                        let msg = Message::decode(t.msg.overlay(), &body).unwrap().unwrap();
+                        assert_eq!(msg, t.msg);
+                        let from = self.ids[i];
+                        self.with(j, |c, h, now| c.handle_message(now, from, msg, h));
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+            panic!("message storm");
+        }
+
+        fn run_for(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now = self.now + Duration::from_millis(100);
+                for i in 0..self.cores.len() {
+                    if !self.down.contains(&i) {
+                        self.with(i, |c, h, now| c.handle_timeout(now, h));
+                    }
+                }
+                self.deliver();
+                for c in &mut self.cores {
+                    while c.poll_event().is_some() {}
+                }
+            }
+        }
+
+        fn members(&self, i: usize, item: &ItemId) -> BTreeSet<PeerId> {
+            let view = TableView::new(&self.tables[i], self.now, self.ids[i], &self.sites[i]);
+            self.cores[i]
+                .pcg()
+                .group(item, &view)
+                .map(|g| g.view.members.into_iter().collect())
+                .unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn group_views_teach_search_where_an_item_lives_and_deletes_unteach_it() {
+        let mut net = Net::new(5);
+        let item = net
+            .with(0, |c, h, now| c.put(now, b"a hinted item".to_vec(), h))
+            .unwrap();
+        net.deliver();
+        net.run_for(Duration::from_secs(10));
+        let members = net.members(0, &item);
+        assert_eq!(members.len(), 3, "group at r: {members:?}");
+        for m in &members {
+            let i = net.idx(m);
+            let hint: BTreeSet<PeerId> = net.cores[i]
+                .rbfs()
+                .hint(&item)
+                .expect("a member's search knows its group")
+                .iter()
+                .copied()
+                .collect();
+            let others: BTreeSet<PeerId> = members.iter().filter(|p| *p != m).copied().collect();
+            assert!(others.is_subset(&hint), "{hint:?} lacks some of {others:?}");
+        }
+        assert!(net.with(0, |c, _, now| c.delete(now, item)));
+        net.deliver();
+        for m in &members {
+            let i = net.idx(m);
+            assert!(
+                net.cores[i].rbfs().hint(&item).is_none(),
+                "hint kept after delete"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_declared_dead_is_replaced_at_once_and_one_merely_down_keeps_its_place() {
+        let mut net = Net::new(6);
+        let item = net
+            .with(0, |c, h, now| c.put(now, b"kept at r".to_vec(), h))
+            .unwrap();
+        net.deliver();
+        net.run_for(Duration::from_secs(10));
+        let before = net.members(0, &item);
+        assert_eq!(before.len(), 3);
+        let victim = *before.iter().find(|p| **p != net.ids[0]).unwrap();
+        let v = net.idx(&victim);
+        net.down.insert(v);
+        // Every other node's membership layer sees it leave the live set (down, not dead).
+        for i in (0..6).filter(|i| *i != v) {
+            net.tables[i].set_liveness(&victim, Liveness::Suspect);
+            net.with(i, |c, h, now| c.handle_liveness(now, h, BTreeSet::new()));
+        }
+        net.run_for(Duration::from_millis(500));
+        assert!(
+            net.members(0, &item).contains(&victim),
+            "a host merely down keeps its place for the grace period"
+        );
+        // SWIM declares it dead: replaced without waiting for the grace period.
+        for i in (0..6).filter(|i| *i != v) {
+            net.tables[i].remove(&victim);
+            net.with(i, |c, h, now| {
+                c.handle_liveness(now, h, BTreeSet::from([victim]))
+            });
+        }
+        net.run_for(Duration::from_secs(2));
+        let after = net.members(0, &item);
+        assert!(!after.contains(&victim), "dead member still in {after:?}");
+        assert_eq!(after.len(), 3, "group back at r: {after:?}");
+        for m in &after {
+            assert!(net.cores[net.idx(m)].store().contains(&item));
+        }
+    }
+
+    #[test]
+    fn bodies_that_do_not_decode_get_a_typed_error_and_other_names_are_not_ours() {
+        assert!(matches!(
+            Message::decode(PCG, &[0xff; 9]),
+            Err(DecodeError::Body { overlay: "pcg", .. })
+        ));
+        assert!(matches!(
+            Message::decode(RBFS, &[]),
+            Err(DecodeError::Body {
+                overlay: "rbfs",
+                ..
+            })
+        ));
+        assert_eq!(Message::decode("chat", b"hello"), Ok(None));
+        assert_eq!(Message::decode(BLOCK, b"x"), Ok(None));
+        let net = Net::new(1);
+        assert!(matches!(
+            net.cores[0].handle_block_request(b"\x01"),
+            Err(BlockError::Decode(_))
+        ));
+        let body = postcard::to_stdvec(&(ItemId::of(b"not here"), 0u32)).unwrap();
+        assert!(matches!(
+            net.cores[0].handle_block_request(&body),
+            Err(BlockError::NotHeld(_))
+        ));
+    }
+}
