@@ -1,13 +1,15 @@
 //! # butter-sim — a deterministic discrete-event simulator over `butter-proto`
 //!
-//! The simulator runs the *same* data core as the real node (`butter_proto::node::DataCore`:
-//! PCG and RBFS with the glue between them, e.g. group views feeding search hints), thousands of
-//! them, over a modelled network, and measures what the original Butter's report measured, side
-//! by side. Membership (the known-host table and SWIM) is still a model here, below.
+//! The simulator runs the *same* node core as the real node (`butter_proto::node::NodeCore`: the
+//! known-host table, LAN beacons, bootstrap and exchange, SWIM, PCG and RBFS with the glue
+//! between them), thousands of them, on proto's deterministic network
+//! (`butter_proto::node::net::Net`), and measures what the original Butter's report measured,
+//! side by side. Nothing about membership is modelled: tables fill from beacons and exchanges,
+//! and a death is known when SWIM declares it.
 //!
 //! ## Layout
-//! - [`world`]: the simulated world — event queue, network (sites, latency, loss, partitions), the
-//!   membership model, nodes, metrics samples and the event-log hash.
+//! - [`world`]: the simulated world — the node cores on the network (sites, latency, loss,
+//!   partitions), the workload and churn, metrics samples and the event-log hash.
 //! - [`churn`]: churn models (the original's per-second chance, exponential and heavy-tailed
 //!   sessions, a whole site failing).
 //! - [`rigs`]: the churn rig, the retrieval rig, the scale run and the maintenance-cost check.
@@ -17,11 +19,10 @@
 //! - **Determinism**: one seeded RNG drives the world and seeds every node's RNG; containers iterate
 //!   in a fixed order; events at the same instant run in the order they were scheduled. The same
 //!   seed therefore gives the same event log, summarised by [`world::Report::log_hash`].
-//! - **Membership model** (until the real known-host table and SWIM run here): each node knows a
-//!   bounded random set of others with their sites; a dead node is seen as dead by everyone after a
-//!   delay drawn from [`world::Scenario::detect`], at which point its co-members are told
-//!   (`pcg::Node::handle_peer_down`); tables refill by periodic exchanges with a known host, and a
-//!   replacement node bootstraps from a random live node.
+//! - **Membership is the node's own**: a node starts with an empty table, learns its site from
+//!   beacons and the other sites from its bootstrap addresses (the first node of every site), and
+//!   a replacement node (new identity, same address) does the same. Failure detection is SWIM's:
+//!   the churn rig reports the time from a death to the first table that dropped it.
 //! - **Honest counting**: every message the state machines emit is counted, by kind; for searches,
 //!   every query forward and every answer hop is attributed to its search.
 //!

@@ -179,7 +179,7 @@ fn main() -> anyhow::Result<()> {
                 ..ChurnRig::default()
             };
             if let Some(g) = grace {
-                rig.template.pcg.grace = Duration::from_secs_f64(g);
+                rig.template.core.pcg.grace = Duration::from_secs_f64(g);
             }
             let pb = bar(
                 cli.quiet,

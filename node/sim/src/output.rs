@@ -168,7 +168,7 @@ pub fn churn_table(rows: &[ChurnRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>8} | {:>9} | {:>11} | {:>6} | {:>9} | {:>9} | {:>6} | {:>12} | {:>10}",
+        "{:>8} | {:>9} | {:>11} | {:>6} | {:>9} | {:>9} | {:>6} | {:>12} | {:>10} | {:>17} | {:>10}",
         "c",
         "original",
         "ours found",
@@ -177,14 +177,16 @@ pub fn churn_table(rows: &[ChurnRow]) -> String {
         "retr fail",
         "deaths",
         "repair/lost",
-        "msgs/search"
+        "msgs/search",
+        "SWIM p50/p99 (s)",
+        "memb msg/s"
     );
-    let _ = writeln!(out, "{}", "-".repeat(107));
+    let _ = writeln!(out, "{}", "-".repeat(140));
     for r in rows {
         let orig = r.original.map_or("-".to_owned(), |p| format!("{p:.1} %"));
         let _ = writeln!(
             out,
-            "{:>8} | {:>9} | {:>9.2} % | {:>6} | {:>9} | {:>9} | {:>6} | {:>12.2} | {:>10.1}",
+            "{:>8} | {:>9} | {:>9.2} % | {:>6} | {:>9} | {:>9} | {:>6} | {:>12.2} | {:>10.1} | {:>17} | {:>10.2}",
             format!("1/{}", r.rate),
             orig,
             r.retrievable_pct,
@@ -193,7 +195,9 @@ pub fn churn_table(rows: &[ChurnRow]) -> String {
             r.retrieval_failed,
             r.deaths,
             r.repair_ratio,
-            r.msgs_per_search
+            r.msgs_per_search,
+            format!("{:.1} / {:.1}", r.detect_p50_s, r.detect_p99_s),
+            r.membership_per_node_s
         );
     }
     let seeds = rows
@@ -201,6 +205,15 @@ pub fn churn_table(rows: &[ChurnRow]) -> String {
         .map(|r| format!("{:?}", r.seeds))
         .unwrap_or_default();
     let _ = writeln!(out, "seeds {seeds}; counts summed over seeds");
+    for r in rows {
+        if r.undetected + r.false_dead > 0 {
+            let _ = writeln!(
+                out,
+                "1/{}: {} deaths no table noticed before the end, {} live nodes declared dead",
+                r.rate, r.undetected, r.false_dead
+            );
+        }
+    }
     out
 }
 

@@ -67,6 +67,16 @@ pub struct ChurnRow {
     pub repair_ratio: f64,
     /// Mean messages per search.
     pub msgs_per_search: f64,
+    /// Median seconds from a death to the first table that dropped the node (SWIM).
+    pub detect_p50_s: f64,
+    /// 99th percentile of the same.
+    pub detect_p99_s: f64,
+    /// Deaths no table noticed before the run ended.
+    pub undetected: u64,
+    /// Live nodes some table declared dead (SWIM false positives).
+    pub false_dead: u64,
+    /// Membership messages (beacons, Hellos, probes, gossip) per node per second.
+    pub membership_per_node_s: f64,
     /// Seeds used.
     pub seeds: Vec<u64>,
 }
@@ -79,7 +89,7 @@ impl ChurnRig {
             seed,
             nodes: self.nodes,
             items: self.items,
-            store_window: (Duration::ZERO, Duration::from_secs(5)),
+            store_window: (Duration::from_secs(5), Duration::from_secs(10)),
             churn: Churn::PerSecond {
                 chance: 1.0 / f64::from(rate),
             },
@@ -108,12 +118,18 @@ impl ChurnRig {
                 deaths: 0,
                 repair_ratio: 0.0,
                 msgs_per_search: 0.0,
+                detect_p50_s: 0.0,
+                detect_p99_s: 0.0,
+                undetected: 0,
+                false_dead: 0,
+                membership_per_node_s: 0.0,
                 seeds: self.seeds.clone(),
             };
             let (mut repair, mut destroyed, mut msgs) = (0u64, 0u64, 0u64);
+            let mut all = Report::default();
             for &seed in &self.seeds {
                 let sc = self.scenario(rate, seed);
-                let initial = (sc.items * sc.item_size * (sc.pcg.replicas - 1)) as u64;
+                let initial = (sc.items * sc.item_size * (sc.core.pcg.replicas - 1)) as u64;
                 let report = World::new(sc).run();
                 let sweep: Vec<_> = report.queries.iter().filter(|q| q.sweep).collect();
                 // Items the sweep did not reach (no live non-holder found) count as searched and lost
@@ -123,6 +139,14 @@ impl ChurnRig {
                 row.retrieval_failed += sweep.iter().filter(|q| q.existed && !q.found).count();
                 msgs += sweep.iter().map(|q| u64::from(q.messages)).sum::<u64>();
                 row.deaths += report.deaths;
+                row.undetected += report.undetected;
+                row.false_dead += report.false_dead;
+                all.detection_s.extend_from_slice(&report.detection_s);
+                all.node_seconds += report.node_seconds;
+                for k in crate::world::MEMBERSHIP_KINDS {
+                    *all.messages.entry(k.to_owned()).or_default() +=
+                        report.messages.get(k).copied().unwrap_or(0);
+                }
                 repair += report.data_bytes.saturating_sub(initial);
                 destroyed += report.bytes_lost_by_deaths;
                 each(rate, seed, &report);
@@ -131,6 +155,9 @@ impl ChurnRig {
             row.retrievable_pct = 100.0 * found as f64 / row.items.max(1) as f64;
             row.repair_ratio = repair as f64 / destroyed.max(1) as f64;
             row.msgs_per_search = msgs as f64 / row.items.max(1) as f64;
+            row.detect_p50_s = all.detection_quantile(0.5).unwrap_or(0.0);
+            row.detect_p99_s = all.detection_quantile(0.99).unwrap_or(0.0);
+            row.membership_per_node_s = all.rate(&crate::world::MEMBERSHIP_KINDS);
             rows.push(row);
         }
         rows
@@ -212,8 +239,11 @@ impl RetrievalRig {
             seed: self.seed,
             nodes,
             items,
-            store_window: (Duration::ZERO, Duration::from_secs(5)),
-            rbfs: config,
+            store_window: (Duration::from_secs(5), Duration::from_secs(10)),
+            core: butter_proto::node::Config {
+                rbfs: config,
+                ..self.template.core.clone()
+            },
             // Searches start once groups formed and summaries were pulled twice.
             probe_rate: self.queries as f64 / 30.0,
             probe_window: (Duration::from_secs(30), Duration::from_secs(60)),
@@ -300,7 +330,7 @@ pub fn scale_scenario(nodes: usize, duration: Duration, rate: u32, seed: u64) ->
         nodes,
         sites: 20,
         items: nodes,
-        store_window: (Duration::ZERO, Duration::from_secs(10)),
+        store_window: (Duration::from_secs(10), Duration::from_secs(20)),
         churn: Churn::PerSecond {
             chance: 1.0 / f64::from(rate),
         },
@@ -362,7 +392,7 @@ pub fn maintenance(nodes: usize, replicas_per_node: &[usize], seed: u64) -> Vec<
                 nodes,
                 items: n_items,
                 item_size: 16,
-                store_window: (Duration::ZERO, Duration::from_secs(5)),
+                store_window: (Duration::from_secs(5), Duration::from_secs(10)),
                 duration: Duration::from_secs(120),
                 measure_from: Duration::from_secs(60),
                 sample_every: Duration::from_secs(10),

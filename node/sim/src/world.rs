@@ -1,50 +1,37 @@
-//! The simulated world: nodes running the real `butter-proto` state machines, a network with
-//! sites, latency, loss and partitions, a membership model, churn, and an event log hash.
+//! The simulated world: the node's real composed core ([`NodeCore`]: known-host table, beacons,
+//! SWIM, membership exchange, PCG and RBFS with the glue between them), thousands of them, on
+//! proto's deterministic network ([`Net`]: sites as multicast domains, latency, loss,
+//! partitions), with churn, a workload and the measurements the rigs report.
 //!
-//! Everything random comes from one seeded RNG (plus per-node RNGs seeded from it), and every
-//! container iterates in a fixed order, so one seed gives one history ([`Report::log_hash`]).
+//! Nothing about membership is modelled here: a node learns its first hosts from LAN beacons and
+//! from the bootstrap addresses it is given (the first node of every site, as a compose LAN's
+//! gateway is), fills its table by exchanges, and learns that a node died when SWIM says so. A
+//! killed node is replaced at once by a new, empty node with a new identity at the same address
+//! (a container restarted with its volume lost).
+//!
+//! Everything random comes from one seeded RNG (plus per-node and network RNGs seeded from it),
+//! and every container iterates in a fixed order, so one seed gives one history
+//! ([`Report::log_hash`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use butter_proto::item::{ItemId, MemoryStore, Store};
-use butter_proto::node::data::{self, DataCore};
-use butter_proto::pcg::{self, HostView};
+use butter_proto::membership::{self, Action, RemoveReason};
+use butter_proto::node::net::{Net, Observer};
+use butter_proto::node::{self, ConfigError, Event, NodeCore, Transmit, data};
+use butter_proto::pcg;
 use butter_proto::rbfs::{self, QueryId};
+use butter_proto::wire::PeerRecord;
 use butter_proto::{PeerId, Time};
 use rand::rngs::SmallRng;
-use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::churn::Churn;
 
-/// Network conditions.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NetConfig {
-    /// One-way latency between nodes of one site (LAN). Default 0.5 ms.
-    pub lan_latency: Duration,
-    /// One-way latency between sites. Default 20 ms.
-    pub wan_latency: Duration,
-    /// Each latency is drawn uniformly within ± this fraction. Default 0.5.
-    pub latency_jitter: f64,
-    /// Chance that a message is lost. Default 0.
-    pub loss: f64,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        NetConfig {
-            lan_latency: Duration::from_micros(500),
-            wan_latency: Duration::from_millis(20),
-            latency_jitter: 0.5,
-            loss: 0.0,
-        }
-    }
-}
-
-pub use butter_proto::node::net::Partition;
+pub use butter_proto::node::net::{NetConfig, Partition};
 
 /// Everything that defines one simulation run.
 #[derive(Clone, Debug)]
@@ -53,29 +40,26 @@ pub struct Scenario {
     pub seed: u64,
     /// Nodes alive at any time (dead nodes are replaced).
     pub nodes: usize,
-    /// Sites (LAN segments); node `i` starts on site `i % sites`.
+    /// Sites (LAN segments, multicast domains); node `i` is on site `i % sites`. The first node
+    /// of each site is every node's bootstrap address.
     pub sites: usize,
-    /// Known hosts per node (the membership model's table bound).
-    pub known: usize,
-    /// How often a node refreshes its known hosts by an exchange with one of them.
-    pub exchange_interval: Duration,
-    /// The membership layer declares a dead node dead after a delay drawn uniformly in this range.
-    pub detect: (Duration, Duration),
+    /// The node core's settings (membership, PCG, RBFS): the protocol sections of the daemon's
+    /// configuration.
+    pub core: node::Config,
     /// Network conditions.
     pub net: NetConfig,
     /// Partitions.
     pub partitions: Vec<Partition>,
-    /// PCG settings of every node.
-    pub pcg: pcg::Config,
-    /// RBFS settings of every node.
-    pub rbfs: rbfs::Config,
+    /// Nodes start at random instants within this span from t = 0 (a network brought up at
+    /// once, as `make up` does).
+    pub start_spread: Duration,
     /// Store capacity per node in bytes.
     pub store_bytes: u64,
     /// Items stored, spread evenly over `store_window` from random nodes.
     pub items: usize,
     /// Bytes per item.
     pub item_size: usize,
-    /// When items are stored.
+    /// When items are stored (after discovery: a node that knows nobody stores alone).
     pub store_window: (Duration, Duration),
     /// The churn model.
     pub churn: Churn,
@@ -104,17 +88,14 @@ impl Default for Scenario {
             seed: 1,
             nodes: 100,
             sites: 5,
-            known: 24,
-            exchange_interval: Duration::from_secs(10),
-            detect: (Duration::from_secs(2), Duration::from_secs(4)),
+            core: node::Config::default(),
             net: NetConfig::default(),
             partitions: Vec::new(),
-            pcg: pcg::Config::default(),
-            rbfs: rbfs::Config::default(),
+            start_spread: Duration::from_secs(1),
             store_bytes: 64 << 20,
             items: 100,
             item_size: 64,
-            store_window: (Duration::ZERO, Duration::from_secs(5)),
+            store_window: (Duration::from_secs(5), Duration::from_secs(10)),
             churn: Churn::None,
             churn_window: (Duration::ZERO, Duration::ZERO),
             probe_rate: 0.0,
@@ -175,13 +156,15 @@ pub struct Report {
     pub seed: u64,
     /// Hash of the event log (same seed ⇒ same hash).
     pub log_hash: String,
-    /// Events processed.
+    /// Events processed (the network's and the workload's).
     pub events: u64,
     /// Samples over time.
     pub series: Vec<Sample>,
     /// Every search.
     pub queries: Vec<QueryOutcome>,
-    /// Messages sent, by kind.
+    /// Messages sent, by kind: the data messages by their metric label (`heartbeat`, `query`,
+    /// …), membership requests as `beacon` (one per datagram multicast), `hello`, `ping`,
+    /// `ping_req` and `gossip` (each request, its answer not counted apart).
     pub messages: BTreeMap<String, u64>,
     /// Item bytes sent by PCG (replication and repair).
     pub data_bytes: u64,
@@ -191,6 +174,15 @@ pub struct Report {
     pub deaths: u64,
     /// PCG events, by kind.
     pub pcg_events: BTreeMap<String, u64>,
+    /// Membership events, by the label the node's `butter_membership_events_total` uses.
+    pub membership_events: BTreeMap<String, u64>,
+    /// Seconds from a node's death to the first table that dropped it as dead (SWIM's verdict),
+    /// one entry per death some node detected, in order of detection.
+    pub detection_s: Vec<f64>,
+    /// Deaths no node declared before the run ended (or before the node's table was empty).
+    pub undetected: u64,
+    /// Times a live node was declared dead by some table (SWIM false positives).
+    pub false_dead: u64,
     /// Items lost at the end.
     pub lost_at_end: usize,
     /// Items stored.
@@ -208,61 +200,236 @@ impl Report {
             .sum();
         n as f64 / self.node_seconds.max(1e-9)
     }
+
+    /// The `p` quantile (0..=1) of [`detection_s`](Self::detection_s), if any death was detected.
+    pub fn detection_quantile(&self, p: f64) -> Option<f64> {
+        let mut v = self.detection_s.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let i = ((v.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
+        Some(v[i])
+    }
 }
 
-/// A message in flight: the data core's own.
-type Msg = data::Message;
+/// Membership request kinds, as counted in [`Report::messages`].
+pub const MEMBERSHIP_KINDS: [&str; 5] = ["beacon", "hello", "ping", "ping_req", "gossip"];
+
+fn transmit_kind(t: &Transmit) -> &'static str {
+    match t {
+        Transmit::Membership(a) => match a {
+            Action::SendBeacon { .. } => "beacon",
+            Action::Dial { .. } => "hello",
+            Action::Ping { .. } => "ping",
+            Action::PingReq { .. } => "ping_req",
+            Action::Gossip { .. } => "gossip",
+            _ => "membership_other",
+        },
+        Transmit::Data(d) => d.msg.kind(),
+        _ => "other",
+    }
+}
+
+/// The label a membership event is counted under (the node's metric labels).
+fn membership_label(e: &membership::Event) -> Option<&'static str> {
+    use membership::Event as M;
+    Some(match e {
+        M::PeerAdded { .. } => "added",
+        M::PeerRemoved { reason, .. } => match reason {
+            RemoveReason::Dead => "removed_dead",
+            _ => "removed_evicted",
+        },
+        M::PeerRejected { .. } => "rejected",
+        M::PeerSuspected { .. } => "suspected",
+        M::PeerAlive { .. } => "suspicion_cleared",
+        M::ProbeFailed { .. } => "probe_failed",
+        M::Refuted { .. } => "refuted",
+        M::DialFailed { .. } => "dial_failed",
+        M::HelloRefused { .. } => "hello_refused",
+        M::Rediscovery => "rediscovery",
+        _ => return None,
+    })
+}
+
+fn pcg_label(e: &pcg::Event) -> Option<&'static str> {
+    Some(match e {
+        pcg::Event::Recruited { .. } => "recruited",
+        pcg::Event::Trimmed { .. } => "trimmed",
+        pcg::Event::Spread { .. } => "spread",
+        pcg::Event::ProofFailed { .. } => "proof_failed",
+        pcg::Event::NoCandidates(_) => "no_candidates",
+        pcg::Event::ViewRefused { .. } => "view_refused",
+        pcg::Event::Corrupt { .. } => "corrupt",
+        pcg::Event::Dropped(_) => "dropped",
+        pcg::Event::Holding(_) => "holding",
+        _ => return None,
+    })
+}
 
 #[derive(Debug)]
-struct Delivery {
-    from: PeerId,
-    to: PeerId,
-    msg: Msg,
+struct Track {
+    messages: u32,
+    started: Time,
+    sweep: bool,
+    existed: bool,
+    done: Option<usize>,
+}
+
+/// What the world learns from the network as it runs: message counts, searches, detections.
+#[derive(Default)]
+struct Stats {
+    measure_from: Time,
+    msg_counts: Vec<(&'static str, u64)>,
+    window_msgs: u64,
+    data_bytes: u64,
+    pcg_events: BTreeMap<&'static str, u64>,
+    membership_events: BTreeMap<&'static str, u64>,
+    tracks: Vec<Track>,
+    by_origin: BTreeMap<(PeerId, ItemId), usize>,
+    by_qid: BTreeMap<QueryId, usize>,
+    queries: Vec<QueryOutcome>,
+    window_found: usize,
+    window_failed: usize,
+    /// Dead nodes no table has declared dead yet, with their time of death.
+    killed: BTreeMap<PeerId, Time>,
+    /// Every node's id → whether it is alive now.
+    alive: BTreeMap<PeerId, bool>,
+    detection_s: Vec<f64>,
+    false_dead: u64,
+}
+
+impl Stats {
+    fn count(&mut self, now: Time, kind: &'static str) {
+        self.window_msgs += 1;
+        if now < self.measure_from {
+            return;
+        }
+        // A short list compared by pointer first: message kinds are a handful of static labels.
+        match self
+            .msg_counts
+            .iter_mut()
+            .find(|(k, _)| std::ptr::eq(*k, kind) || *k == kind)
+        {
+            Some((_, v)) => *v += 1,
+            None => self.msg_counts.push((kind, 1)),
+        }
+    }
+
+    /// Counts a query-related message against its search.
+    fn attribute(&mut self, msg: &rbfs::Message) {
+        let idx = match msg {
+            rbfs::Message::Query(q) => {
+                let idx = self
+                    .by_qid
+                    .get(&q.id)
+                    .copied()
+                    .or_else(|| self.by_origin.get(&(q.origin, q.item)).copied());
+                if let Some(i) = idx {
+                    self.by_qid.insert(q.id, i);
+                }
+                idx
+            }
+            rbfs::Message::Hit { id, .. } => self.by_qid.get(id).copied(),
+            _ => None,
+        };
+        if let Some(i) = idx {
+            self.tracks[i].messages += 1;
+        }
+    }
+
+    /// Records the outcome of a tracked search.
+    fn search_event(&mut self, now: Time, from: PeerId, e: rbfs::Event) {
+        let (item, outcome) = match e {
+            rbfs::Event::Found { item, hops, .. } => (item, Some(hops)),
+            rbfs::Event::NotFound { item, .. } => (item, None),
+            _ => return,
+        };
+        let Some(&idx) = self.by_origin.get(&(from, item)) else {
+            return;
+        };
+        let t = &mut self.tracks[idx];
+        if t.done.is_some() {
+            return;
+        }
+        let q = QueryOutcome {
+            found: outcome.is_some(),
+            hops: outcome.unwrap_or(0),
+            messages: 0,
+            seconds: now.saturating_since(t.started).as_secs_f64(),
+            sweep: t.sweep,
+            existed: t.existed,
+        };
+        t.done = Some(self.queries.len());
+        self.queries.push(q);
+        if outcome.is_some() {
+            self.window_found += 1
+        } else {
+            self.window_failed += 1
+        }
+    }
+}
+
+impl Observer for Stats {
+    fn transmit(&mut self, now: Time, _from: PeerId, t: &Transmit) {
+        self.count(now, transmit_kind(t));
+        if let Transmit::Data(d) = t {
+            match &d.msg {
+                data::Message::Pcg(m) => self.data_bytes += m.data_bytes() as u64,
+                data::Message::Rbfs(m) => self.attribute(m),
+            }
+        }
+    }
+
+    fn event(&mut self, now: Time, node: PeerId, e: Event) {
+        match e {
+            Event::Data(data::Event::Rbfs(e)) => self.search_event(now, node, e),
+            Event::Data(data::Event::Pcg(e)) => {
+                if let Some(k) = pcg_label(&e) {
+                    *self.pcg_events.entry(k).or_default() += 1;
+                }
+            }
+            Event::Membership(e) => {
+                if let membership::Event::PeerRemoved {
+                    id,
+                    reason: RemoveReason::Dead,
+                } = &e
+                {
+                    if let Some(died) = self.killed.remove(id) {
+                        self.detection_s
+                            .push(now.saturating_since(died).as_secs_f64());
+                    } else if self.alive.get(id) == Some(&true) {
+                        self.false_dead += 1;
+                    }
+                }
+                if let Some(k) = membership_label(&e) {
+                    *self.membership_events.entry(k).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug)]
 enum Ev {
-    Wake {
-        slot: u32,
-        inc: u32,
-    },
-    /// Boxed so queued events stay small (the heap moves them on every push and pop).
-    Deliver(Box<Delivery>),
-    Store {
-        index: u32,
-    },
+    Start { slot: u32 },
+    Store { index: u32 },
     ChurnTick,
-    Kill {
-        slot: u32,
-        inc: u32,
-    },
-    Detect {
-        co_members: Box<[PeerId]>,
-    },
-    Exchange {
-        slot: u32,
-        inc: u32,
-    },
+    Kill { slot: u32, inc: u32 },
     Probe,
-    Sweep {
-        item: u32,
-    },
-    SearchFor {
-        item: Box<ItemId>,
-    },
+    Sweep { item: u32 },
+    SearchFor { item: Box<ItemId> },
     Sample,
 }
 
 impl Ev {
     fn code(&self) -> u64 {
         match self {
-            Ev::Wake { .. } => 1,
-            Ev::Deliver(_) => 2,
+            Ev::Start { .. } => 1,
             Ev::Store { .. } => 3,
             Ev::ChurnTick => 4,
             Ev::Kill { .. } => 5,
-            Ev::Detect { .. } => 6,
-            Ev::Exchange { .. } => 7,
             Ev::Probe => 8,
             Ev::Sweep { .. } => 9,
             Ev::Sample => 10,
@@ -294,34 +461,6 @@ impl Ord for Scheduled {
     }
 }
 
-/// Liveness facts about one slot (a position a node occupies; replacements reuse the slot).
-#[derive(Clone, Debug)]
-struct Meta {
-    inc: u32,
-    alive: bool,
-    site: u16,
-    /// The previous incarnation and when its death is detected.
-    prev: Option<(u32, Time)>,
-}
-
-struct SimNode {
-    id: PeerId,
-    /// The node binary's data core (PCG, RBFS and their glue).
-    core: DataCore<MemoryStore>,
-    known: Vec<PeerId>,
-    wake: Option<Time>,
-    born: Time,
-}
-
-/// The membership layer as a node sees it, built on the fly for each call.
-struct Hosts<'a> {
-    me: PeerId,
-    meta: &'a [Meta],
-    site_names: &'a [String],
-    known: &'a [PeerId],
-    now: Time,
-}
-
 /// Encodes slot and incarnation into a peer id (the rest is a hash, so ranks look random).
 fn make_id(seed: u64, slot: u32, inc: u32) -> PeerId {
     let mut key = Vec::with_capacity(16);
@@ -334,71 +473,6 @@ fn make_id(seed: u64, slot: u32, inc: u32) -> PeerId {
     id
 }
 
-fn decode(id: &PeerId) -> (u32, u32) {
-    let mut s = [0u8; 4];
-    s.copy_from_slice(&id.0[..4]);
-    let mut i = [0u8; 4];
-    i.copy_from_slice(&id.0[4..8]);
-    (u32::from_be_bytes(s), u32::from_be_bytes(i))
-}
-
-fn live_in(meta: &[Meta], id: &PeerId, now: Time) -> bool {
-    let (slot, inc) = decode(id);
-    let Some(m) = meta.get(slot as usize) else {
-        return false;
-    };
-    if m.inc == inc {
-        return m.alive;
-    }
-    // A dead incarnation looks alive until the membership layer detects its death.
-    matches!(m.prev, Some((p, at)) if p == inc && now < at)
-}
-
-impl HostView for Hosts<'_> {
-    fn live_hosts(&self) -> Vec<PeerId> {
-        self.known
-            .iter()
-            .copied()
-            .filter(|p| *p != self.me && live_in(self.meta, p, self.now))
-            .collect()
-    }
-
-    fn is_live(&self, id: &PeerId) -> bool {
-        live_in(self.meta, id, self.now)
-    }
-
-    fn site(&self, id: &PeerId) -> Option<&str> {
-        let (slot, _) = decode(id);
-        self.meta
-            .get(slot as usize)
-            .map(|m| self.site_names[m.site as usize].as_str())
-    }
-
-    fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
-        let used: BTreeSet<u16> = exclude
-            .iter()
-            .filter_map(|p| self.meta.get(decode(p).0 as usize))
-            .map(|m| m.site)
-            .collect();
-        let mut fresh = Vec::new();
-        let mut rest = Vec::new();
-        for p in self.live_hosts() {
-            if exclude.contains(&p) {
-                continue;
-            }
-            let site = self.meta[decode(&p).0 as usize].site;
-            if used.contains(&site) {
-                rest.push(p)
-            } else {
-                fresh.push(p)
-            }
-        }
-        fresh.extend(rest);
-        fresh.truncate(k);
-        fresh
-    }
-}
-
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -406,64 +480,73 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-#[derive(Debug)]
-struct Track {
-    messages: u32,
-    started: Time,
-    sweep: bool,
-    existed: bool,
-    done: Option<usize>,
-}
-
 /// A running simulation.
 pub struct World {
     sc: Scenario,
     rng: SmallRng,
+    net: Net<MemoryStore>,
+    stats: Stats,
     now: Time,
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
-    meta: Vec<Meta>,
-    nodes: Vec<Option<Box<SimNode>>>,
-    site_names: Vec<String>,
+    /// Per slot: the incarnation now (or next) in it, and when it started.
+    incs: Vec<u32>,
+    born: Vec<Option<Time>>,
     items: Vec<ItemId>,
     stored: usize,
     log: u64,
     events: u64,
     report: Report,
-    /// (origin, item) → search being tracked; attempt query ids → the same.
-    tracks: Vec<Track>,
-    by_origin: BTreeMap<(PeerId, ItemId), usize>,
-    by_qid: BTreeMap<QueryId, usize>,
-    window_found: usize,
-    window_failed: usize,
-    window_msgs: u64,
-    msg_counts: Vec<(&'static str, u64)>,
-    measure_from: Time,
     last_sample: Time,
     progress: Option<Box<dyn Fn(f64) + Send>>,
 }
 
 impl World {
-    /// Builds the world: `nodes` nodes on `sites` sites, each knowing `known` random others.
+    /// Builds the world: `nodes` slots on `sites` sites, each node started at a random instant
+    /// within `start_spread`. Panics on a configuration [`try_new`](Self::try_new) refuses.
     pub fn new(sc: Scenario) -> Self {
-        let mut rng = SmallRng::seed_from_u64(mix(sc.seed));
-        let site_names = (0..sc.sites.max(1)).map(|s| format!("site-{s}")).collect();
-        let meta: Vec<Meta> = (0..sc.nodes)
-            .map(|i| Meta {
-                inc: 0,
-                alive: true,
-                site: (i % sc.sites.max(1)) as u16,
-                prev: None,
-            })
-            .collect();
+        match Self::try_new(sc) {
+            Ok(w) => w,
+            Err(e) => panic!("butter-sim: invalid node configuration: {e}"),
+        }
+    }
+
+    /// Builds the world, or says which node setting is out of range.
+    pub fn try_new(sc: Scenario) -> Result<Self, ConfigError> {
+        // The same check the daemon makes before it starts a node.
+        NodeCore::new(
+            sc.core.clone(),
+            PeerRecord {
+                id: make_id(sc.seed, 0, 0),
+                addrs: Vec::new(),
+                site: String::new(),
+                uptime_secs: 0,
+                storage_free: 0,
+                known_hosts: 0,
+                public: false,
+                relays: Vec::new(),
+            },
+            MemoryStore::new(0),
+            Time::ZERO,
+            0,
+        )?;
+        let mut net = Net::new(sc.net.clone(), sc.partitions.clone(), sc.seed);
+        let sites = sc.sites.max(1);
+        for i in 0..sc.nodes {
+            net.add_slot((i % sites) as u16);
+        }
         let mut w = World {
-            rng: SmallRng::seed_from_u64(0),
+            rng: SmallRng::seed_from_u64(mix(sc.seed)),
+            net,
+            stats: Stats {
+                measure_from: Time::from_duration(sc.measure_from),
+                ..Stats::default()
+            },
             now: Time::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
-            meta,
-            nodes: Vec::new(),
-            site_names,
+            incs: vec![0; sc.nodes],
+            born: vec![None; sc.nodes],
             items: Vec::new(),
             stored: 0,
             log: mix(sc.seed),
@@ -473,44 +556,12 @@ impl World {
                 items: sc.items,
                 ..Report::default()
             },
-            tracks: Vec::new(),
-            by_origin: BTreeMap::new(),
-            by_qid: BTreeMap::new(),
-            window_found: 0,
-            window_failed: 0,
-            window_msgs: 0,
-            msg_counts: Vec::new(),
-            measure_from: Time::from_duration(sc.measure_from),
             last_sample: Time::ZERO,
             progress: None,
             sc,
         };
-        // Every node knows `known` random others to begin with.
-        let n = w.sc.nodes;
-        for slot in 0..n as u32 {
-            let node = w.make_node(slot, 0);
-            w.nodes.push(Some(node));
-        }
-        for slot in 0..n {
-            let k = w.sc.known.min(n.saturating_sub(1));
-            let mut known = BTreeSet::new();
-            while known.len() < k {
-                let j = rng.random_range(0..n);
-                if j != slot {
-                    known.insert(j);
-                }
-            }
-            let ids: Vec<PeerId> = known
-                .into_iter()
-                .map(|j| make_id(w.sc.seed, j as u32, 0))
-                .collect();
-            if let Some(node) = w.nodes[slot].as_mut() {
-                node.known = ids;
-            }
-        }
-        w.rng = rng;
         w.schedule_initial();
-        w
+        Ok(w)
     }
 
     /// Reports progress (fraction of simulated time done) to `f` about once per simulated second.
@@ -518,20 +569,43 @@ impl World {
         self.progress = Some(Box::new(f));
     }
 
-    fn make_node(&mut self, slot: u32, inc: u32) -> Box<SimNode> {
+    /// Starts incarnation `incs[s]` in the empty slot `s`.
+    fn start_node(&mut self, s: usize) {
+        let inc = self.incs[s];
+        let slot = s as u32;
         let id = make_id(self.sc.seed, slot, inc);
+        let record = PeerRecord {
+            id,
+            addrs: vec![self.net.addr(s)],
+            site: format!("site-{}", self.net.site(s)),
+            uptime_secs: 0,
+            storage_free: self.sc.store_bytes,
+            known_hosts: 0,
+            public: false,
+            relays: Vec::new(),
+        };
         let nseed = mix(self.sc.seed ^ mix(u64::from(slot) << 32 | u64::from(inc)));
         let store = MemoryStore::new(self.sc.store_bytes);
-        let mut core = DataCore::new(id, self.sc.pcg.clone(), self.sc.rbfs.clone(), store, nseed)
-            .expect("valid pcg and rbfs config");
-        core.start(self.now);
-        Box::new(SimNode {
-            id,
-            core,
-            known: Vec::new(),
-            wake: None,
-            born: self.now,
-        })
+        let Ok(mut core) = NodeCore::new(self.sc.core.clone(), record, store, self.now, nseed)
+        else {
+            // Checked in `try_new`: the configuration is the same for every node.
+            return;
+        };
+        // Bootstrap: the first node of every site, as a compose LAN's gateway is.
+        let sites = self.sc.sites.max(1).min(self.net.slots());
+        let own = self.net.addr(s);
+        let seeds: Vec<_> = (0..sites)
+            .map(|k| self.net.addr(k))
+            .filter(|a| *a != own)
+            .collect();
+        core.set_bootstrap(self.now, seeds);
+        self.stats.alive.insert(id, true);
+        self.born[s] = Some(self.now);
+        self.net.start(s, core, &mut self.stats);
+        if let Some(session) = self.sc.churn.session(&mut self.rng) {
+            let from = self.now.max(Time::from_duration(self.sc.churn_window.0));
+            self.push(from + session, Ev::Kill { slot, inc });
+        }
     }
 
     fn push(&mut self, at: Time, ev: Ev) {
@@ -545,6 +619,10 @@ impl World {
 
     fn schedule_initial(&mut self) {
         let sc = self.sc.clone();
+        for slot in 0..sc.nodes as u32 {
+            let at = sc.start_spread.mul_f64(self.rng.random_range(0.0..1.0));
+            self.push(Time::from_duration(at), Ev::Start { slot });
+        }
         // Items: content derived from the seed and index, so each run has its own items.
         for i in 0..sc.items {
             let span = sc.store_window.1.saturating_sub(sc.store_window.0);
@@ -553,19 +631,6 @@ impl World {
         }
         if !matches!(sc.churn, Churn::None) {
             self.push(Time::from_duration(sc.churn_window.0), Ev::ChurnTick);
-        }
-        for slot in 0..sc.nodes as u32 {
-            let first = sc
-                .exchange_interval
-                .mul_f64(self.rng.random_range(0.0..1.0));
-            self.push(Time::from_duration(first), Ev::Exchange { slot, inc: 0 });
-            if let Some(session) = sc.churn.session(&mut self.rng) {
-                self.push(
-                    Time::from_duration(sc.churn_window.0 + session),
-                    Ev::Kill { slot, inc: 0 },
-                );
-            }
-            self.refresh_wake(slot as usize);
         }
         if sc.probe_rate > 0.0 {
             self.push(Time::from_duration(sc.probe_window.0), Ev::Probe);
@@ -596,14 +661,22 @@ impl World {
         self.log = mix(self.log ^ a.wrapping_mul(0x1000_0000_01b3) ^ b.rotate_left(17));
     }
 
+    fn live(&self, s: usize) -> bool {
+        self.net.node(s).is_some()
+    }
+
     fn random_live_slot(&mut self) -> Option<usize> {
+        let n = self.net.slots();
+        if n == 0 {
+            return None;
+        }
         for _ in 0..64 {
-            let s = self.rng.random_range(0..self.meta.len());
-            if self.meta[s].alive {
+            let s = self.rng.random_range(0..n);
+            if self.live(s) {
                 return Some(s);
             }
         }
-        (0..self.meta.len()).find(|s| self.meta[*s].alive)
+        (0..n).find(|s| self.live(*s))
     }
 
     /// Runs to the end of the scenario and returns the report. A panic inside the run is
@@ -622,10 +695,15 @@ impl World {
     fn run_inner(mut self) -> Report {
         let end = Time::from_duration(self.sc.duration);
         let mut next_progress = Time::ZERO;
-        while let Some(Reverse(s)) = self.queue.pop() {
-            if s.at > end {
+        while let Some(Reverse(top)) = self.queue.peek() {
+            if top.at > end {
                 break;
             }
+            let Some(Reverse(s)) = self.queue.pop() else {
+                break;
+            };
+            // The network runs up to the instant, then the workload acts at it.
+            self.net.run_until(s.at, &mut self.stats);
             self.now = s.at;
             self.events += 1;
             self.log(s.at.0, s.ev.code());
@@ -637,17 +715,19 @@ impl World {
             }
             self.handle(s.ev);
         }
+        self.net.run_until(end, &mut self.stats);
         self.now = end;
         self.sample();
         self.finish()
     }
 
     fn finish(mut self) -> Report {
+        let mut queries = std::mem::take(&mut self.stats.queries);
         // Messages keep arriving after an outcome (other branches of the search): count them all.
-        for t in &self.tracks {
+        for t in &self.stats.tracks {
             match t.done {
-                Some(i) => self.report.queries[i].messages = t.messages,
-                None => self.report.queries.push(QueryOutcome {
+                Some(i) => queries[i].messages = t.messages,
+                None => queries.push(QueryOutcome {
                     found: false,
                     hops: 0,
                     messages: t.messages,
@@ -657,6 +737,7 @@ impl World {
                 }),
             }
         }
+        self.report.queries = queries;
         let lost = self
             .holder_counts()
             .iter()
@@ -664,39 +745,37 @@ impl World {
             .filter(|c| **c == 0)
             .count();
         self.report.lost_at_end = lost;
-        for n in self.nodes.iter().flatten() {
-            self.report.node_seconds += self.now.saturating_since(n.born).as_secs_f64();
+        for born in self.born.iter().flatten() {
+            self.report.node_seconds += self.now.saturating_since(*born).as_secs_f64();
         }
-        for (k, v) in &self.msg_counts {
+        for (k, v) in &self.stats.msg_counts {
             self.report.messages.insert((*k).to_owned(), *v);
         }
-        self.report.events = self.events;
-        self.report.log_hash = format!("{:016x}", mix(self.log ^ self.events));
+        for (k, v) in &self.stats.pcg_events {
+            self.report.pcg_events.insert((*k).to_owned(), *v);
+        }
+        for (k, v) in &self.stats.membership_events {
+            self.report.membership_events.insert((*k).to_owned(), *v);
+        }
+        self.report.data_bytes = self.stats.data_bytes;
+        self.report.detection_s = std::mem::take(&mut self.stats.detection_s);
+        self.report.undetected = self.stats.killed.len() as u64;
+        self.report.false_dead = self.stats.false_dead;
+        self.report.events = self.events + self.net.events();
+        self.report.log_hash = format!(
+            "{:016x}",
+            mix(self.log ^ self.events ^ self.net.log_hash().rotate_left(29))
+        );
         self.report
     }
 
     fn handle(&mut self, ev: Ev) {
         match ev {
-            Ev::Wake { slot, inc } => {
+            Ev::Start { slot } => {
                 let s = slot as usize;
-                let now = self.now;
-                let due = self.meta[s].inc == inc
-                    && self.nodes[s].as_ref().is_some_and(|n| n.wake == Some(now));
-                if !due {
-                    return;
+                if !self.live(s) {
+                    self.start_node(s);
                 }
-                self.log(u64::from(slot), 1);
-                self.with_node(s, |n, h| n.core.handle_timeout(h.now, h));
-            }
-            Ev::Deliver(d) => {
-                let Delivery { from, to, msg } = *d;
-                let (slot, inc) = decode(&to);
-                let s = slot as usize;
-                if self.meta.get(s).is_none_or(|m| m.inc != inc || !m.alive) {
-                    return;
-                }
-                self.log(u64::from(slot), u64::from(decode(&from).0));
-                self.with_node(s, |n, h| n.core.handle_message(h.now, from, msg, h));
             }
             Ev::Store { index } => {
                 let content = self.content(index);
@@ -704,7 +783,8 @@ impl World {
                     return;
                 };
                 let id = self
-                    .with_node(s, |n, h| n.core.put(h.now, content, h).ok())
+                    .net
+                    .with_node(s, &mut self.stats, |n, now| n.put(now, content).ok())
                     .flatten();
                 if let Some(id) = id {
                     self.items.push(id);
@@ -713,16 +793,16 @@ impl World {
             }
             Ev::ChurnTick => {
                 if let Churn::PerSecond { chance } = self.sc.churn {
-                    for s in 0..self.meta.len() {
-                        if self.meta[s].alive && self.rng.random_bool(chance.clamp(0.0, 1.0)) {
+                    for s in 0..self.net.slots() {
+                        if self.live(s) && self.rng.random_bool(chance.clamp(0.0, 1.0)) {
                             self.kill_and_replace(s);
                         }
                     }
                 }
                 if let Churn::SiteFailure { site, at } = self.sc.churn {
                     if self.now >= Time::from_duration(at) {
-                        for s in 0..self.meta.len() {
-                            if self.meta[s].alive && usize::from(self.meta[s].site) == site {
+                        for s in 0..self.net.slots() {
+                            if self.live(s) && usize::from(self.net.site(s)) == site {
                                 self.kill_and_replace(s);
                             }
                         }
@@ -738,42 +818,12 @@ impl World {
             }
             Ev::Kill { slot, inc } => {
                 let s = slot as usize;
-                if self.meta[s].inc == inc
-                    && self.meta[s].alive
+                if self.incs[s] == inc
+                    && self.live(s)
                     && self.now < Time::from_duration(self.sc.churn_window.1)
                 {
                     self.kill_and_replace(s);
                 }
-            }
-            Ev::Detect { co_members } => {
-                for p in co_members.into_vec() {
-                    let (slot, inc) = decode(&p);
-                    let s = slot as usize;
-                    if self.meta[s].inc != inc || !self.meta[s].alive {
-                        continue;
-                    }
-                    // The membership layer tells the node; PCG repairs at once.
-                    self.with_node(s, |n, h| {
-                        for d in n.core.pcg().co_members() {
-                            if !h.is_live(&d) {
-                                n.core.handle_peer_down(h.now, d, h);
-                            }
-                        }
-                    });
-                }
-            }
-            Ev::Exchange { slot, inc } => {
-                let s = slot as usize;
-                if self.meta[s].inc != inc || !self.meta[s].alive {
-                    return;
-                }
-                self.exchange(s);
-                let next = self.now
-                    + self
-                        .sc
-                        .exchange_interval
-                        .mul_f64(self.rng.random_range(0.8..1.2));
-                self.push(next, Ev::Exchange { slot, inc });
             }
             Ev::Probe => {
                 let end = Time::from_duration(self.sc.probe_window.1);
@@ -800,186 +850,6 @@ impl World {
         }
     }
 
-    /// Runs `f` on node `s` with its host view, then drains its outputs.
-    fn with_node<R>(
-        &mut self,
-        s: usize,
-        f: impl FnOnce(&mut SimNode, &Hosts<'_>) -> R,
-    ) -> Option<R> {
-        let mut node = self.nodes[s].take()?;
-        let known = std::mem::take(&mut node.known);
-        let out = {
-            let hosts = Hosts {
-                me: node.id,
-                meta: &self.meta,
-                site_names: &self.site_names,
-                known: &known,
-                now: self.now,
-            };
-            f(&mut node, &hosts)
-        };
-        node.known = known;
-        self.drain(&mut node);
-        self.nodes[s] = Some(node);
-        self.refresh_wake(s);
-        Some(out)
-    }
-
-    fn refresh_wake(&mut self, s: usize) {
-        let inc = self.meta[s].inc;
-        let Some(node) = self.nodes[s].as_mut() else {
-            return;
-        };
-        let wake = node.core.poll_timeout().map(|t| t.max(self.now));
-        if wake != node.wake {
-            node.wake = wake;
-            if let Some(t) = wake {
-                self.push(
-                    t,
-                    Ev::Wake {
-                        slot: s as u32,
-                        inc,
-                    },
-                );
-            }
-        }
-    }
-
-    fn count(&mut self, kind: &'static str) {
-        self.window_msgs += 1;
-        if self.now < self.measure_from {
-            return;
-        }
-        // A short list compared by pointer first: message kinds are a handful of static labels.
-        match self
-            .msg_counts
-            .iter_mut()
-            .find(|(k, _)| std::ptr::eq(*k, kind) || *k == kind)
-        {
-            Some((_, v)) => *v += 1,
-            None => self.msg_counts.push((kind, 1)),
-        }
-    }
-
-    fn drain(&mut self, node: &mut SimNode) {
-        let from = node.id;
-        while let Some(t) = node.core.poll_transmit() {
-            self.count(t.msg.kind());
-            match &t.msg {
-                Msg::Pcg(m) => self.report.data_bytes += m.data_bytes() as u64,
-                Msg::Rbfs(m) => self.attribute(m),
-            }
-            self.send(from, t.to, t.msg);
-        }
-        while let Some(e) = node.core.poll_event() {
-            let e = match e {
-                data::Event::Pcg(e) => e,
-                data::Event::Rbfs(e) => {
-                    self.search_event(from, e);
-                    continue;
-                }
-                _ => continue,
-            };
-            let k = match e {
-                pcg::Event::Recruited { .. } => "recruited",
-                pcg::Event::Trimmed { .. } => "trimmed",
-                pcg::Event::Spread { .. } => "spread",
-                pcg::Event::ProofFailed { .. } => "proof_failed",
-                pcg::Event::NoCandidates(_) => "no_candidates",
-                pcg::Event::ViewRefused { .. } => "view_refused",
-                pcg::Event::Corrupt { .. } => "corrupt",
-                pcg::Event::Dropped(_) => "dropped",
-                pcg::Event::Holding(_) => "holding",
-                _ => continue,
-            };
-            *self.report.pcg_events.entry(k.to_owned()).or_default() += 1;
-        }
-    }
-
-    /// Records the outcome of a tracked search.
-    fn search_event(&mut self, from: PeerId, e: rbfs::Event) {
-        let (item, outcome) = match e {
-            rbfs::Event::Found { item, hops, .. } => (item, Some(hops)),
-            rbfs::Event::NotFound { item, .. } => (item, None),
-            _ => return,
-        };
-        let Some(&idx) = self.by_origin.get(&(from, item)) else {
-            return;
-        };
-        let t = &mut self.tracks[idx];
-        if t.done.is_some() {
-            return;
-        }
-        let q = QueryOutcome {
-            found: outcome.is_some(),
-            hops: outcome.unwrap_or(0),
-            messages: 0,
-            seconds: self.now.saturating_since(t.started).as_secs_f64(),
-            sweep: t.sweep,
-            existed: t.existed,
-        };
-        t.done = Some(self.report.queries.len());
-        self.report.queries.push(q);
-        if outcome.is_some() {
-            self.window_found += 1
-        } else {
-            self.window_failed += 1
-        }
-    }
-
-    /// Counts a query-related message against its search.
-    fn attribute(&mut self, msg: &rbfs::Message) {
-        let idx = match msg {
-            rbfs::Message::Query(q) => {
-                let idx = self
-                    .by_qid
-                    .get(&q.id)
-                    .copied()
-                    .or_else(|| self.by_origin.get(&(q.origin, q.item)).copied());
-                if let Some(i) = idx {
-                    self.by_qid.insert(q.id, i);
-                }
-                idx
-            }
-            rbfs::Message::Hit { id, .. } => self.by_qid.get(id).copied(),
-            _ => None,
-        };
-        if let Some(i) = idx {
-            self.tracks[i].messages += 1;
-        }
-    }
-
-    fn send(&mut self, from: PeerId, to: PeerId, msg: Msg) {
-        let (fs, _) = decode(&from);
-        let (ts, _) = decode(&to);
-        let (Some(fm), Some(tm)) = (self.meta.get(fs as usize), self.meta.get(ts as usize)) else {
-            return;
-        };
-        let (a, b) = (usize::from(fm.site), usize::from(tm.site));
-        let now = self.now.as_duration();
-        for p in &self.sc.partitions {
-            if now >= p.from && now < p.until && (p.side.contains(&a) != p.side.contains(&b)) {
-                return;
-            }
-        }
-        if self.sc.net.loss > 0.0 && self.rng.random_bool(self.sc.net.loss) {
-            return;
-        }
-        let base = if a == b {
-            self.sc.net.lan_latency
-        } else {
-            self.sc.net.wan_latency
-        };
-        let j = self.sc.net.latency_jitter;
-        let lat = if j > 0.0 {
-            base.mul_f64(1.0 + self.rng.random_range(-j..j))
-        } else {
-            base
-        };
-        let at = self.now + lat;
-        self.push(at, Ev::Deliver(Box::new(Delivery { from, to, msg })));
-    }
-
     /// Schedules a search for `item` (which need not exist) from a random live node at `at`.
     pub fn search_at(&mut self, at: Duration, item: ItemId) {
         self.push(
@@ -997,38 +867,33 @@ impl World {
             let Some(s) = self.random_live_slot() else {
                 return;
             };
-            if self.nodes[s]
-                .as_ref()
-                .is_some_and(|n| !n.core.store().contains(&id))
-            {
+            if self.net.node(s).is_some_and(|n| !n.store().contains(&id)) {
                 origin = Some(s);
                 break;
             }
         }
         let Some(s) = origin else { return };
         let existed = self.holder_count(&id) > 0;
-        let Some(pid) = self.nodes[s].as_ref().map(|n| n.id) else {
+        let Some(pid) = self.net.node(s).map(|n| n.id()) else {
             return;
         };
-        let idx = self.tracks.len();
-        self.tracks.push(Track {
+        let idx = self.stats.tracks.len();
+        self.stats.tracks.push(Track {
             messages: 0,
             started: self.now,
             sweep,
             existed,
             done: None,
         });
-        self.by_origin.insert((pid, id), idx);
-        self.with_node(s, |n, h| {
-            n.core.find(h.now, id, h);
-        });
+        self.stats.by_origin.insert((pid, id), idx);
+        self.net
+            .with_node(s, &mut self.stats, |n, now| n.find(now, id));
     }
 
     fn holder_count(&self, id: &ItemId) -> usize {
-        self.nodes
-            .iter()
-            .flatten()
-            .filter(|n| n.core.store().contains(id))
+        self.net
+            .nodes()
+            .filter(|(_, n)| n.store().contains(id))
             .count()
     }
 
@@ -1040,8 +905,8 @@ impl World {
             .map(|(i, id)| (*id, i))
             .collect();
         let mut counts = vec![0usize; self.items.len()];
-        for n in self.nodes.iter().flatten() {
-            for id in n.core.store().ids() {
+        for (_, n) in self.net.nodes() {
+            for id in n.store().ids() {
                 if let Some(i) = index.get(&id) {
                     counts[*i] += 1;
                 }
@@ -1051,9 +916,9 @@ impl World {
     }
 
     fn sample(&mut self) {
-        let r = self.sc.pcg.replicas;
+        let r = self.sc.core.pcg.replicas;
         let counts = self.holder_counts();
-        let live = self.meta.iter().filter(|m| m.alive).count();
+        let live = self.net.nodes().count();
         let secs = self.now.saturating_since(self.last_sample).as_secs_f64();
         let s = Sample {
             t: self.now.as_duration().as_secs_f64(),
@@ -1062,10 +927,10 @@ impl World {
             held_low: counts.iter().filter(|c| **c > 0 && **c < r).count(),
             lost: counts.iter().filter(|c| **c == 0).count(),
             stored: self.stored,
-            found: std::mem::take(&mut self.window_found),
-            failed: std::mem::take(&mut self.window_failed),
+            found: std::mem::take(&mut self.stats.window_found),
+            failed: std::mem::take(&mut self.stats.window_failed),
             msgs_per_node_s: if secs > 0.0 {
-                std::mem::take(&mut self.window_msgs) as f64 / secs / live.max(1) as f64
+                std::mem::take(&mut self.stats.window_msgs) as f64 / secs / live.max(1) as f64
             } else {
                 0.0
             },
@@ -1074,136 +939,23 @@ impl World {
         self.report.series.push(s);
     }
 
-    /// The membership model's exchange: forget detected-dead hosts, fill up from a random known
-    /// host's table, and make ourselves known to it.
-    fn exchange(&mut self, s: usize) {
-        let now = self.now;
-        let k = self.sc.known;
-        let Some(node) = self.nodes[s].as_mut() else {
-            return;
-        };
-        let me = node.id;
-        node.known.retain(|p| live_in(&self.meta, p, now));
-        let partner = node.known.choose(&mut self.rng).copied();
-        let Some(partner) = partner else {
-            // Isolated: bootstrap from any live node.
-            if let Some(b) = self.random_live_slot() {
-                if b != s {
-                    let bid = self.nodes[b].as_ref().map(|n| n.id);
-                    if let (Some(bid), Some(node)) = (bid, self.nodes[s].as_mut()) {
-                        node.known.push(bid);
-                    }
-                }
-            }
-            return;
-        };
-        let (ps, _) = decode(&partner);
-        let sample: Vec<PeerId> = self.nodes[ps as usize]
-            .as_ref()
-            .map(|n| {
-                n.known
-                    .iter()
-                    .copied()
-                    .filter(|p| live_in(&self.meta, p, now))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(node) = self.nodes[s].as_mut() {
-            for p in sample {
-                if node.known.len() >= k {
-                    break;
-                }
-                if p != me && !node.known.contains(&p) {
-                    node.known.push(p);
-                }
-            }
-        }
-        self.introduce(ps as usize, me);
-    }
-
-    /// Puts `id` into slot `s`'s known hosts, replacing a random entry when full.
-    fn introduce(&mut self, s: usize, id: PeerId) {
-        let k = self.sc.known;
-        let Some(node) = self.nodes[s].as_mut() else {
-            return;
-        };
-        if node.id == id || node.known.contains(&id) {
-            return;
-        }
-        if node.known.len() < k {
-            node.known.push(id);
-        } else if k > 0 {
-            let i = self.rng.random_range(0..k);
-            node.known[i] = id;
-        }
-    }
-
+    /// Kills the node in slot `s` (a crash: nothing is sent) and starts an empty one with a new
+    /// identity at the same address.
     fn kill_and_replace(&mut self, s: usize) {
-        let Some(dead) = self.nodes[s].take() else {
+        let Some(dead) = self.net.kill(s) else {
             return;
         };
         self.report.deaths += 1;
-        self.report.bytes_lost_by_deaths += dead.core.store().usage().used;
-        self.report.node_seconds += self.now.saturating_since(dead.born).as_secs_f64();
-        let (d0, d1) = self.sc.detect;
-        let delay = if d1 > d0 {
-            d0 + (d1 - d0).mul_f64(self.rng.random_range(0.0..1.0))
-        } else {
-            d0
-        };
-        let detect_at = self.now + delay;
-        let m = &mut self.meta[s];
-        m.prev = Some((m.inc, detect_at));
-        m.inc += 1;
-        let inc = m.inc;
-        self.push(
-            detect_at,
-            Ev::Detect {
-                co_members: dead.core.pcg().co_members().into_boxed_slice(),
-            },
-        );
-        // Replaced empty: a new identity on the same site, bootstrapped from a random live node.
-        let mut node = self.make_node(s as u32, inc);
-        let id = node.id;
-        if let Some(b) = self.random_live_slot().filter(|b| *b != s) {
-            if let Some(bn) = self.nodes[b].as_ref() {
-                let mut known: Vec<PeerId> =
-                    bn.known.iter().copied().filter(|p| *p != id).collect();
-                known.truncate(self.sc.known.saturating_sub(1));
-                known.push(bn.id);
-                node.known = known;
-            }
-            self.introduce(b, id);
+        self.report.bytes_lost_by_deaths += dead.store().usage().used;
+        if let Some(born) = self.born[s].take() {
+            self.report.node_seconds += self.now.saturating_since(born).as_secs_f64();
         }
-        // A few more nodes hear of it (LAN beacons, exchanges).
-        for _ in 0..self.sc.known / 4 {
-            if let Some(o) = self.random_live_slot().filter(|o| *o != s) {
-                self.introduce(o, id);
-            }
-        }
-        self.nodes[s] = Some(node);
-        self.meta[s].alive = true;
-        let first = self
-            .sc
-            .exchange_interval
-            .mul_f64(self.rng.random_range(0.1..1.0));
-        self.push(
-            self.now + first,
-            Ev::Exchange {
-                slot: s as u32,
-                inc,
-            },
-        );
-        if let Some(session) = self.sc.churn.session(&mut self.rng) {
-            self.push(
-                self.now + session,
-                Ev::Kill {
-                    slot: s as u32,
-                    inc,
-                },
-            );
-        }
-        self.refresh_wake(s);
+        // Only a death some table can notice is waited for: a node nobody knew is not "missed".
+        self.stats.alive.insert(dead.id(), false);
+        self.stats.killed.insert(dead.id(), self.now);
+        self.log(s as u64, 0xdead);
+        self.incs[s] += 1;
+        self.start_node(s);
     }
 }
 
@@ -1219,23 +971,16 @@ mod tests {
     #[test]
     fn ids_encode_slot_and_incarnation() {
         let id = make_id(7, 1234, 5);
-        assert_eq!(decode(&id), (1234, 5));
+        assert_eq!(&id.0[..4], &1234u32.to_be_bytes());
+        assert_eq!(&id.0[4..8], &5u32.to_be_bytes());
         assert_ne!(make_id(7, 1234, 5), make_id(8, 1234, 5));
     }
 
     #[test]
-    fn dead_incarnations_look_alive_until_detected() {
-        let meta = vec![Meta {
-            inc: 1,
-            alive: true,
-            site: 0,
-            prev: Some((0, Time(100))),
-        }];
-        let old = make_id(1, 0, 0);
-        let new = make_id(1, 0, 1);
-        assert!(live_in(&meta, &old, Time(50)));
-        assert!(!live_in(&meta, &old, Time(100)));
-        assert!(live_in(&meta, &new, Time(100)));
-        assert!(!live_in(&meta, &make_id(1, 3, 0), Time(0)));
+    fn an_invalid_node_configuration_is_refused_with_its_reason() {
+        let mut sc = Scenario::default();
+        sc.core.pcg.replicas = 0;
+        let err = World::try_new(sc).err().expect("refused");
+        assert!(err.to_string().starts_with("data:"), "{err}");
     }
 }
