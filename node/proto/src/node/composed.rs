@@ -345,6 +345,7 @@ impl<S: Store> NodeCore<S> {
                     | membership::Event::PeerRemoved { .. }
                     | membership::Event::PeerSuspected { .. }
                     | membership::Event::PeerAlive { .. }
+                    | membership::Event::PeerHeardDead { .. }
             );
             self.events.push_back(Event::Membership(e));
         }
