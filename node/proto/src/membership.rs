@@ -573,15 +573,33 @@ impl Membership {
         let mut record = record;
         put_first(&mut record.addrs, addr);
         let id = record.id;
+        let partner = self.table.contains(&id);
         let behind = self.behind(&record, now);
         self.admit(now, record, source);
         // A peer that knows more hosts than we do has news for us even if this sample happened to
         // hold none of it.
         let mut news = behind;
+        // With room, every host a sample offers is worth a dial. At capacity a newcomer can only
+        // trade places with an incumbent: one candidate per periodic exchange (or bootstrap
+        // answer), none from the answer of a candidate itself, and no "news" that would keep the
+        // exchange pace at its fastest. Otherwise a full table trades hosts forever, each trade
+        // a Hello whose answer offers the next (seen in the simulator at 250+ nodes: ~19 dials
+        // per node per second).
+        let limit = if !self.table.is_full() {
+            usize::MAX
+        } else if (partner && source == Source::Exchange) || source == Source::Bootstrap {
+            1
+        } else {
+            0
+        };
+        let mut taken = 0;
         for r in sample
             .into_iter()
             .take(usize::from(self.config.sample_size))
         {
+            if taken >= limit {
+                break;
+            }
             if r.id == self.local.id
                 || r.id == id
                 || self.table.contains(&r.id)
@@ -592,7 +610,8 @@ impl Membership {
             {
                 continue;
             }
-            news = true;
+            taken += 1;
+            news |= limit == usize::MAX;
             if self.candidates.len() < self.config.max_candidates {
                 self.candidates.insert(r.id, r);
             }
@@ -745,8 +764,9 @@ impl Membership {
             t = t.min(p);
         }
         for (addr, b) in &self.bootstrap {
-            if !self.bootstrap_satisfied(addr) {
-                t = t.min(b.next_try);
+            // The cheap test first: this runs after every input.
+            if b.next_try < t && !self.bootstrap_satisfied(addr) {
+                t = b.next_try;
             }
         }
         if !self.table.is_empty() {
@@ -963,6 +983,9 @@ impl Membership {
                 self.events.push_back(Event::PeerAdded { id, source });
             }
             Insert::Replaced { evicted, random } => {
+                // Evicted for diversity: not redialled from the next sample that lists it, or
+                // a full table keeps trading hosts back and forth (one Hello per trade).
+                self.remember_rejected(evicted.id(), now);
                 self.swim.remove(&evicted.id());
                 self.events.push_back(Event::PeerRemoved {
                     id: evicted.id(),
@@ -973,22 +996,27 @@ impl Membership {
             }
             Insert::Updated => self.swim.contact(id),
             Insert::Rejected(peers::Rejected::Crowded) => {
-                if self.rejected.len() >= 4 * self.table.capacity() {
-                    // Bounded: forget the one whose memory runs out first.
-                    let oldest = self
-                        .rejected
-                        .iter()
-                        .min_by_key(|(_, t)| **t)
-                        .map(|(id, _)| *id);
-                    if let Some(oldest) = oldest {
-                        self.rejected.remove(&oldest);
-                    }
-                }
-                self.rejected.insert(id, now + self.config.reject_memory);
+                self.remember_rejected(id, now);
                 self.events.push_back(Event::PeerRejected { id, source });
             }
             Insert::Rejected(_) => {}
         }
+    }
+
+    /// Remembers that the diversity rule does not want `id` for [`Config::reject_memory`].
+    fn remember_rejected(&mut self, id: PeerId, now: Time) {
+        if self.rejected.len() >= 4 * self.table.capacity() {
+            // Bounded: forget the one whose memory runs out first.
+            let oldest = self
+                .rejected
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.rejected.remove(&oldest);
+            }
+        }
+        self.rejected.insert(id, now + self.config.reject_memory);
     }
 
     /// Common tail of every input: SWIM's outputs, candidate dials, the empty-table check.

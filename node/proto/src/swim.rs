@@ -259,6 +259,9 @@ pub struct Swim {
     recent: VecDeque<(u64, PeerId)>,
     next_seq: u64,
     dead: BTreeMap<PeerId, (u64, Time)>,
+    /// When entries of `dead` run out, in order (every entry lives `dead_retention`, so
+    /// insertion order is expiry order); stale entries (re-added members) are skipped.
+    dead_expiry: VecDeque<(Time, PeerId)>,
     queue: Vec<Queued>,
     next_gossip: Option<Time>,
     commands: VecDeque<Command>,
@@ -287,6 +290,7 @@ impl Swim {
             recent: VecDeque::new(),
             next_seq: 1,
             dead: BTreeMap::new(),
+            dead_expiry: VecDeque::new(),
             queue: Vec::new(),
             next_gossip: None,
             commands: VecDeque::new(),
@@ -388,15 +392,23 @@ impl Swim {
         if let Some(g) = self.next_gossip {
             t = t.min(g);
         }
-        if let Some(until) = self.dead.values().map(|(_, until)| *until).min() {
-            t = t.min(until);
+        if let Some((until, _)) = self.dead_expiry.front() {
+            t = t.min(*until);
         }
         t
     }
 
     /// Advances probes, suspicions and gossip to `now`.
     pub fn handle_timeout<R: Rng + ?Sized>(&mut self, now: Time, rng: &mut R) {
-        self.dead.retain(|_, (_, until)| *until > now);
+        while let Some((until, id)) = self.dead_expiry.front().copied() {
+            if until > now {
+                break;
+            }
+            self.dead_expiry.pop_front();
+            if self.dead.get(&id).is_some_and(|(_, u)| *u <= now) {
+                self.dead.remove(&id);
+            }
+        }
         self.expire_suspicions(now);
         if let Some(p) = self.probe
             && p.deadline <= now
@@ -504,8 +516,7 @@ impl Swim {
                     && !self.dead.contains_key(&u.id)
                     && self.dead.len() < MAX_DEAD_REMEMBERED
                 {
-                    self.dead
-                        .insert(u.id, (u.incarnation, now + self.config.dead_retention));
+                    self.remember_dead(now, u.id, u.incarnation);
                     self.events.push_back(Event::HeardDead { id: u.id });
                 }
                 continue;
@@ -688,9 +699,14 @@ impl Swim {
 
     fn bury(&mut self, now: Time, id: PeerId, incarnation: u64, local: bool) {
         self.remove(&id);
-        self.dead
-            .insert(id, (incarnation, now + self.config.dead_retention));
+        self.remember_dead(now, id, incarnation);
         self.events.push_back(Event::Dead { id, local });
+    }
+
+    fn remember_dead(&mut self, now: Time, id: PeerId, incarnation: u64) {
+        let until = now + self.config.dead_retention;
+        self.dead.insert(id, (incarnation, until));
+        self.dead_expiry.push_back((until, id));
     }
 
     fn enqueue(&mut self, update: MemberUpdate) {

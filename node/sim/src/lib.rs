@@ -20,8 +20,9 @@
 //!   in a fixed order; events at the same instant run in the order they were scheduled. The same
 //!   seed therefore gives the same event log, summarised by [`world::Report::log_hash`].
 //! - **Membership is the node's own**: a node starts with an empty table, learns its site from
-//!   beacons and the other sites from its bootstrap addresses (the first node of every site), and
-//!   a replacement node (new identity, same address) does the same. Failure detection is SWIM's:
+//!   beacons and the other sites from its bootstrap addresses (the first node of its own site and
+//!   of the next two) and exchanges, and a replacement node (new identity, same address) does
+//!   the same. Failure detection is SWIM's:
 //!   the churn rig reports the time from a death to the first table that dropped it.
 //! - **Honest counting**: every message the state machines emit is counted, by kind; for searches,
 //!   every query forward and every answer hop is attributed to its search.

@@ -4,9 +4,9 @@
 //! partitions), with churn, a workload and the measurements the rigs report.
 //!
 //! Nothing about membership is modelled here: a node learns its first hosts from LAN beacons and
-//! from the bootstrap addresses it is given (the first node of every site, as a compose LAN's
-//! gateway is), fills its table by exchanges, and learns that a node died when SWIM says so. A
-//! killed node is replaced at once by a new, empty node with a new identity at the same address
+//! from the bootstrap addresses it is given (the first node of its own site and of the next two, as
+//! a compose LAN node is given gateways), fills its table by exchanges, and learns that a node died
+//! when SWIM says so. A killed node is replaced at once by a new, empty node with a new identity at the same address
 //! (a container restarted with its volume lost).
 //!
 //! Everything random comes from one seeded RNG (plus per-node and network RNGs seeded from it),
@@ -22,6 +22,7 @@ use butter_proto::membership::{self, Action, RemoveReason};
 use butter_proto::node::net::{Net, Observer};
 use butter_proto::node::{self, ConfigError, Event, NodeCore, Transmit, data};
 use butter_proto::pcg;
+use butter_proto::peers::Source;
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::wire::PeerRecord;
 use butter_proto::{PeerId, Time};
@@ -213,6 +214,9 @@ impl Report {
     }
 }
 
+/// How many sites' first nodes a node is given as bootstrap addresses (its own and the next).
+pub const BOOTSTRAP_SITES: usize = 3;
+
 /// Membership request kinds, as counted in [`Report::messages`].
 pub const MEMBERSHIP_KINDS: [&str; 5] = ["beacon", "hello", "ping", "ping_req", "gossip"];
 
@@ -220,7 +224,12 @@ fn transmit_kind(t: &Transmit) -> &'static str {
     match t {
         Transmit::Membership(a) => match a {
             Action::SendBeacon { .. } => "beacon",
-            Action::Dial { .. } => "hello",
+            Action::Dial { source, .. } => match source {
+                Source::Multicast => "hello_multicast",
+                Source::Bootstrap => "hello_bootstrap",
+                Source::Exchange => "hello_exchange",
+                _ => "hello_other",
+            },
             Action::Ping { .. } => "ping",
             Action::PingReq { .. } => "ping_req",
             Action::Gossip { .. } => "gossip",
@@ -591,13 +600,16 @@ impl World {
             // Checked in `try_new`: the configuration is the same for every node.
             return;
         };
-        // Bootstrap: the first node of every site, as a compose LAN's gateway is.
+        // Bootstrap: the first node of its own site and of the next two, as a compose LAN node
+        // is given its gateways (a handful of seeds, not the whole network).
         let sites = self.sc.sites.max(1).min(self.net.slots());
+        let site = usize::from(self.net.site(s));
         let own = self.net.addr(s);
-        let seeds: Vec<_> = (0..sites)
-            .map(|k| self.net.addr(k))
+        let mut seeds: Vec<_> = (0..BOOTSTRAP_SITES.min(sites))
+            .map(|k| self.net.addr((site + k) % sites))
             .filter(|a| *a != own)
             .collect();
+        seeds.dedup();
         core.set_bootstrap(self.now, seeds);
         self.stats.alive.insert(id, true);
         self.born[s] = Some(self.now);
