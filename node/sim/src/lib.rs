@@ -51,6 +51,7 @@
 //! ```
 
 pub mod churn;
+pub mod explore;
 pub mod output;
 pub mod rigs;
 pub mod world;

@@ -87,6 +87,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The seeded fault explorer: random topologies, churn, partitions and loss; after every run
+    /// it checks the invariants (no item vanishes while a holder is up, every group back at r, dead
+    /// nodes leave tables, no panic) and prints each failing seed with the command that replays it.
+    /// Exits 1 when an invariant broke.
+    Explore {
+        /// Seeds to run, inclusive: `A..B` (or one seed).
+        #[arg(long, default_value = "1..20", value_parser = parse_range)]
+        seeds: (u64, u64),
+        /// Runs in parallel (default: the machine's cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// One custom scenario; writes its series (CSV, JSON) and an SVG plot.
     Run {
         /// Seed.
@@ -145,6 +157,74 @@ enum ChurnKind {
     Exponential,
     Pareto,
     SiteFailure,
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("expected A..B or one seed, e.g. 1..1000, got {s:?}");
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (a.trim(), b.trim().trim_start_matches('=')),
+        None => (s.trim(), s.trim()),
+    };
+    let a: u64 = a.parse().map_err(|_| bad())?;
+    let b: u64 = b.parse().map_err(|_| bad())?;
+    if b < a {
+        return Err(format!(
+            "the range {s:?} is empty: the end must not be below the start"
+        ));
+    }
+    Ok((a, b))
+}
+
+/// Runs the explorer over `seeds` on `jobs` threads; prints the table; returns whether all held.
+fn explore(
+    seeds: (u64, u64),
+    jobs: usize,
+    quiet: bool,
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (a, b) = seeds;
+    let pb = bar(quiet, b - a + 1, "explore (seeds)");
+    let next = AtomicU64::new(a);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed > b {
+                        break;
+                    }
+                    let o = butter_sim::explore::run_seed(seed);
+                    if !o.broken.is_empty() {
+                        pb.println(format!("seed {seed}: {}", o.broken.join("; ")));
+                    }
+                    pb.inc(1);
+                    if let Ok(mut r) = results.lock() {
+                        r.push(o);
+                    }
+                }
+            });
+        }
+    });
+    pb.finish_and_clear();
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|o| o.seed);
+    print!("{}", output::explore_table(&results));
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("explore.json"),
+        serde_json::to_string_pretty(&results)?,
+    )
+    .context("writing explore.json")?;
+    let failed: Vec<_> = results.iter().filter(|o| !o.broken.is_empty()).collect();
+    for o in &failed {
+        println!("seed {} broke: {}", o.seed, o.broken.join("; "));
+        println!("  {}", o.scenario);
+        println!("  replay: {}", butter_sim::explore::replay_command(o.seed));
+    }
+    Ok(failed.is_empty())
 }
 
 fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
@@ -263,6 +343,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             let rows = rigs::maintenance(nodes, &per_node, seed);
             print!("{}", output::maintenance_table(&rows));
+        }
+        Command::Explore { seeds, jobs } => {
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            if !explore(seeds, jobs, cli.quiet, &out)? {
+                std::process::exit(1);
+            }
         }
         Command::Run {
             seed,

@@ -322,3 +322,41 @@ pub fn maintenance_table(rows: &[MaintenanceRow]) -> String {
     }
     out
 }
+
+/// The explorer's summary: one row per seed, then the totals.
+pub fn explore_table(rows: &[crate::explore::Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>6} | {:>6} | {:>9} | {:>6} | {:>8} | {:>13} | {}",
+        "seed", "items", "destroyed", "deaths", "over r", "stale dead s", "invariants"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(80));
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>6} | {:>6} | {:>9} | {:>6} | {:>8} | {:>13.1} | {}",
+            r.seed,
+            r.items,
+            r.destroyed,
+            r.deaths,
+            r.over_r,
+            r.stale_dead_max_s,
+            if r.broken.is_empty() {
+                "held".to_owned()
+            } else {
+                r.broken.join("; ")
+            }
+        );
+    }
+    let broken = rows.iter().filter(|r| !r.broken.is_empty()).count();
+    let _ = writeln!(
+        out,
+        "{} seeds, {} broke an invariant; {} items destroyed by deaths, {} deaths in all",
+        rows.len(),
+        broken,
+        rows.iter().map(|r| r.destroyed).sum::<usize>(),
+        rows.iter().map(|r| r.deaths).sum::<u64>()
+    );
+    out
+}

@@ -81,6 +81,9 @@ pub struct Scenario {
     /// Messages are counted by kind ([`Report::messages`]) only from this time on, so a rate can
     /// leave out the start-up.
     pub measure_from: Duration,
+    /// Check the invariants as the run goes ([`Report::invariants`]): costs a scan of every
+    /// holder at each death and of every table at each sample, so the big rigs leave it off.
+    pub check_invariants: bool,
 }
 
 impl Default for Scenario {
@@ -106,8 +109,26 @@ impl Default for Scenario {
             duration: Duration::from_secs(60),
             sample_every: Duration::from_secs(1),
             measure_from: Duration::ZERO,
+            check_invariants: false,
         }
     }
+}
+
+/// What the invariant checks found ([`Scenario::check_invariants`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Invariants {
+    /// Items whose last copy died with its node (lost to deaths, which no protocol prevents).
+    pub destroyed: usize,
+    /// Items that vanished while a node holding them stayed up (a live node dropped the last
+    /// copy): must be 0.
+    pub dropped_by_live: usize,
+    /// The longest any live node's table held a node that had been dead for that long, in
+    /// seconds, over every sample.
+    pub stale_dead_max_s: f64,
+    /// Items (not destroyed) with fewer than `r` live holders at the end.
+    pub under_r_at_end: usize,
+    /// Items with more than `r` live holders at the end.
+    pub over_r_at_end: usize,
 }
 
 /// One metrics sample.
@@ -186,6 +207,8 @@ pub struct Report {
     pub false_dead: u64,
     /// Items lost at the end.
     pub lost_at_end: usize,
+    /// What the invariant checks found (all zero when they were off).
+    pub invariants: Invariants,
     /// Items stored.
     pub items: usize,
     /// Node-seconds lived (for per-node rates).
@@ -429,6 +452,7 @@ enum Ev {
     Probe,
     Sweep { item: u32 },
     SearchFor { item: Box<ItemId> },
+    Delete { item: u32 },
     Sample,
 }
 
@@ -443,6 +467,7 @@ impl Ev {
             Ev::Sweep { .. } => 9,
             Ev::Sample => 10,
             Ev::SearchFor { .. } => 11,
+            Ev::Delete { .. } => 12,
         }
     }
 }
@@ -508,6 +533,10 @@ pub struct World {
     report: Report,
     last_sample: Time,
     progress: Option<Box<dyn Fn(f64) + Send>>,
+    /// Invariant checks: when each dead node died, and items whose last copy died.
+    died_at: BTreeMap<PeerId, Time>,
+    destroyed: std::collections::BTreeSet<ItemId>,
+    dropped: std::collections::BTreeSet<ItemId>,
 }
 
 impl World {
@@ -567,6 +596,9 @@ impl World {
             },
             last_sample: Time::ZERO,
             progress: None,
+            died_at: BTreeMap::new(),
+            destroyed: std::collections::BTreeSet::new(),
+            dropped: std::collections::BTreeSet::new(),
             sc,
         };
         w.schedule_initial();
@@ -757,6 +789,25 @@ impl World {
             .filter(|c| **c == 0)
             .count();
         self.report.lost_at_end = lost;
+        if self.sc.check_invariants {
+            let r = self.sc.core.pcg.replicas;
+            let counts = self.holder_counts();
+            let destroyed = &self.destroyed;
+            let items = &self.items;
+            let live = |i: &usize| !destroyed.contains(&items[*i]);
+            let inv = &mut self.report.invariants;
+            inv.destroyed = self
+                .items
+                .iter()
+                .take(self.stored)
+                .filter(|i| self.destroyed.contains(i))
+                .count();
+            inv.dropped_by_live = self.dropped.len();
+            inv.under_r_at_end = (0..self.stored)
+                .filter(|i| live(i) && counts[*i] < r)
+                .count();
+            inv.over_r_at_end = (0..self.stored).filter(|i| counts[*i] > r).count();
+        }
         for born in self.born.iter().flatten() {
             self.report.node_seconds += self.now.saturating_since(*born).as_secs_f64();
         }
@@ -854,12 +905,31 @@ impl World {
                 }
             }
             Ev::SearchFor { item } => self.search(*item, false),
+            Ev::Delete { item } => {
+                let Some(id) = self.items.get(item as usize).copied() else {
+                    return;
+                };
+                let holder = self
+                    .net
+                    .nodes()
+                    .find(|(_, n)| n.store().contains(&id))
+                    .map(|(s, _)| s);
+                if let Some(s) = holder {
+                    self.net
+                        .with_node(s, &mut self.stats, |n, now| n.delete(now, id));
+                }
+            }
             Ev::Sample => {
                 self.sample();
                 let next = self.now + self.sc.sample_every;
                 self.push(next, Ev::Sample);
             }
         }
+    }
+
+    /// Schedules a delete of the `index`-th item stored, by one of its holders, at `at`.
+    pub fn delete_at(&mut self, at: Duration, index: u32) {
+        self.push(Time::from_duration(at), Ev::Delete { item: index });
     }
 
     /// Schedules a search for `item` (which need not exist) from a random live node at `at`.
@@ -949,14 +1019,56 @@ impl World {
         };
         self.last_sample = self.now;
         self.report.series.push(s);
+        if self.sc.check_invariants {
+            self.check(&counts);
+        }
+    }
+
+    /// The per-sample invariant checks: no item vanishes from live nodes unless its last copy
+    /// died; how long dead nodes linger in live tables.
+    fn check(&mut self, counts: &[usize]) {
+        for (i, c) in counts.iter().enumerate().take(self.stored) {
+            let id = self.items[i];
+            if *c == 0 && !self.destroyed.contains(&id) {
+                self.dropped.insert(id);
+            }
+        }
+        let mut worst = 0.0f64;
+        for (_, n) in self.net.nodes() {
+            for h in n.table().iter() {
+                if let Some(died) = self.died_at.get(&h.record.id) {
+                    worst = worst.max(self.now.saturating_since(*died).as_secs_f64());
+                }
+            }
+        }
+        let inv = &mut self.report.invariants;
+        inv.stale_dead_max_s = inv.stale_dead_max_s.max(worst);
     }
 
     /// Kills the node in slot `s` (a crash: nothing is sent) and starts an empty one with a new
     /// identity at the same address.
     fn kill_and_replace(&mut self, s: usize) {
+        if self.sc.check_invariants {
+            if let Some(n) = self.net.node(s) {
+                let held: Vec<ItemId> = n.store().ids();
+                for id in held {
+                    let others = self
+                        .net
+                        .nodes()
+                        .filter(|(o, n)| *o != s && n.store().contains(&id))
+                        .count();
+                    if others == 0 {
+                        self.destroyed.insert(id);
+                    }
+                }
+            }
+        }
         let Some(dead) = self.net.kill(s) else {
             return;
         };
+        if self.sc.check_invariants {
+            self.died_at.insert(dead.id(), self.now);
+        }
         self.report.deaths += 1;
         self.report.bytes_lost_by_deaths += dead.store().usage().used;
         if let Some(born) = self.born[s].take() {
