@@ -328,8 +328,8 @@ pub fn explore_table(rows: &[crate::explore::Outcome]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>6} | {:>6} | {:>9} | {:>6} | {:>8} | {:>13} | {}",
-        "seed", "items", "destroyed", "deaths", "over r", "stale dead s", "invariants"
+        "{:>6} | {:>6} | {:>9} | {:>6} | {:>8} | {:>13} | invariants",
+        "seed", "items", "destroyed", "deaths", "over r", "stale dead s"
     );
     let _ = writeln!(out, "{}", "-".repeat(80));
     for r in rows {
