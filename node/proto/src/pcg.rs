@@ -1405,7 +1405,21 @@ impl<S: Store> Node<S> {
             return;
         };
         let waited = now.saturating_since(g.orphan_since.unwrap_or(now));
-        if !holding || (g.orphan.proven.len() >= r && (g.orphan.trimmed || waited >= timeout)) {
+        // The copy may go once r members proved theirs, unless it is the only copy on a site
+        // they do not cover and they all sit on one site: then one site's failure would take
+        // the item (seen by the fault explorer: groups re-formed inside a partition won the merge
+        // at the heal, the other side's holders were trimmed and dropped, the winning site
+        // failed). Such a copy stays, asking to be re-admitted, until the group spans sites.
+        let proven_sites: BTreeSet<&str> = g
+            .orphan
+            .proven
+            .iter()
+            .filter_map(|p| hosts.site(p))
+            .collect();
+        let covered =
+            proven_sites.len() >= 2 || hosts.site(&me).is_none_or(|s| proven_sites.contains(s));
+        let enough = g.orphan.proven.len() >= r && covered;
+        if !holding || (enough && (g.orphan.trimmed || waited >= timeout)) {
             self.forget(now, item, false);
             return;
         }

@@ -106,6 +106,8 @@ pub struct Outcome {
     pub over_r: usize,
     /// Event-log hash (replays must match it).
     pub log_hash: String,
+    /// Where vanished items' copies went (see [`crate::world::Invariants::drop_trace`]).
+    pub trace: Vec<String>,
 }
 
 /// How long a dead node may stay in a live table: a round of probes over a full table, the
@@ -122,8 +124,9 @@ pub fn check(sc: &Scenario, r: &Report) -> Vec<String> {
     let inv = &r.invariants;
     if inv.dropped_by_live > 0 {
         broken.push(format!(
-            "{} items vanished while a holder stayed up",
-            inv.dropped_by_live
+            "{} items vanished while a holder stayed up (first seen at {:.0} s)",
+            inv.dropped_by_live,
+            inv.first_dropped_s.unwrap_or(0.0)
         ));
     }
     if inv.under_r_at_end > 0 {
@@ -185,6 +188,7 @@ pub fn run_seed(seed: u64) -> Outcome {
             deaths: report.deaths,
             stale_dead_max_s: report.invariants.stale_dead_max_s,
             over_r: report.invariants.over_r_at_end,
+            trace: report.invariants.drop_trace.clone(),
             log_hash: report.log_hash,
         },
         Err(panic) => {
@@ -203,6 +207,7 @@ pub fn run_seed(seed: u64) -> Outcome {
                 stale_dead_max_s: 0.0,
                 over_r: 0,
                 log_hash: String::new(),
+                trace: Vec::new(),
             }
         }
     }

@@ -222,6 +222,9 @@ fn explore(
     for o in &failed {
         println!("seed {} broke: {}", o.seed, o.broken.join("; "));
         println!("  {}", o.scenario);
+        for line in o.trace.iter().take(12) {
+            println!("  dropped by a live node: {line}");
+        }
         println!("  replay: {}", butter_sim::explore::replay_command(o.seed));
     }
     Ok(failed.is_empty())

@@ -122,6 +122,10 @@ pub struct Invariants {
     /// Items that vanished while a node holding them stayed up (a live node dropped the last
     /// copy): must be 0.
     pub dropped_by_live: usize,
+    /// When the first of them was seen gone (seconds), to start a replay's investigation.
+    pub first_dropped_s: Option<f64>,
+    /// For each of them, the copies dropped by live nodes (`t=… node=… item=…`), in order.
+    pub drop_trace: Vec<String>,
     /// The longest any live node's table held a node that had been dead for that long, in
     /// seconds, over every sample.
     pub stale_dead_max_s: f64,
@@ -329,6 +333,8 @@ struct Stats {
     alive: BTreeMap<PeerId, bool>,
     detection_s: Vec<f64>,
     false_dead: u64,
+    /// Copies dropped by live nodes (time, node, item), kept when invariants are checked.
+    drops: Option<Vec<(Time, PeerId, ItemId)>>,
 }
 
 impl Stats {
@@ -417,6 +423,9 @@ impl Observer for Stats {
         match e {
             Event::Data(data::Event::Rbfs(e)) => self.search_event(now, node, e),
             Event::Data(data::Event::Pcg(e)) => {
+                if let (Some(drops), pcg::Event::Dropped(item)) = (&mut self.drops, &e) {
+                    drops.push((now, node, *item));
+                }
                 if let Some(k) = pcg_label(&e) {
                     *self.pcg_events.entry(k).or_default() += 1;
                 }
@@ -578,6 +587,7 @@ impl World {
             net,
             stats: Stats {
                 measure_from: Time::from_duration(sc.measure_from),
+                drops: sc.check_invariants.then(Vec::new),
                 ..Stats::default()
             },
             now: Time::ZERO,
@@ -803,6 +813,16 @@ impl World {
                 .filter(|i| self.destroyed.contains(i))
                 .count();
             inv.dropped_by_live = self.dropped.len();
+            for (t, node, item) in self.stats.drops.iter().flatten() {
+                if self.dropped.contains(item) {
+                    inv.drop_trace.push(format!(
+                        "t={:.2}s node={} item={}",
+                        t.as_duration().as_secs_f64(),
+                        node.short(),
+                        item.short()
+                    ));
+                }
+            }
             inv.under_r_at_end = (0..self.stored)
                 .filter(|i| live(i) && counts[*i] < r)
                 .count();
@@ -1029,8 +1049,10 @@ impl World {
     fn check(&mut self, counts: &[usize]) {
         for (i, c) in counts.iter().enumerate().take(self.stored) {
             let id = self.items[i];
-            if *c == 0 && !self.destroyed.contains(&id) {
-                self.dropped.insert(id);
+            if *c == 0 && !self.destroyed.contains(&id) && self.dropped.insert(id) {
+                let t = self.now.as_duration().as_secs_f64();
+                let first = &mut self.report.invariants.first_dropped_s;
+                first.get_or_insert(t);
             }
         }
         let mut worst = 0.0f64;
