@@ -188,7 +188,13 @@ pub fn run_seed(seed: u64) -> Outcome {
             deaths: report.deaths,
             stale_dead_max_s: report.invariants.stale_dead_max_s,
             over_r: report.invariants.over_r_at_end,
-            trace: report.invariants.drop_trace.clone(),
+            trace: report
+                .invariants
+                .drop_trace
+                .iter()
+                .chain(&report.invariants.under_r_trace)
+                .cloned()
+                .collect(),
             log_hash: report.log_hash,
         },
         Err(panic) => {

@@ -223,7 +223,7 @@ fn explore(
         println!("seed {} broke: {}", o.seed, o.broken.join("; "));
         println!("  {}", o.scenario);
         for line in o.trace.iter().take(12) {
-            println!("  dropped by a live node: {line}");
+            println!("  {line}");
         }
         println!("  replay: {}", butter_sim::explore::replay_command(o.seed));
     }

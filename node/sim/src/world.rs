@@ -20,7 +20,7 @@ use std::time::Duration;
 use butter_proto::item::{ItemId, MemoryStore, Store};
 use butter_proto::membership::{self, Action, RemoveReason};
 use butter_proto::node::net::{Net, Observer};
-use butter_proto::node::{self, ConfigError, Event, NodeCore, Transmit, data};
+use butter_proto::node::{self, ConfigError, Event, NodeCore, TableView, Transmit, data};
 use butter_proto::pcg;
 use butter_proto::peers::Source;
 use butter_proto::rbfs::{self, QueryId};
@@ -126,6 +126,8 @@ pub struct Invariants {
     pub first_dropped_s: Option<f64>,
     /// For each of them, the copies dropped by live nodes (`t=… node=… item=…`), in order.
     pub drop_trace: Vec<String>,
+    /// For each item below r at the end, each live holder's view of its group.
+    pub under_r_trace: Vec<String>,
     /// The longest any live node's table held a node that had been dead for that long, in
     /// seconds, over every sample.
     pub stale_dead_max_s: f64,
@@ -827,6 +829,42 @@ impl World {
                 .filter(|i| live(i) && counts[*i] < r)
                 .count();
             inv.over_r_at_end = (0..self.stored).filter(|i| counts[*i] > r).count();
+            let now = self.now;
+            for i in (0..self.stored).filter(|i| !destroyed.contains(&items[*i]) && counts[*i] < r)
+            {
+                let id = items[i];
+                for (slot, n) in self.net.nodes().filter(|(_, n)| n.store().contains(&id)) {
+                    let view = TableView::new(n.table(), now, n.id(), n.site());
+                    let line = match n.data().pcg().group(&id, &view) {
+                        Some(g) => {
+                            let members: Vec<String> = g
+                                .members
+                                .iter()
+                                .map(|m| {
+                                    let up = self.stats.alive.get(&m.id) == Some(&true);
+                                    format!(
+                                        "{}{}{}",
+                                        m.id.short(),
+                                        if up { "" } else { "(dead)" },
+                                        if m.holding { "+" } else { "" }
+                                    )
+                                })
+                                .collect();
+                            format!(
+                                "item={} holder slot {slot}: v{} [{}] leader={} orphan={} state={:?}",
+                                id.short(),
+                                g.view.version,
+                                members.join(" "),
+                                g.leader.map(|l| l.short()).unwrap_or_default(),
+                                g.orphan,
+                                g.state
+                            )
+                        }
+                        None => format!("item={} holder slot {slot}: no group", id.short()),
+                    };
+                    inv.under_r_trace.push(line);
+                }
+            }
         }
         for born in self.born.iter().flatten() {
             self.report.node_seconds += self.now.saturating_since(*born).as_secs_f64();
