@@ -38,8 +38,8 @@
 //! - **Split groups and the convergence rule.** A partition (or a member away while both sides
 //!   repair) can leave two groups of one item, each with a complete view that knows nothing of the
 //!   other. When two views of one group meet — a holder in its own view receives a view of the same
-//!   item, without it, from outside its view — the one whose members span **more sites** wins, then
-//!   the higher `(version, author)`; every node orders two views the same way. The
+//!   item, without it, from outside its view — the higher `(version, author)` wins: an order every
+//!   node computes alike from the views alone (not from the sites it happens to know). The
 //!   winner's side answers a losing view with its own. A holder on the losing side asks the
 //!   winner to take it back ([`Message::Join`]: a short winning group re-admits it), passes the
 //!   winning view to its co-members ([`Message::Rival`]) and challenges the winning members; only
@@ -68,8 +68,8 @@
 //!   whose suspicions fed it — a loop the harness, with exact and global liveness, cannot show.
 //!   The rule is applied alike wherever a holder could leave its group: a view that excludes a
 //!   holding member is installed only if it wins by `merge_rank`, even when a co-member relays
-//!   it (else one side orders two views by version and the other by sites, both sides leave for
-//!   the other's view, and every copy goes).
+//!   it (else one side orders two views one way and the other side the other way, both sides
+//!   leave for the other's view, and every copy goes).
 //! - **Deleting** is for members only ([`Config::accept_deletes`]); deleted items are refused for
 //!   [`Config::tombstone_ttl`].
 //! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
@@ -742,12 +742,15 @@ pub struct Node<S: Store> {
     disturbed_until: Time,
 }
 
-/// Which of two views of one group wins when they meet after a split: the one whose members span
-/// more sites (it needs no spreading afterwards), then the higher `(version, author)`. Every node
-/// computes the same order from the same views (sites are fixed attributes of nodes).
-fn merge_rank(view: &View, hosts: &dyn HostView) -> (usize, u64, PeerId) {
-    let sites: BTreeSet<&str> = view.members.iter().filter_map(|p| hosts.site(p)).collect();
-    (sites.len(), view.version, view.author)
+/// Which of two views of one group wins when they meet after a split: the higher `(version,
+/// author)`. It must be the same order on every node, from the views alone: it used to put the
+/// view spanning more sites first, but a node counts only the sites of members it knows (a
+/// member outside its table has no site to it), so two nodes could order the same two views
+/// oppositely, each side leave for the other's view and drop its copies once that view's
+/// members proved theirs — the fault explorer's seed 760 lost an item that way with no node
+/// dying. A less diverse winner spreads to new sites afterwards, as every group does.
+fn merge_rank(view: &View) -> (u64, PeerId) {
+    (view.version, view.author)
 }
 
 /// Cheap, well-mixed 64-bit hash (splitmix64 finaliser).
@@ -1183,10 +1186,10 @@ impl<S: Store> Node<S> {
             Message::Rival(view) => {
                 if let Some(g) = self.groups.get(&view.item)
                     && !view.contains(&self.me)
-                    && merge_rank(&view, hosts) > merge_rank(&g.view, hosts)
+                    && merge_rank(&view) > merge_rank(&g.view)
                     && view.version <= g.view.version.saturating_add(MAX_VERSION_JUMP)
                 {
-                    self.meet(now, from, view, false, hosts);
+                    self.meet(now, from, view, false);
                 }
             }
             Message::Rendezvous(views) => self.on_rendezvous(now, from, views, hosts),
@@ -1575,7 +1578,7 @@ impl<S: Store> Node<S> {
             && view.version <= g.view.version.saturating_add(MAX_VERSION_JUMP)
         {
             // Another view of our group, from outside it, without us: two groups of one item met.
-            self.meet(now, from, view, true, hosts);
+            self.meet(now, from, view, true);
             return false;
         }
         match self.groups.get(&item) {
@@ -1585,8 +1588,7 @@ impl<S: Store> Node<S> {
                 if view.key() <= g.view.key()
                     && !(view.contains(&self.me)
                         && g.rival.as_ref().is_some_and(|r| {
-                            view.key() >= r.view.key()
-                                && merge_rank(&view, hosts) >= merge_rank(&r.view, hosts)
+                            view.key() >= r.view.key() && merge_rank(&view) >= merge_rank(&r.view)
                         })) =>
             {
                 return false;
@@ -1609,7 +1611,7 @@ impl<S: Store> Node<S> {
             _ => {}
         }
         // A view that would take a holding member out of its group must win by the convergence
-        // rule (`merge_rank`: sites, then version, then author), not merely by version. Two
+        // rule (`merge_rank`: version, then author), not merely by version. Two
         // views of one group can reach each side through a member of both (a member trimmed
         // from one while it was in the other); ordered by version on one side and by sites on
         // the other, each side left for the other's view and then dropped its copies once that
@@ -1620,7 +1622,7 @@ impl<S: Store> Node<S> {
             && self.groups.get(&item).is_some_and(|g| {
                 g.orphan_since.is_none()
                     && g.view.contains(&self.me)
-                    && merge_rank(&view, hosts) < merge_rank(&g.view, hosts)
+                    && merge_rank(&view) < merge_rank(&g.view)
             })
         {
             let ours = self.groups[&item].view.clone();
@@ -1648,7 +1650,7 @@ impl<S: Store> Node<S> {
     /// The higher `(version, author)` wins. The lower side's holder that meets the higher view
     /// asks to join it and challenges its members; the higher side answers a lower view with its
     /// own, so the meeting works from either side. Nothing is dropped here.
-    fn meet(&mut self, now: Time, from: PeerId, view: View, relay: bool, hosts: &dyn HostView) {
+    fn meet(&mut self, now: Time, from: PeerId, view: View, relay: bool) {
         let item = view.item;
         let holding = self.store.contains(&item);
         // Refused as a view either way: the groups only merge through proofs.
@@ -1662,14 +1664,14 @@ impl<S: Store> Node<S> {
         // Two groups of one item are about to merge: spreading now would copy the item to a
         // new site only for the merge to trim it again.
         g.next_spread = g.next_spread.max(now + self.config.spread_interval);
-        if merge_rank(&view, hosts) < merge_rank(&g.view, hosts) {
+        if merge_rank(&view) < merge_rank(&g.view) {
             let ours = g.view.clone();
             self.send(from, Message::ViewUpdate(ours));
             return;
         }
         if g.rival
             .as_ref()
-            .is_some_and(|r| merge_rank(&r.view, hosts) >= merge_rank(&view, hosts))
+            .is_some_and(|r| merge_rank(&r.view) >= merge_rank(&view))
         {
             return;
         }

@@ -304,20 +304,27 @@ pub fn maintenance_table(rows: &[MaintenanceRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>6} | {:>7} | {:>14} | {:>16} | {:>15} | {:>12}",
-        "nodes", "items", "replicas/node", "heartbeats/node/s", "summaries/node/s", "total/node/s"
+        "{:>6} | {:>7} | {:>14} | {:>16} | {:>15} | {:>12} | {:>17}",
+        "nodes",
+        "items",
+        "replicas/node",
+        "heartbeats/node/s",
+        "summaries/node/s",
+        "total/node/s",
+        "membership/node/s"
     );
-    let _ = writeln!(out, "{}", "-".repeat(86));
+    let _ = writeln!(out, "{}", "-".repeat(106));
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>6} | {:>7} | {:>14.1} | {:>16.3} | {:>15.3} | {:>12.3}",
+            "{:>6} | {:>7} | {:>14.1} | {:>16.3} | {:>15.3} | {:>12.3} | {:>17.3}",
             r.nodes,
             r.items,
             r.replicas_per_node,
             r.heartbeats_per_node_s,
             r.summaries_per_node_s,
-            r.total_per_node_s
+            r.total_per_node_s,
+            r.membership_per_node_s
         );
     }
     out

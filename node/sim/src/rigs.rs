@@ -375,8 +375,11 @@ pub struct MaintenanceRow {
     pub heartbeats_per_node_s: f64,
     /// RBFS summary pulls and answers per node per second.
     pub summaries_per_node_s: f64,
-    /// All maintenance messages per node per second.
+    /// PCG and RBFS maintenance messages per node per second.
     pub total_per_node_s: f64,
+    /// Membership messages (beacons, Hellos, probes, gossip) per node per second: SWIM's probes
+    /// and the table's upkeep, which do not depend on items either.
+    pub membership_per_node_s: f64,
 }
 
 /// Maintenance cost with different numbers of replicas held per node (items stored =
@@ -410,6 +413,7 @@ pub fn maintenance(nodes: usize, replicas_per_node: &[usize], seed: u64) -> Vec<
             };
             let hb = count(&["heartbeat"]);
             let sm = count(&["summary_pull", "summary"]);
+            let membership = count(&crate::world::MEMBERSHIP_KINDS);
             MaintenanceRow {
                 nodes,
                 items: n_items,
@@ -417,6 +421,7 @@ pub fn maintenance(nodes: usize, replicas_per_node: &[usize], seed: u64) -> Vec<
                 heartbeats_per_node_s: hb,
                 summaries_per_node_s: sm,
                 total_per_node_s: hb + sm,
+                membership_per_node_s: membership,
             }
         })
         .collect()

@@ -191,8 +191,9 @@ pub struct Report {
     /// Every search.
     pub queries: Vec<QueryOutcome>,
     /// Messages sent, by kind: the data messages by their metric label (`heartbeat`, `query`,
-    /// …), membership requests as `beacon` (one per datagram multicast), `hello`, `ping`,
-    /// `ping_req` and `gossip` (each request, its answer not counted apart).
+    /// …), membership requests as `beacon` (one per datagram multicast), `hello_*` (by what
+    /// led to the dial: `multicast`, `bootstrap`, `exchange`), `ping`, `ping_req` and `gossip`
+    /// (each request, its answer not counted apart).
     pub messages: BTreeMap<String, u64>,
     /// Item bytes sent by PCG (replication and repair).
     pub data_bytes: u64,
@@ -247,7 +248,16 @@ impl Report {
 pub const BOOTSTRAP_SITES: usize = 3;
 
 /// Membership request kinds, as counted in [`Report::messages`].
-pub const MEMBERSHIP_KINDS: [&str; 5] = ["beacon", "hello", "ping", "ping_req", "gossip"];
+pub const MEMBERSHIP_KINDS: [&str; 8] = [
+    "beacon",
+    "hello_multicast",
+    "hello_bootstrap",
+    "hello_exchange",
+    "hello_other",
+    "ping",
+    "ping_req",
+    "gossip",
+];
 
 fn transmit_kind(t: &Transmit) -> &'static str {
     match t {
