@@ -13,6 +13,7 @@
 //! - [`churn`]: churn models (the original's per-second chance, exponential and heavy-tailed
 //!   sessions, a whole site failing).
 //! - [`rigs`]: the churn rig, the retrieval rig, the scale run and the maintenance-cost check.
+//! - [`explore`]: the fault explorer's scenarios and invariants.
 //! - [`output`]: CSV/JSON series, SVG plots and printed tables.
 //!
 //! ## Concepts
@@ -38,6 +39,9 @@
 //! - `butter-sim scale` — 10 000 nodes × 10 simulated minutes of churn, with the wall time (T14).
 //! - `butter-sim maintenance` — heartbeat and summary messages per node per second with 10 and
 //!   10 000 replicas per node (T13).
+//! - `butter-sim explore --seeds A..B` — the seeded fault explorer ([`explore`]): random
+//!   topologies, churn, partitions and loss, invariants checked after every run, failing seeds
+//!   printed with the command that replays them.
 //! - `butter-sim run` — one custom scenario (churn model, loss, partitions) with CSV, JSON and SVG.
 //!
 //! Small versions of every rig run as `cargo test -p butter-sim` (seconds in debug).

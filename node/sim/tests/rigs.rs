@@ -292,3 +292,33 @@ fn the_explorer_catches_an_item_dropped_by_a_live_node() {
     );
     assert!(!butter_sim::explore::check(&sc, &report).is_empty());
 }
+
+#[test]
+fn full_tables_settle_instead_of_trading_hosts_forever() {
+    // 400 nodes on 16 sites: every table is full (capacity 64) and exchanges keep offering hosts
+    // the diversity rule would take. Each trade used to be a Hello whose answer offered the next
+    // candidate (~19 dials per node per second at 500 nodes). At capacity one candidate per
+    // exchange now, none from a candidate's answer, evicted hosts remembered.
+    let sc = Scenario {
+        seed: 2,
+        nodes: 400,
+        sites: 16,
+        items: 0,
+        duration: Duration::from_secs(50),
+        measure_from: Duration::from_secs(30),
+        ..Scenario::default()
+    };
+    let report = run(sc);
+    let hellos: u64 = report
+        .messages
+        .iter()
+        .filter(|(k, _)| k.starts_with("hello_"))
+        .map(|(_, v)| v)
+        .sum();
+    let per_node_s = hellos as f64 / 400.0 / 20.0;
+    // Measured: 0.24; 1.30 without the limit on candidates at capacity.
+    assert!(
+        per_node_s < 0.6,
+        "seed 2: {per_node_s:.2} Hellos per node per second once tables are full"
+    );
+}
