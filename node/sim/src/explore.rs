@@ -4,11 +4,14 @@
 //!
 //! One seed decides everything about its run ([`scenario`]): nodes (16–64) on 2–6 sites, items,
 //! a churn model (none, the original's per-second chance, exponential sessions or a whole site
-//! failing), 0–2 partitions between random sides, 0–5 % message loss. Every fault ends a minute
+//! failing), 0–2 partitions between random sides, 0–5 % message loss, and in half the runs one
+//! node that lies about what it holds (it keeps ids, not data: [`crate::world::SimStore`]).
+//! Every fault ends a minute
 //! before the run does, so the last minute shows whether the network settles. Checked after
 //! every run ([`check`]):
 //! - **no item vanishes from live nodes**: an item may be lost only when the last node holding
-//!   it dies, never because a live holder dropped it;
+//!   it dies, never because a live holder dropped it (copies are counted on honest nodes only:
+//!   a liar's claim keeps nothing alive);
 //! - **every group converges to r**: at the end every item not destroyed by deaths has at least
 //!   `r` live holders (over-replication is reported, not counted as a break: trims wait for
 //!   proofs);
@@ -81,6 +84,9 @@ pub fn scenario(seed: u64) -> Scenario {
     };
     if rng.random_bool(0.5) {
         sc.net.loss = rng.random_range(0.0..0.05);
+    }
+    if rng.random_bool(0.5) {
+        sc.liars.push(rng.random_range(0..nodes));
     }
     sc
 }
@@ -159,12 +165,16 @@ fn describe(sc: &Scenario) -> String {
         })
         .collect();
     format!(
-        "{} nodes / {} sites, {} items, {}, loss {:.1} %{}{}",
+        "{} nodes / {} sites, {} items, {}, loss {:.1} %{}{}{}",
         sc.nodes,
         sc.sites,
         sc.items,
         sc.churn.label(),
         sc.net.loss * 100.0,
+        match sc.liars.as_slice() {
+            [] => String::new(),
+            l => format!(", liar in slot {l:?}"),
+        },
         if parts.is_empty() { "" } else { ", " },
         parts.join(", ")
     )

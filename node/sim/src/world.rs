@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
-use butter_proto::item::{ItemId, MemoryStore, Store};
+use butter_proto::item::{Item, ItemId, MemoryStore, Store, StoreError, Usage};
 use butter_proto::membership::{self, Action, RemoveReason};
 use butter_proto::node::net::{Net, Observer};
 use butter_proto::node::{self, ConfigError, Event, NodeCore, TableView, Transmit, data};
@@ -33,6 +33,65 @@ use serde::Serialize;
 use crate::churn::Churn;
 
 pub use butter_proto::node::net::{NetConfig, Partition};
+
+/// A node's store in the simulator: a [`MemoryStore`], or a liar's. A liar keeps every item's
+/// id but not its content (it stores a few garbage bytes in its place), so it claims to hold
+/// what it cannot prove or serve: the possession challenges, and every recipient's check of
+/// content against id, must catch it. Holder counts in the reports count honest copies only.
+#[derive(Debug)]
+pub struct SimStore {
+    inner: MemoryStore,
+    liar: bool,
+}
+
+impl SimStore {
+    /// An honest store of `limit` bytes, or a liar's.
+    pub fn new(limit: u64, liar: bool) -> Self {
+        SimStore {
+            inner: MemoryStore::new(limit),
+            liar,
+        }
+    }
+
+    /// Whether this store really holds `id` (a liar never does).
+    pub fn really_holds(&self, id: &ItemId) -> bool {
+        !self.liar && self.inner.contains(id)
+    }
+
+    /// Whether it is a liar's.
+    pub fn is_liar(&self) -> bool {
+        self.liar
+    }
+}
+
+impl Store for SimStore {
+    fn insert(&mut self, item: Item) -> Result<(), StoreError> {
+        let id = item.id();
+        self.inner.insert(item)?;
+        if self.liar {
+            self.inner.corrupt(&id, b"not the data".to_vec());
+        }
+        Ok(())
+    }
+    fn get(&self, id: &ItemId) -> Option<Item> {
+        self.inner.get(id)
+    }
+    fn contains(&self, id: &ItemId) -> bool {
+        self.inner.contains(id)
+    }
+    fn remove(&mut self, id: &ItemId) -> bool {
+        self.inner.remove(id)
+    }
+    fn ids(&self) -> Vec<ItemId> {
+        self.inner.ids()
+    }
+    fn usage(&self) -> Usage {
+        self.inner.usage()
+    }
+    fn generation(&self) -> u64 {
+        self.inner.generation()
+    }
+}
 
 /// Everything that defines one simulation run.
 #[derive(Clone, Debug)]
@@ -81,6 +140,8 @@ pub struct Scenario {
     /// Messages are counted by kind ([`Report::messages`]) only from this time on, so a rate can
     /// leave out the start-up.
     pub measure_from: Duration,
+    /// Slots whose first node lies about what it holds ([`SimStore`]).
+    pub liars: Vec<usize>,
     /// Check the invariants as the run goes ([`Report::invariants`]): costs a scan of every
     /// holder at each death and of every table at each sample, so the big rigs leave it off.
     pub check_invariants: bool,
@@ -109,6 +170,7 @@ impl Default for Scenario {
             duration: Duration::from_secs(60),
             sample_every: Duration::from_secs(1),
             measure_from: Duration::ZERO,
+            liars: Vec::new(),
             check_invariants: false,
         }
     }
@@ -539,7 +601,7 @@ fn mix(mut z: u64) -> u64 {
 pub struct World {
     sc: Scenario,
     rng: SmallRng,
-    net: Net<MemoryStore>,
+    net: Net<SimStore>,
     stats: Stats,
     now: Time,
     seq: u64,
@@ -585,7 +647,7 @@ impl World {
                 public: false,
                 relays: Vec::new(),
             },
-            MemoryStore::new(0),
+            SimStore::new(0, false),
             Time::ZERO,
             0,
         )?;
@@ -648,7 +710,9 @@ impl World {
             relays: Vec::new(),
         };
         let nseed = mix(self.sc.seed ^ mix(u64::from(slot) << 32 | u64::from(inc)));
-        let store = MemoryStore::new(self.sc.store_bytes);
+        // A liar's slot lies in its first life only: its replacement is an honest node.
+        let liar = inc == 0 && self.sc.liars.contains(&s);
+        let store = SimStore::new(self.sc.store_bytes, liar);
         let Ok(mut core) = NodeCore::new(self.sc.core.clone(), record, store, self.now, nseed)
         else {
             // Checked in `try_new`: the configuration is the same for every node.
@@ -844,6 +908,11 @@ impl World {
             {
                 let id = items[i];
                 for (slot, n) in self.net.nodes().filter(|(_, n)| n.store().contains(&id)) {
+                    let slot = if n.store().is_liar() {
+                        format!("{slot} (liar)")
+                    } else {
+                        slot.to_string()
+                    };
                     let view = TableView::new(n.table(), now, n.id(), n.site());
                     let line = match n.data().pcg().group(&id, &view) {
                         Some(g) => {
@@ -910,7 +979,18 @@ impl World {
             }
             Ev::Store { index } => {
                 let content = self.content(index);
-                let Some(s) = self.random_live_slot() else {
+                // Stored from an honest node: a liar's own application would lose its data to
+                // its own node, which no protocol can prevent.
+                let mut pick = None;
+                for _ in 0..8 {
+                    if let Some(s) = self.random_live_slot()
+                        && self.net.node(s).is_some_and(|n| !n.store().is_liar())
+                    {
+                        pick = Some(s);
+                        break;
+                    }
+                }
+                let Some(s) = pick else {
                     return;
                 };
                 let id = self
@@ -1043,7 +1123,7 @@ impl World {
     fn holder_count(&self, id: &ItemId) -> usize {
         self.net
             .nodes()
-            .filter(|(_, n)| n.store().contains(id))
+            .filter(|(_, n)| n.store().really_holds(id))
             .count()
     }
 
@@ -1055,7 +1135,7 @@ impl World {
             .map(|(i, id)| (*id, i))
             .collect();
         let mut counts = vec![0usize; self.items.len()];
-        for (_, n) in self.net.nodes() {
+        for (_, n) in self.net.nodes().filter(|(_, n)| !n.store().is_liar()) {
             for id in n.store().ids() {
                 if let Some(i) = index.get(&id) {
                     counts[*i] += 1;
@@ -1119,13 +1199,13 @@ impl World {
     /// identity at the same address.
     fn kill_and_replace(&mut self, s: usize) {
         if self.sc.check_invariants {
-            if let Some(n) = self.net.node(s) {
+            if let Some(n) = self.net.node(s).filter(|n| !n.store().is_liar()) {
                 let held: Vec<ItemId> = n.store().ids();
                 for id in held {
                     let others = self
                         .net
                         .nodes()
-                        .filter(|(o, n)| *o != s && n.store().contains(&id))
+                        .filter(|(o, n)| *o != s && n.store().really_holds(&id))
                         .count();
                     if others == 0 {
                         self.destroyed.insert(id);
