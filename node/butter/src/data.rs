@@ -664,47 +664,35 @@ fn answer_search(node: &Node, data: &Data, e: rbfs::Event) {
 
 fn record_pcg(node: &Node, e: &pcg::Event) {
     let m = node.metrics();
-    let kind = match e {
-        pcg::Event::ViewChanged(_) => "view_changed",
-        pcg::Event::Holding(_) => "holding",
-        pcg::Event::Dropped(_) => "dropped",
-        pcg::Event::Deleted(_) => "deleted",
+    match e {
         pcg::Event::Recruited { item, peers } => {
             info!(item = %item.short(), recruits = peers.len(), "group repaired");
-            "repair"
         }
         pcg::Event::Trimmed { item, peers } => {
             info!(item = %item.short(), removed = peers.len(), "group trimmed");
-            "trim"
         }
         pcg::Event::Spread { item, peer } => {
             info!(item = %item.short(), recruit = %peer.short(), "group spreading to another site");
-            "spread"
         }
         pcg::Event::ProofFailed { item, peer } => {
             warn!(item = %item.short(), peer = %peer.short(), "possession check failed");
             node.inner.transport.strike(peer, "wrong_proof");
-            "proof_failed"
         }
-        pcg::Event::NoCandidates(_) => "no_candidates",
         pcg::Event::ViewRefused { item, from } => {
             warn!(item = %item.short(), from = %from.short(), "refused a group view from outside the group (or too far ahead)");
-            "view_refused"
         }
         pcg::Event::Corrupt { item, from } => {
             warn!(item = %item.short(), from = %from.short(), "received data that does not match its id");
             if *from != node.id() {
                 node.inner.transport.strike(from, "wrong_data");
             }
-            "corrupt"
         }
-        pcg::Event::Drained => "drained",
         pcg::Event::Refounded(item) => {
             warn!(item = %item.short(), "left out of the item's group and shown by no member that it holds the item: founded the group anew around our copy");
-            "refounded"
         }
-        _ => "other",
-    };
+        _ => {}
+    }
+    let kind = e.kind();
     m.pcg_events.with_label_values(&[kind]).inc();
 }
 

@@ -511,6 +511,27 @@ pub enum Event {
     Drained,
 }
 
+impl Event {
+    /// A stable label: the `kind` of the node's `butter_pcg_events_total`, and the simulator's.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ViewChanged(_) => "view_changed",
+            Event::Holding(_) => "holding",
+            Event::Dropped(_) => "dropped",
+            Event::Refounded(_) => "refounded",
+            Event::Deleted(_) => "deleted",
+            Event::Recruited { .. } => "repair",
+            Event::Spread { .. } => "spread",
+            Event::Trimmed { .. } => "trim",
+            Event::ProofFailed { .. } => "proof_failed",
+            Event::NoCandidates(_) => "no_candidates",
+            Event::ViewRefused { .. } => "view_refused",
+            Event::Corrupt { .. } => "corrupt",
+            Event::Drained => "drained",
+        }
+    }
+}
+
 /// Why storing an item failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

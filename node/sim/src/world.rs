@@ -362,21 +362,6 @@ fn membership_label(e: &membership::Event) -> Option<&'static str> {
     })
 }
 
-fn pcg_label(e: &pcg::Event) -> Option<&'static str> {
-    Some(match e {
-        pcg::Event::Recruited { .. } => "recruited",
-        pcg::Event::Trimmed { .. } => "trimmed",
-        pcg::Event::Spread { .. } => "spread",
-        pcg::Event::ProofFailed { .. } => "proof_failed",
-        pcg::Event::NoCandidates(_) => "no_candidates",
-        pcg::Event::ViewRefused { .. } => "view_refused",
-        pcg::Event::Corrupt { .. } => "corrupt",
-        pcg::Event::Dropped(_) => "dropped",
-        pcg::Event::Holding(_) => "holding",
-        _ => return None,
-    })
-}
-
 #[derive(Debug)]
 struct Track {
     messages: u32,
@@ -500,9 +485,7 @@ impl Observer for Stats {
                 if let (Some(drops), pcg::Event::Dropped(item)) = (&mut self.drops, &e) {
                     drops.push((now, node, *item));
                 }
-                if let Some(k) = pcg_label(&e) {
-                    *self.pcg_events.entry(k).or_default() += 1;
-                }
+                *self.pcg_events.entry(e.kind()).or_default() += 1;
             }
             Event::Membership(e) => {
                 if let membership::Event::PeerRemoved {
@@ -723,11 +706,10 @@ impl World {
         let sites = self.sc.sites.max(1).min(self.net.slots());
         let site = usize::from(self.net.site(s));
         let own = self.net.addr(s);
-        let mut seeds: Vec<_> = (0..BOOTSTRAP_SITES.min(sites))
+        let seeds: Vec<_> = (0..BOOTSTRAP_SITES.min(sites))
             .map(|k| self.net.addr((site + k) % sites))
             .filter(|a| *a != own)
             .collect();
-        seeds.dedup();
         core.set_bootstrap(self.now, seeds);
         self.stats.alive.insert(id, true);
         self.born[s] = Some(self.now);
