@@ -1,27 +1,26 @@
 //! The default data overlay on a real node: Peer Content Groups keep every item alive on `r`
-//! diverse nodes, random breadth-first search finds it. Both run composed in one sans-IO core,
-//! [`DataCore`] (`butter-proto`, also what the simulator runs), with the glue between them; this
-//! module is its thin async driver: it feeds the core messages, timers and the membership
-//! layer's liveness, sends what it asks to send, and turns its events into metrics and answers.
+//! diverse nodes, random breadth-first search finds it. Both run inside the node's one sans-IO
+//! core ([`NodeCore`](butter_proto::node::NodeCore), also what the simulator runs), composed with
+//! membership; this module is the data half of its driver ([`crate::driver`]): the application
+//! calls (`put`, `get`, `delete`), inbound data messages fed to the core, its data transmits
+//! sent, and its data events turned into metrics, persisted views and answers to searches.
 //!
 //! PCG and RBFS messages travel as `Request::Overlay { name: "pcg" | "rbfs" }` with a postcard
 //! body; blocks of large items are fetched with `Request::Overlay { name: "block" }`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use butter_proto::PeerId;
 use butter_proto::item::{Assembler, ItemId, Store};
-use butter_proto::node::TableView;
-use butter_proto::node::data::{self as core, DataCore};
+use butter_proto::node::data as core;
 use butter_proto::pcg::{self, GroupInfo};
-use butter_proto::peers::Table;
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::wire::Request;
-use butter_proto::{PeerId, Time};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -104,9 +103,6 @@ pub enum DataError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// A `[node.data]` value is out of range.
-    #[error("data: {0}")]
-    Config(#[from] core::ConfigError),
     /// The item store in the data directory could not be opened.
     #[error("data: cannot open the item store in {dir}: {source}")]
     Store {
@@ -131,12 +127,6 @@ pub struct Retrieved {
     pub elapsed_ms: f64,
 }
 
-struct State {
-    core: DataCore<NodeStore>,
-    /// Corrupt files the store found on read that the metrics have counted.
-    corrupt_counted: u64,
-}
-
 enum Outcome {
     Found {
         content: Option<butter_proto::item::Item>,
@@ -147,116 +137,75 @@ enum Outcome {
     NotFound,
 }
 
-/// The overlay's state behind a short lock, with the driver's wake-up and pending searches.
+/// What the data overlay keeps beside the core: searches waiting for their outcome, and how many
+/// corrupt files the store found that the metrics have counted. Present only when the overlay
+/// is enabled.
 pub(crate) struct Data {
-    state: Mutex<State>,
-    notify: Notify,
-    epoch: Instant,
     waiters: Mutex<HashMap<QueryId, oneshot::Sender<Outcome>>>,
+    corrupt_counted: Mutex<u64>,
 }
 
 impl Data {
-    pub(crate) fn new(
-        me: PeerId,
-        cfg: &DataConfig,
-        data_dir: Option<&std::path::Path>,
-        epoch: Instant,
-        seed: u64,
-    ) -> Result<Self, SetupError> {
-        let mut pc = pcg::Config {
-            replicas: cfg.replicas,
-            heartbeat_interval: Duration::from_secs_f64(cfg.heartbeat_secs.max(0.05)),
-            accept_deletes: cfg.deletes,
-            ..pcg::Config::default()
-        };
-        pc.item.max_item_size = cfg.max_item_size;
-        pc.validate()?;
-        let store = match data_dir {
-            Some(dir) => {
-                let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes, cfg.cache_bytes)
-                    .map_err(|source| SetupError::Store {
-                        dir: dir.to_path_buf(),
-                        source,
-                    })?;
-                if loaded.items > 0 || loaded.corrupt > 0 {
-                    info!(
-                        items = loaded.items,
-                        corrupt = loaded.corrupt,
-                        "item store loaded and verified"
-                    );
-                }
-                store
-            }
-            None => NodeStore::memory(cfg.storage_bytes),
-        };
-        let views = store.load_views();
-        let mut core = DataCore::new(me, pc, rbfs::Config::default(), store, seed)?;
-        // Rejoin our groups: within their grace window the others keep us instead of replacing us.
-        for view in views {
-            core.restore(Time::ZERO, view);
-        }
-        Ok(Data {
-            state: Mutex::new(State {
-                core,
-                corrupt_counted: 0,
-            }),
-            notify: Notify::new(),
-            epoch,
+    pub(crate) fn new() -> Self {
+        Data {
             waiters: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn now(&self) -> Time {
-        Time::from_duration(self.epoch.elapsed())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The known-host table at one instant, as PCG and RBFS ask for it (a copy, so the membership
-/// lock is not held while the data core runs): live hosts, sites, and the table's own diversity
-/// choice ([`TableView`]).
-struct Hosts {
-    table: Table,
-    now: Time,
-    me: PeerId,
-    site: String,
-}
-
-impl Hosts {
-    fn of(node: &Node) -> Hosts {
-        let (table, now) = node
-            .inner
-            .membership
-            .read(|c, now| (c.table().clone(), now));
-        Hosts {
-            table,
-            now,
-            me: node.id(),
-            site: node.site().to_string(),
+            corrupt_counted: Mutex::new(0),
         }
     }
 
-    fn view(&self) -> TableView<'_> {
-        TableView::new(&self.table, self.now, self.me, &self.site)
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<QueryId, oneshot::Sender<Outcome>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The data half of a node core's settings, its item store and the group views it was in before
+/// a restart (to rejoin them). With the overlay disabled: an empty store in memory.
+pub(crate) fn setup(
+    cfg: &DataConfig,
+    data_dir: Option<&std::path::Path>,
+) -> Result<(pcg::Config, NodeStore, Vec<pcg::View>), SetupError> {
+    let mut pc = pcg::Config {
+        replicas: cfg.replicas,
+        heartbeat_interval: Duration::from_secs_f64(cfg.heartbeat_secs.max(0.05)),
+        accept_deletes: cfg.deletes,
+        ..pcg::Config::default()
+    };
+    pc.item.max_item_size = cfg.max_item_size;
+    if !cfg.enabled {
+        return Ok((pc, NodeStore::memory(0), Vec::new()));
+    }
+    let store = match data_dir {
+        Some(dir) => {
+            let (store, loaded) = NodeStore::open(dir, cfg.storage_bytes, cfg.cache_bytes)
+                .map_err(|source| SetupError::Store {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
+            if loaded.items > 0 || loaded.corrupt > 0 {
+                info!(
+                    items = loaded.items,
+                    corrupt = loaded.corrupt,
+                    "item store loaded and verified"
+                );
+            }
+            store
+        }
+        None => NodeStore::memory(cfg.storage_bytes),
+    };
+    let views = store.load_views();
+    Ok((pc, store, views))
 }
 
 impl Node {
-    fn data(&self) -> Result<&Arc<Data>, DataError> {
-        self.inner.data.as_ref().ok_or(DataError::Disabled)
+    fn data(&self) -> Result<&Data, DataError> {
+        self.inner.data.as_deref().ok_or(DataError::Disabled)
     }
 
     /// Stores `content` in the network: here, and in a group of `r` diverse nodes. Returns its id
     /// (the SHA-256 of the content).
     pub fn put(&self, content: Vec<u8>) -> Result<ItemId, DataError> {
-        let data = self.data()?;
-        let hosts = Hosts::of(self);
-        let now = data.now();
-        let id = data.lock().core.put(now, content, &hosts.view())?;
-        data.notify.notify_one();
+        self.data()?;
+        let id = self.inner.core.with(|c, now| c.put(now, content))?;
         info!(item = %id.short(), "item stored");
         Ok(id)
     }
@@ -266,18 +215,16 @@ impl Node {
     /// members that were away and come back holding it. Fails with [`DataError::NotMember`] on a
     /// node outside the item's group (members accept deletes only from members).
     pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
-        let data = self.data()?;
-        let now = data.now();
-        {
-            let mut st = data.lock();
-            if !st.core.pcg().config().accept_deletes {
+        self.data()?;
+        self.inner.core.with(|c, now| {
+            if !c.data().pcg().config().accept_deletes {
                 return Err(DataError::DeletesOff);
             }
-            if !st.core.delete(now, id) {
+            if !c.delete(now, id) {
                 return Err(DataError::NotMember(id));
             }
-        }
-        data.notify.notify_one();
+            Ok(())
+        })?;
         info!(item = %id.short(), "item deleted");
         Ok(())
     }
@@ -288,20 +235,12 @@ impl Node {
         let data = self.data()?;
         let start = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let hosts = Hosts::of(self);
-        {
-            let now = data.now();
-            // The waiter goes in under the state lock: the driver drains the search's outcome
-            // under that lock too, and an outcome with no waiter yet would be dropped.
-            let mut st = data.lock();
-            let q = st.core.find(now, id, &hosts.view());
-            data.waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(q, tx);
-            drop(st);
-        }
-        data.notify.notify_one();
+        // The waiter goes in under the core's lock: the driver drains the search's outcome under
+        // that lock too, and an outcome with no waiter yet would be dropped.
+        self.inner.core.with(|c, now| {
+            let q = c.find(now, id);
+            data.waiters().insert(q, tx);
+        });
         let outcome = tokio::time::timeout(Duration::from_secs(20), rx).await;
         let result = match outcome {
             Ok(Ok(Outcome::Found {
@@ -348,8 +287,11 @@ impl Node {
         manifest: butter_proto::item::Manifest,
         holder: PeerId,
     ) -> Result<Vec<u8>, DataError> {
-        let data = self.data()?;
-        let cfg = data.lock().core.pcg().config().item.clone();
+        self.data()?;
+        let cfg = self
+            .inner
+            .core
+            .read(|c, _| c.data().pcg().config().item.clone());
         let mut asm =
             Assembler::new(manifest, &cfg).map_err(|e| DataError::Fetch(id, e.to_string()))?;
         for index in asm.missing() {
@@ -369,37 +311,39 @@ impl Node {
 
     /// The item's group as this node sees it.
     pub fn group(&self, id: &ItemId) -> Option<GroupInfo> {
-        let data = self.inner.data.as_ref()?;
-        let hosts = Hosts::of(self);
-        data.lock().core.pcg().group(id, &hosts.view())
+        self.inner.data.as_ref()?;
+        self.inner
+            .core
+            .read(|c, now| c.data().pcg().group(id, &c.hosts(now)))
     }
 
     /// Items this node holds.
     pub fn items(&self) -> Vec<ItemId> {
-        self.inner
-            .data
-            .as_ref()
-            .map(|d| d.lock().core.store().ids())
-            .unwrap_or_default()
+        if self.inner.data.is_none() {
+            return Vec::new();
+        }
+        self.inner.core.read(|c, _| c.store().ids())
     }
 
     /// Groups this node is in, by state: `[cold, goldilocks, hot]`.
     pub fn group_states(&self) -> [usize; 3] {
-        let Some(data) = self.inner.data.as_ref() else {
+        if self.inner.data.is_none() {
             return [0; 3];
-        };
-        let hosts = Hosts::of(self);
-        data.lock().core.pcg().states(&hosts.view())
+        }
+        self.inner
+            .core
+            .read(|c, now| c.data().pcg().states(&c.hosts(now)))
     }
 
     /// Test hook: replaces the bytes of a locally held item without changing its id, as a disk
     /// error or a lying holder would. The possession check must detect it.
     #[doc(hidden)]
     pub fn corrupt_local_copy(&self, id: &ItemId, bytes: Vec<u8>) -> bool {
-        self.inner
-            .data
-            .as_ref()
-            .is_some_and(|d| d.lock().core.store_mut().corrupt(id, bytes))
+        self.inner.data.is_some()
+            && self
+                .inner
+                .core
+                .with(|c, _| c.store_mut().corrupt(id, bytes))
     }
 
     /// Sends an overlay message and returns the reply body.
@@ -426,9 +370,9 @@ pub(crate) fn handle(
     name: &str,
     body: &[u8],
 ) -> Option<Result<Bytes, String>> {
-    let data = node.inner.data.as_ref()?;
+    node.inner.data.as_ref()?;
     if name == core::BLOCK {
-        let block = data.lock().core.handle_block_request(body);
+        let block = node.inner.core.read(|c, _| c.handle_block_request(body));
         return Some(block.map(Bytes::from).map_err(|e| e.to_string()));
     }
     let msg = match core::Message::decode(name, body) {
@@ -441,50 +385,34 @@ pub(crate) fn handle(
         core::Message::Rbfs(_) => &node.metrics().rbfs_messages,
     };
     counter.with_label_values(&["in", msg.kind()]).inc();
-    let hosts = Hosts::of(node);
-    let now = data.now();
-    data.lock()
+    node.inner
         .core
-        .handle_message(now, from.id, msg, &hosts.view());
-    data.notify.notify_one();
+        .with(|c, now| c.handle_message(now, from.id, msg));
     Some(Ok(Bytes::new()))
-}
-
-/// Starts the driver task.
-pub(crate) fn start(node: &Node) {
-    if node.inner.data.is_some() {
-        let n = node.clone();
-        node.inner.tasks.spawn(async move { drive(n).await });
-    }
 }
 
 /// Graceful hand-off: PCG hands every group over, bounded by `limit`, and reports how it went.
 /// Afterwards the node takes no new items or group memberships (it declines them), so this serves
 /// both shutdown and draining a live node. Calling it again waits for the same hand-off.
 pub(crate) async fn hand_off(node: &Node, limit: Duration) -> pcg::HandOff {
-    let Some(data) = node.inner.data.as_ref() else {
+    if node.inner.data.is_none() {
         return pcg::HandOff::default();
-    };
-    let hosts = Hosts::of(node);
-    let now = data.now();
-    let started = {
-        let mut st = data.lock();
-        let started = !st.core.pcg().is_leaving();
-        st.core.begin_shutdown(now, &hosts.view());
+    }
+    let started = node.inner.core.with(|c, now| {
+        let started = !c.data().pcg().is_leaving();
+        c.begin_shutdown(now);
+        // Offer no storage from now on: peers read it as a reason not to pick this node.
+        c.membership_mut().set_storage_free(0);
         started
-    };
-    data.notify.notify_one();
-    // Offer no storage from now on: peers read it as a reason not to pick this node.
-    node.inner.membership.with(|c, _| c.set_storage_free(0));
+    });
     let deadline = Instant::now() + limit;
     loop {
-        let (drained, report) = {
-            let st = data.lock();
+        let (drained, report) = node.inner.core.read(|c, _| {
             (
-                st.core.pcg().is_drained(),
-                st.core.pcg().hand_off().unwrap_or_default(),
+                c.data().pcg().is_drained(),
+                c.data().pcg().hand_off().unwrap_or_default(),
             )
-        };
+        });
         if drained {
             if started && report.groups > 0 {
                 info!(
@@ -509,85 +437,31 @@ pub(crate) async fn hand_off(node: &Node, limit: Duration) -> pcg::HandOff {
 
 /// Whether this node handed its groups over (drain or shutdown) and takes no new ones.
 pub(crate) fn is_leaving(node: &Node) -> bool {
-    node.inner
-        .data
-        .as_ref()
-        .is_some_and(|d| d.lock().core.pcg().is_leaving())
+    node.inner.data.is_some() && node.inner.core.read(|c, _| c.data().pcg().is_leaving())
 }
 
-async fn drive(node: Node) {
-    let Some(data) = node.inner.data.clone() else {
-        return;
-    };
-    let cancel = node.cancelled();
-    let mut check_at = Instant::now();
-    {
-        let now = data.now();
-        data.lock().core.start(now);
+/// Persists what a data event changed in the group views kept on disk (called by the driver
+/// under the core's lock, so views are saved in the order they changed).
+pub(crate) fn persist(core: &crate::driver::Core, e: &core::Event) {
+    match e {
+        core::Event::Pcg(pcg::Event::ViewChanged(v)) => core.store().save_view(v),
+        core::Event::Pcg(pcg::Event::Dropped(item)) => core.store().drop_view(item),
+        _ => {}
     }
-    loop {
-        let (transmits, events, timeout) = {
-            let mut st = data.lock();
-            let mut transmits = Vec::new();
-            while let Some(t) = st.core.poll_transmit() {
-                transmits.push(t);
-            }
-            let mut events = Vec::new();
-            while let Some(e) = st.core.poll_event() {
-                // Persist group views so a restart rejoins its groups.
-                match &e {
-                    core::Event::Pcg(pcg::Event::ViewChanged(v)) => st.core.store().save_view(v),
-                    core::Event::Pcg(pcg::Event::Dropped(item)) => st.core.store().drop_view(item),
-                    _ => {}
-                }
-                events.push(e);
-            }
-            (transmits, events, st.core.poll_timeout())
-        };
-        for t in transmits {
-            send(&node, &data, t);
-        }
-        for e in events {
-            match e {
-                core::Event::Pcg(e) => record_pcg(&node, &e),
-                core::Event::Rbfs(e) => answer_search(&node, &data, e),
-                _ => {}
-            }
-        }
-        // The membership layer's liveness, every 500 ms: hosts that left the live set are down
-        // for PCG; those SWIM declared dead (not merely suspect or evicted for diversity) are
-        // replaced at once, SWIM's suspicion having been their grace.
-        if Instant::now() >= check_at {
-            check_at = Instant::now() + Duration::from_millis(500);
-            let hosts = Hosts::of(&node);
-            let dead: BTreeSet<PeerId> = node
-                .inner
-                .membership
-                .read(|c, _| c.swim().recently_dead().copied().collect());
-            let now = data.now();
-            data.lock().core.handle_liveness(now, &hosts.view(), dead);
-            update_gauges(&node, &data, &hosts);
-            continue;
-        }
-        let wake = timeout
-            .map(|t| data.epoch + t.as_duration())
-            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
-        let wake = wake.min(check_at);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = data.notify.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {
-                let hosts = Hosts::of(&node);
-                let now = data.now();
-                data.lock().core.handle_timeout(now, &hosts.view());
-            }
-        }
+}
+
+/// Turns a data event into metrics and logs, or into the answer a search waits for.
+pub(crate) fn record(node: &Node, e: core::Event) {
+    match e {
+        core::Event::Pcg(e) => record_pcg(node, &e),
+        core::Event::Rbfs(e) => answer_search(node, e),
+        _ => {}
     }
 }
 
 /// Sends one transmit of the core in a task of its own, bounded by a deadline; a PCG message
 /// that is not delivered goes back to the core as unreachable.
-fn send(node: &Node, data: &Arc<Data>, mut t: core::Transmit) {
+pub(crate) fn send(node: &Node, mut t: core::Transmit) {
     if node.config().data.lie {
         if let core::Message::Pcg(pcg::Message::Heartbeat(hb)) = &mut t.msg {
             for p in &mut hb.proofs {
@@ -608,21 +482,19 @@ fn send(node: &Node, data: &Arc<Data>, mut t: core::Transmit) {
     };
     counter.with_label_values(&["out", t.msg.kind()]).inc();
     let n = node.clone();
-    let d = data.clone();
     node.inner.tasks.spawn(async move {
         let overlay = t.msg.overlay();
         let r =
             tokio::time::timeout(deadline, n.send_overlay(t.to, overlay, Bytes::from(body))).await;
         if !matches!(r, Ok(Ok(_))) {
             debug!(peer = %t.to.short(), overlay, "data overlay message not delivered");
-            d.lock().core.handle_send_failed(&t);
-            d.notify.notify_one();
+            n.inner.core.with(|c, _| c.handle_send_failed(&t));
         }
     });
 }
 
 /// Hands a search's outcome to whoever waits for it; a corrupt answer strikes its holder.
-fn answer_search(node: &Node, data: &Data, e: rbfs::Event) {
+fn answer_search(node: &Node, e: rbfs::Event) {
     let (q, outcome) = match e {
         rbfs::Event::Found {
             search,
@@ -652,11 +524,11 @@ fn answer_search(node: &Node, data: &Data, e: rbfs::Event) {
         }
         _ => return,
     };
-    if let Some(tx) = data
-        .waiters
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&q)
+    if let Some(tx) = node
+        .inner
+        .data
+        .as_ref()
+        .and_then(|d| d.waiters().remove(&q))
     {
         let _ = tx.send(outcome);
     }
@@ -696,20 +568,29 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
     m.pcg_events.with_label_values(&[kind]).inc();
 }
 
-fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
+/// Refreshes the data gauges (groups by state, items and bytes stored, the read cache) and the
+/// storage this node offers in its record.
+pub(crate) fn update_gauges(node: &Node) {
+    let Some(data) = node.inner.data.as_ref() else {
+        return;
+    };
     let m = node.metrics();
-    let (states, usage, cache, leaving, newly_corrupt) = {
-        let mut st = data.lock();
-        let cache = st.core.store().cache_usage();
-        let newly_corrupt = cache.corrupt_found.saturating_sub(st.corrupt_counted);
-        st.corrupt_counted = cache.corrupt_found;
+    let (states, usage, cache, leaving) = node.inner.core.read(|c, now| {
         (
-            st.core.pcg().states(&hosts.view()),
-            st.core.store().usage(),
-            cache,
-            st.core.pcg().is_leaving(),
-            newly_corrupt,
+            c.data().pcg().states(&c.hosts(now)),
+            c.store().usage(),
+            c.store().cache_usage(),
+            c.data().pcg().is_leaving(),
         )
+    });
+    let newly_corrupt = {
+        let mut counted = data
+            .corrupt_counted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let newly = cache.corrupt_found.saturating_sub(*counted);
+        *counted = cache.corrupt_found;
+        newly
     };
     if newly_corrupt > 0 {
         m.pcg_events
@@ -732,5 +613,7 @@ fn update_gauges(node: &Node, data: &Data, hosts: &Hosts) {
     } else {
         usage.limit.saturating_sub(usage.used)
     };
-    node.inner.membership.with(|c, _| c.set_storage_free(free));
+    node.inner
+        .core
+        .with(|c, _| c.membership_mut().set_storage_free(free));
 }

@@ -33,6 +33,7 @@ pub mod ca;
 pub mod config;
 pub mod data;
 pub mod discovery;
+mod driver;
 pub mod identity;
 mod kernel;
 pub mod limiter;

@@ -1,24 +1,17 @@
-//! The membership driver: a thin async shell around [`butter_proto::membership::Membership`].
-//!
-//! One task owns the timing: it drains the core's actions and events, sleeps until the core's next
-//! timeout, and reads beacons from the multicast socket. Actions that need the network (dials,
-//! probes, gossip) run as short tracked tasks that report their outcome back into the core.
-//! Inbound membership requests are answered synchronously from the core under a short lock.
+//! Membership on a real node: what the driver ([`crate::driver`]) does for the membership half of
+//! the node core. Actions that need the network (dials, probes, gossip) run as short tracked
+//! tasks that report their outcome back into the core; inbound membership requests are answered
+//! synchronously from the core under its lock; core events become metrics and logs.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use butter_proto::membership::{
-    Action, Config as CoreConfig, Event, HelloRefused, Membership as Core, ProbeOutcome,
-};
+use butter_proto::PeerId;
+use butter_proto::membership::{Action, Config as CoreConfig, Event, HelloRefused, ProbeOutcome};
 use butter_proto::peers::Source;
-use butter_proto::wire::{ErrorCode, PeerRecord, Request, Response};
-use butter_proto::{PeerId, Time};
+use butter_proto::wire::{ErrorCode, Request, Response};
 use bytes::Bytes;
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -27,62 +20,13 @@ use crate::metrics::Event as MetricEvent;
 use crate::node::{Node, PeerSnapshot};
 use crate::transport::{Remote, RequestError};
 
-/// The core behind a short lock, plus the driver's clock and wake-up.
-pub(crate) struct Shared {
-    core: Mutex<Core>,
-    notify: Notify,
-    epoch: Instant,
-}
-
-impl Shared {
-    pub(crate) fn new(core: Core, epoch: Instant) -> Self {
-        Shared {
-            core: Mutex::new(core),
-            notify: Notify::new(),
-            epoch,
-        }
-    }
-
-    /// The core's clock: time since the node started.
-    pub(crate) fn now(&self) -> Time {
-        Time::from_duration(self.epoch.elapsed())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the core and wakes the driver to drain what it produced.
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Core, Time) -> R) -> R {
-        let now = self.now();
-        let r = f(&mut self.lock(), now);
-        self.notify.notify_one();
-        r
-    }
-
-    /// Reads the core without changing it.
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&Core, Time) -> R) -> R {
-        let now = self.now();
-        f(&self.lock(), now)
-    }
-
-    fn to_instant(&self, t: Time) -> Instant {
-        self.epoch + t.as_duration()
-    }
-}
-
-/// Builds the core for a node.
-pub(crate) fn core(
-    config: &crate::Config,
-    local: PeerRecord,
-    seed: u64,
-) -> Result<Core, butter_proto::membership::ConfigError> {
-    let cfg = CoreConfig {
+/// The membership settings of a node's core.
+pub(crate) fn core_config(config: &crate::Config) -> CoreConfig {
+    CoreConfig {
         network: config.network.clone(),
         multicast: config.multicast.enabled,
         ..CoreConfig::default()
-    };
-    Core::new(cfg, local, Time::ZERO, SmallRng::seed_from_u64(seed))
+    }
 }
 
 /// The site label of an address when none is configured: its /24 (IPv4) or /48 (IPv6).
@@ -101,7 +45,7 @@ pub fn site_of(ip: IpAddr) -> String {
 }
 
 /// The known hosts as the API shows them, most recently seen first.
-pub(crate) fn snapshot(shared: &Shared) -> Vec<PeerSnapshot> {
+pub(crate) fn snapshot(shared: &crate::driver::Shared) -> Vec<PeerSnapshot> {
     shared.read(|core, now| {
         let mut v: Vec<PeerSnapshot> = core
             .table()
@@ -162,8 +106,9 @@ async fn hello(
     addr: SocketAddr,
     source: Source,
 ) -> Result<PeerId, RequestError> {
-    let shared = &node.inner.membership;
-    let (record, sample_size) = shared.read(|c, now| (c.local_record(now), c.config().sample_size));
+    let shared = &node.inner.core;
+    let (record, sample_size) =
+        shared.read(|c, now| (c.local_record(now), c.membership().config().sample_size));
     let req = Request::Hello {
         record,
         network: node.config().network.clone(),
@@ -197,7 +142,7 @@ async fn hello(
         if natted && node.inner.relay.set_behind_nat() {
             info!(%observed, "behind a NAT: reachable through a relay unless configured public");
             if node.config().relay.reachability == crate::config::Reachability::Auto {
-                shared.with(|c, _| c.set_public(false));
+                shared.with(|c, _| c.membership_mut().set_public(false));
             }
         }
     }
@@ -212,7 +157,7 @@ async fn hello(
 
 /// Sends our (changed) record to the live hosts we know, so they learn how to reach us.
 pub(crate) fn announce(node: &Node) {
-    let peers: Vec<PeerId> = node.inner.membership.read(|c, _| {
+    let peers: Vec<PeerId> = node.inner.core.read(|c, _| {
         c.table()
             .iter()
             .filter(|h| h.is_alive())
@@ -234,14 +179,14 @@ pub(crate) fn announce(node: &Node) {
 
 /// Answers membership requests (ping, indirect ping, hello, gossip).
 pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Response, Bytes) {
-    let shared = &node.inner.membership;
+    let shared = &node.inner.core;
     let reply = match request {
         Request::Ping { seq } => {
-            shared.with(|c, now| c.handle_contact(now, from.id));
+            shared.with(|c, now| c.handle_ping(now, from.id));
             Response::Ack { seq }
         }
         Request::PingReq { seq, target, addrs } => {
-            shared.with(|c, now| c.handle_contact(now, from.id));
+            shared.with(|c, now| c.handle_ping(now, from.id));
             let wait = shared.read(|c, _| c.ping_req_timeout());
             let ok = tokio::time::timeout(wait, ping(node, target, &addrs, seq))
                 .await
@@ -279,7 +224,7 @@ pub(crate) async fn handle(node: &Node, from: Remote, request: Request) -> (Resp
             let observed = if relayed { UNSPECIFIED } else { from.addr };
             let answer = shared.with(|c, now| {
                 if from_elsewhere && learn && !c.local_record(now).public {
-                    c.set_public(true);
+                    c.membership_mut().set_public(true);
                 }
                 c.handle_inbound_hello(now, observed, record, &network, sample)
             });
@@ -328,110 +273,9 @@ async fn ping(node: &Node, target: PeerId, addrs: &[SocketAddr], seq: u64) -> bo
     )
 }
 
-/// Starts the driver task (and the multicast socket, if enabled).
-pub(crate) fn start(node: &Node) {
-    let mcast = if node.config().multicast.enabled {
-        match Multicast::open(&node.config().multicast) {
-            Ok(m) => {
-                info!(group = %node.config().multicast.group, interfaces = ?m.interface_addrs(), "multicast discovery on");
-                Some(Arc::new(m))
-            }
-            Err(e) => {
-                warn!(error = %e, "multicast discovery off");
-                node.metrics()
-                    .membership
-                    .with_label_values(&["multicast_unavailable"])
-                    .inc();
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let n = node.clone();
-    node.inner.tasks.spawn(async move { drive(n, mcast).await });
-}
-
-async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
-    let shared = node.inner.membership.clone();
-    let cancel = node.cancelled();
-    let mut buf = vec![0u8; 2048];
-    let mut resolve_at = Instant::now();
-    let mut gauges_at = Instant::now();
-    let mut drops = SendDrops::new();
-    loop {
-        // Drain everything the core produced, acting outside the lock.
-        let (actions, events, timeout) = {
-            let mut core = shared.lock();
-            let mut actions = Vec::new();
-            while let Some(a) = core.poll_action() {
-                actions.push(a);
-            }
-            let mut events = Vec::new();
-            while let Some(e) = core.poll_event() {
-                events.push(e);
-            }
-            (actions, events, core.poll_timeout())
-        };
-        for e in events {
-            record(&node, e);
-        }
-        for a in actions {
-            execute(&node, a, mcast.clone());
-        }
-        let now = Instant::now();
-        if now >= resolve_at {
-            let alone = shared.read(|c, _| c.table().is_empty());
-            resolve_at = now
-                + if alone {
-                    Duration::from_secs(2)
-                } else {
-                    Duration::from_secs(15)
-                };
-            let n = node.clone();
-            node.inner
-                .tasks
-                .spawn(async move { resolve_bootstrap(&n).await });
-        }
-        if now >= gauges_at {
-            gauges_at = now + Duration::from_secs(1);
-            update_gauges(&node);
-            drops.tick(&node, now);
-        }
-        let wake = timeout
-            .map(|t| shared.to_instant(t))
-            .unwrap_or(now + Duration::from_secs(1));
-        let wake = wake.min(resolve_at).min(gauges_at);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = shared.notify.notified() => {}
-            _ = tokio::time::sleep_until(wake) => {
-                shared.with(|c, now| c.handle_timeout(now));
-            }
-            r = recv_beacon(mcast.as_deref(), &mut buf) => match r {
-                Ok((n, from)) => shared.with(|c, now| c.handle_beacon(now, &buf[..n], from)),
-                Err(e) => {
-                    debug!(error = %e, "beacon receive failed");
-                    node.metrics().membership.with_label_values(&["beacon_error"]).inc();
-                }
-            },
-        }
-    }
-}
-
-async fn recv_beacon(
-    mcast: Option<&Multicast>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match mcast {
-        Some(m) => m.recv(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Resolves every bootstrap entry (DNS names included, every address used) and hands the set to
 /// the core, which dials what it does not know yet.
-async fn resolve_bootstrap(node: &Node) {
+pub(crate) async fn resolve_bootstrap(node: &Node) {
     if node.config().bootstrap.is_empty() {
         return;
     }
@@ -448,9 +292,7 @@ async fn resolve_bootstrap(node: &Node) {
             }
         }
     }
-    node.inner
-        .membership
-        .with(|c, now| c.set_bootstrap(now, addrs));
+    node.inner.core.with(|c, now| c.set_bootstrap(now, addrs));
 }
 
 /// Resolves `host:port` to every address. Names go to hickory-resolver (it reads
@@ -495,7 +337,7 @@ fn resolver() -> Option<&'static hickory_resolver::TokioResolver> {
         .as_ref()
 }
 
-fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
+pub(crate) fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
     let n = node.clone();
     match action {
         Action::SendBeacon { datagram } => {
@@ -527,7 +369,7 @@ fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
                     debug!(?addrs, error = %e, via = source.as_str(), "dial failed");
                 }
                 n.inner
-                    .membership
+                    .core
                     .with(|c, now| c.handle_dial_failed(now, &addrs, expected_id, source));
             });
         }
@@ -541,7 +383,7 @@ fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
                     ProbeOutcome::Failed
                 };
                 n.inner
-                    .membership
+                    .core
                     .with(|c, now| c.handle_probe_result(now, to, seq, outcome));
             });
         }
@@ -569,7 +411,7 @@ fn execute(node: &Node, action: Action, mcast: Option<Arc<Multicast>>) {
                     _ => ProbeOutcome::Failed,
                 };
                 n.inner
-                    .membership
+                    .core
                     .with(|c, now| c.handle_probe_result(now, via, seq, outcome));
             });
         }
@@ -596,7 +438,7 @@ fn liveness_label(l: butter_proto::peers::Liveness) -> &'static str {
 }
 
 /// Turns core events into metrics and logs.
-fn record(node: &Node, event: Event) {
+pub(crate) fn record(node: &Node, event: Event) {
     let m = node.metrics();
     match event {
         Event::PeerAdded { id, source } => {
@@ -640,7 +482,7 @@ fn record(node: &Node, event: Event) {
 /// Follows the kernel's count of dropped outgoing datagrams: into a metric, and into a warning
 /// (at most once a minute) when they come in bursts, because a node whose datagrams the kernel
 /// drops looks from outside like a node nobody answers.
-struct SendDrops {
+pub(crate) struct SendDrops {
     last: Option<u64>,
     warned: Option<Instant>,
 }
@@ -649,14 +491,14 @@ impl SendDrops {
     /// Drops per second that earn a warning.
     const BURST: u64 = 10;
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         SendDrops {
             last: crate::kernel::udp_send_errors(),
             warned: None,
         }
     }
 
-    fn tick(&mut self, node: &Node, now: Instant) {
+    pub(crate) fn tick(&mut self, node: &Node, now: Instant) {
         let Some(total) = crate::kernel::udp_send_errors() else {
             return;
         };
@@ -674,11 +516,11 @@ impl SendDrops {
     }
 }
 
-fn update_gauges(node: &Node) {
+pub(crate) fn update_gauges(node: &Node) {
     let m = node.metrics();
     let tasks = node.inner.tasks.len() + node.inner.transport.task_count();
     m.tasks.set(i64::try_from(tasks).unwrap_or(i64::MAX));
-    let (by_site, by_class) = node.inner.membership.read(|c, now| {
+    let (by_site, by_class) = node.inner.core.read(|c, now| {
         let mut by_site = std::collections::BTreeMap::<(String, &'static str), i64>::new();
         for h in c.table().iter() {
             *by_site

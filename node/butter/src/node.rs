@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use butter_proto::PeerId;
 use butter_proto::wire::{ErrorCode, PeerRecord, Request, Response};
+use butter_proto::{PeerId, Time};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -20,8 +20,9 @@ use tracing::{Instrument, info, info_span};
 
 use crate::behaviour::{Behaviour, Context};
 use crate::config::{Config, ConfigError};
+use crate::driver::Shared;
 use crate::identity::{Identity, IdentityError};
-use crate::membership::{self, Shared};
+use crate::membership;
 use crate::metrics::{Direction, Event, Metrics};
 use crate::transport::{BindError, BoxFuture, DialError, Inbound, Remote, RequestError, Transport};
 use butter_proto::peers::Source;
@@ -39,9 +40,9 @@ pub enum BuildError {
     /// The endpoint could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// The membership settings are invalid.
-    #[error("membership: {0}")]
-    Membership(String),
+    /// A protocol setting of the node core (membership, PCG, RBFS) is out of range.
+    #[error("invalid protocol settings: {0}")]
+    Core(#[from] butter_proto::node::ConfigError),
     /// The data overlay could not be set up (its settings, or the item store).
     #[error(transparent)]
     Data(#[from] crate::data::SetupError),
@@ -171,19 +172,23 @@ impl NodeBuilder {
         };
         let seed = u64::from_le_bytes(identity.peer_id().0[..8].try_into().unwrap_or([0; 8]))
             ^ u64::from(std::process::id());
-        let core = membership::core(&self.config, local, seed)
-            .map_err(|e| BuildError::Membership(e.to_string()))?;
-        let data = if self.config.data.enabled {
-            Some(Arc::new(crate::data::Data::new(
-                identity.peer_id(),
-                &self.config.data,
-                self.config.data_dir.as_deref(),
-                started,
-                seed,
-            )?))
-        } else {
-            None
+        let (pcg, store, views) =
+            crate::data::setup(&self.config.data, self.config.data_dir.as_deref())?;
+        let core_config = butter_proto::node::Config {
+            membership: membership::core_config(&self.config),
+            pcg,
+            rbfs: butter_proto::rbfs::Config::default(),
         };
+        let mut core = crate::driver::Core::new(core_config, local, store, Time::ZERO, seed)?;
+        // Rejoin our groups: within their grace window the others keep us instead of replacing us.
+        for view in views {
+            core.restore(Time::ZERO, view);
+        }
+        let data = self
+            .config
+            .data
+            .enabled
+            .then(|| Arc::new(crate::data::Data::new()));
         let mut overlays = self.overlays;
         if data.is_some() {
             let d: Arc<dyn crate::overlay::Overlay> = Arc::new(crate::overlay::DataOverlay);
@@ -199,7 +204,7 @@ impl NodeBuilder {
             transport,
             behaviours: self.behaviours,
             overlays,
-            membership: Arc::new(Shared::new(core, started)),
+            core: Arc::new(Shared::new(core, started)),
             relay,
             data,
             metrics,
@@ -211,7 +216,7 @@ impl NodeBuilder {
         let _ = slot.set(Arc::downgrade(&inner));
         let node = Node { inner };
         info!(id = %node.id(), addr = %local_addr, site = %node.inner.site, "node started");
-        membership::start(&node);
+        crate::driver::start(&node);
         crate::relay::start(&node);
         for o in node.distinct_overlays() {
             o.start(&node);
@@ -228,7 +233,8 @@ pub(crate) struct NodeInner {
     pub(crate) transport: Transport,
     behaviours: BTreeMap<String, Arc<dyn Behaviour>>,
     overlays: BTreeMap<String, Arc<dyn crate::overlay::Overlay>>,
-    pub(crate) membership: Arc<Shared>,
+    /// The node core (membership and data), driven by [`crate::driver`].
+    pub(crate) core: Arc<Shared>,
     pub(crate) relay: crate::relay::Relayer,
     pub(crate) data: Option<Arc<crate::data::Data>>,
     pub(crate) metrics: Metrics,
@@ -313,7 +319,7 @@ impl Node {
 
     /// The known hosts, most recently seen first.
     pub fn peers(&self) -> Vec<PeerSnapshot> {
-        let mut peers = membership::snapshot(&self.inner.membership);
+        let mut peers = membership::snapshot(&self.inner.core);
         for p in &mut peers {
             if let Ok(id) = p.id.parse::<PeerId>() {
                 p.path = self.path_to(&id).unwrap_or("none");
@@ -441,7 +447,7 @@ impl Node {
     /// What this node knows about `peer`: its table entry, or a record heard in a sample.
     pub(crate) fn record_of(&self, peer: &PeerId) -> Option<PeerRecord> {
         self.inner
-            .membership
+            .core
             .read(|c, _| c.table().get(peer).map(|h| h.record.clone()))
             .or_else(|| self.inner.relay.heard_of(peer))
     }
@@ -542,7 +548,7 @@ impl Node {
 
     /// This node's own record, as sent in hellos.
     pub fn record(&self) -> PeerRecord {
-        self.inner.membership.read(|c, now| c.local_record(now))
+        self.inner.core.read(|c, now| c.local_record(now))
     }
 }
 
@@ -589,9 +595,7 @@ impl Inbound for Dispatcher {
                     | Request::PingReq { .. }
                     | Request::Gossip { .. }
             ) {
-                node.inner
-                    .membership
-                    .with(|c, now| c.handle_contact(now, from.id));
+                node.inner.core.with(|c, now| c.handle_ping(now, from.id));
             }
             match request {
                 Request::Behaviour { name } => {

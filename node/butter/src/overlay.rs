@@ -118,10 +118,6 @@ impl Overlay for DataOverlay {
         Box::pin(async move { reply })
     }
 
-    fn start(&self, node: &Node) {
-        crate::data::start(node);
-    }
-
     fn shutdown(&self, node: &Node) -> BoxFuture<()> {
         let node = node.clone();
         Box::pin(async move {

@@ -764,7 +764,7 @@ pub(crate) async fn open_link(
                 // cannot reach (its WAN address is in our own table).
                 let mut cands: Vec<SocketAddr> = node
                     .inner
-                    .membership
+                    .core
                     .read(|c, _| c.table().get(&peer).map(|h| h.record.addrs.clone()))
                     .unwrap_or_default();
                 for a in addrs {
@@ -961,7 +961,7 @@ fn start_link(
             };
             if was_home {
                 warn!(relay = %peer.short(), "lost our home relay; looking for another");
-                n.inner.membership.with(|c, _| c.set_relays(Vec::new()));
+                n.inner.core.with(|c, _| c.membership_mut().set_relays(Vec::new()));
             }
         }
     });
@@ -1135,7 +1135,9 @@ fn distrust(node: &Node, relays: &[PeerId], what: &'static str) {
     let home = r.home();
     if home.is_some_and(|h| relays.contains(&h.id)) {
         lock(&r.home).take();
-        node.inner.membership.with(|c, _| c.set_relays(Vec::new()));
+        node.inner
+            .core
+            .with(|c, _| c.membership_mut().set_relays(Vec::new()));
     }
 }
 
@@ -1160,7 +1162,9 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Frame, String> {
 /// Starts the task that keeps a home relay while the node is private and refreshes gauges.
 pub(crate) fn start(node: &Node) {
     if node.config().relay.reachability == Reachability::Public {
-        node.inner.membership.with(|c, _| c.set_public(true));
+        node.inner
+            .core
+            .with(|c, _| c.membership_mut().set_public(true));
     }
     let n = node.clone();
     let cancel = node.cancelled();
@@ -1199,10 +1203,7 @@ async fn maintain(node: &Node) {
             .with_label_values(&[p])
             .set(paths.get(p).copied().unwrap_or(0));
     }
-    let public = node
-        .inner
-        .membership
-        .read(|c, now| c.local_record(now).public);
+    let public = node.inner.core.read(|c, now| c.local_record(now).public);
     let m = &node.metrics().relay.reachability;
     m.with_label_values(&["public"]).set(i64::from(public));
     m.with_label_values(&["private"]).set(i64::from(!public));
@@ -1210,7 +1211,9 @@ async fn maintain(node: &Node) {
     if mode == Reachability::Public || (public && mode == Reachability::Auto) {
         // Reachable now: stop announcing a relay (the link may stay until it idles).
         if lock(&r.home).take().is_some() {
-            node.inner.membership.with(|c, _| c.set_relays(Vec::new()));
+            node.inner
+                .core
+                .with(|c, _| c.membership_mut().set_relays(Vec::new()));
         }
         return;
     }
@@ -1219,7 +1222,7 @@ async fn maintain(node: &Node) {
     }
     // Candidates: live public hosts, our own site first (a LAN's gateway), then the nearest.
     let mut candidates: Vec<(bool, Duration, PeerId, Vec<SocketAddr>)> =
-        node.inner.membership.read(|c, _| {
+        node.inner.core.read(|c, _| {
             c.table()
                 .iter()
                 .filter(|h| h.is_alive() && h.record.public && h.id() != node.id())
@@ -1244,7 +1247,9 @@ async fn maintain(node: &Node) {
                 };
                 info!(relay = %id.short(), %observed, "private: reachable through a home relay");
                 *lock(&r.home) = Some(hint.clone());
-                node.inner.membership.with(|c, _| c.set_relays(vec![hint]));
+                node.inner
+                    .core
+                    .with(|c, _| c.membership_mut().set_relays(vec![hint]));
                 crate::membership::announce(node);
                 return;
             }

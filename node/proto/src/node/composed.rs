@@ -155,6 +155,17 @@ impl<S: Store> NodeCore<S> {
         self.data.store()
     }
 
+    /// The item store, to change it outside the protocol (tests that corrupt a replica).
+    pub fn store_mut(&mut self) -> &mut S {
+        self.data.store_mut()
+    }
+
+    /// The known-host table as PCG and RBFS see it at `now` (live hosts, sites, the table's
+    /// diversity choice), for queries such as a group's state.
+    pub fn hosts(&self, now: Time) -> TableView<'_> {
+        TableView::new(self.membership.table(), now, self.me, &self.site)
+    }
+
     /// Replaces the bootstrap addresses (see [`Membership::set_bootstrap`]).
     pub fn set_bootstrap(&mut self, now: Time, addrs: impl IntoIterator<Item = SocketAddr>) {
         self.membership.set_bootstrap(now, addrs);
