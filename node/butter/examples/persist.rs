@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use butter::GroupState;
+use butter::ItemId;
 use butter::{Config, NodeBuilder};
-use butter_proto::item::ItemId;
-use butter_proto::pcg::GroupState;
 
 fn usage() -> ! {
     eprintln!("usage: persist --peer ADDR [--peer ADDR]... put FILE");

@@ -17,8 +17,8 @@ use axum::extract::{Form, Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
+use butter::ItemId;
 use butter::{Config, Node, NodeBuilder, behaviour};
-use butter_proto::item::ItemId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 

@@ -363,22 +363,34 @@ impl Node {
     }
 }
 
-/// Answers `Request::Overlay` for the data overlay's names.
+/// Why an inbound data overlay message was refused (the peer gets the message as its error).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InboundError {
+    /// A block request that cannot be answered.
+    #[error(transparent)]
+    Block(#[from] core::BlockError),
+    /// A PCG or RBFS body that does not decode.
+    #[error(transparent)]
+    Decode(#[from] core::DecodeError),
+}
+
+/// Answers `Request::Overlay` for the data overlay's names (`None`: not one of them, or the
+/// overlay is disabled).
 pub(crate) fn handle(
     node: &Node,
     from: Remote,
     name: &str,
     body: &[u8],
-) -> Option<Result<Bytes, String>> {
+) -> Option<Result<Bytes, InboundError>> {
     node.inner.data.as_ref()?;
     if name == core::BLOCK {
         let block = node.inner.core.read(|c, _| c.handle_block_request(body));
-        return Some(block.map(Bytes::from).map_err(|e| e.to_string()));
+        return Some(block.map(Bytes::from).map_err(InboundError::from));
     }
     let msg = match core::Message::decode(name, body) {
         Ok(Some(m)) => m,
         Ok(None) => return None,
-        Err(e) => return Some(Err(e.to_string())),
+        Err(e) => return Some(Err(e.into())),
     };
     let counter = match msg {
         core::Message::Pcg(_) => &node.metrics().pcg_messages,

@@ -47,5 +47,9 @@ pub mod tls;
 pub mod transport;
 
 pub use butter_proto::PeerId;
+/// An item's id: the SHA-256 of its content (what `Node::put` returns and `Node::get` takes).
+pub use butter_proto::item::ItemId;
+/// An item's group as a node sees it (`Node::group`), and the state of a group.
+pub use butter_proto::pcg::{GroupInfo, GroupState};
 pub use config::Config;
 pub use node::{Node, NodeBuilder};

@@ -298,12 +298,12 @@ pub(crate) async fn resolve_bootstrap(node: &Node) {
 /// Resolves `host:port` to every address. Names go to hickory-resolver (it reads
 /// /etc/resolv.conf and /etc/hosts itself, so it works in a static binary in a scratch image,
 /// where glibc's NSS cannot), falling back to the system resolver.
-async fn resolve(entry: &str) -> Result<Vec<SocketAddr>, String> {
+async fn resolve(entry: &str) -> Result<Vec<SocketAddr>, ResolveError> {
     if let Ok(addr) = entry.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
-    let (host, port) = entry.rsplit_once(':').ok_or("not host:port")?;
-    let port: u16 = port.parse().map_err(|_| format!("bad port in {entry}"))?;
+    let (host, port) = entry.rsplit_once(':').ok_or(ResolveError::NotHostPort)?;
+    let port: u16 = port.parse().map_err(|_| ResolveError::BadPort)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let resolver = resolver();
     if let Some(r) = resolver {
@@ -317,9 +317,22 @@ async fn resolve(entry: &str) -> Result<Vec<SocketAddr>, String> {
     }
     match tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(entry)).await {
         Ok(Ok(found)) => Ok(found.collect()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("resolution timed out".into()),
+        Ok(Err(e)) => Err(ResolveError::Lookup(e)),
+        Err(_) => Err(ResolveError::TimedOut),
     }
+}
+
+/// Why a bootstrap entry did not resolve.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("not host:port")]
+    NotHostPort,
+    #[error("the port is not a number from 0 to 65535")]
+    BadPort,
+    #[error(transparent)]
+    Lookup(std::io::Error),
+    #[error("resolution timed out (3 s)")]
+    TimedOut,
 }
 
 fn resolver() -> Option<&'static hickory_resolver::TokioResolver> {

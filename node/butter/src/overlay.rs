@@ -110,7 +110,7 @@ impl Overlay for DataOverlay {
         };
         let reply = match crate::data::handle(&ctx.node, from, name, &body) {
             Some(Ok(b)) => Ok(b),
-            Some(Err(e)) => Err(BehaviourError::new(e)),
+            Some(Err(e)) => Err(BehaviourError::new(e.to_string())),
             None => Err(BehaviourError::new(format!(
                 "the data overlay has no message kind {name:?}"
             ))),

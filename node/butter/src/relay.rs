@@ -1141,22 +1141,33 @@ fn distrust(node: &Node, relays: &[PeerId], what: &'static str) {
     }
 }
 
-async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), String> {
-    let bytes = wire::encode_frame(frame, core::MAX_FRAME).map_err(|e| e.to_string())?;
-    send.write_all(&bytes).await.map_err(|e| e.to_string())
+/// Why a relay frame could not be sent or read on a link.
+#[derive(Debug, thiserror::Error)]
+enum LinkFrameError {
+    /// Too large, or not a relay frame of this protocol version.
+    #[error(transparent)]
+    Frame(#[from] wire::FrameError),
+    /// The stream failed while writing.
+    #[error("cannot write to the link: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream failed or ended while reading.
+    #[error("cannot read from the link: {0}")]
+    Read(#[from] quinn::ReadExactError),
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Frame, String> {
+async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), LinkFrameError> {
+    let bytes = wire::encode_frame(frame, core::MAX_FRAME)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Frame, LinkFrameError> {
     let mut prefix = [0u8; wire::LEN_PREFIX];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = wire::frame_len(prefix, core::MAX_FRAME).map_err(|e| e.to_string())?;
+    recv.read_exact(&mut prefix).await?;
+    let len = wire::frame_len(prefix, core::MAX_FRAME)?;
     let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| e.to_string())?;
-    wire::decode_payload(&payload).map_err(|e| e.to_string())
+    recv.read_exact(&mut payload).await?;
+    Ok(wire::decode_payload(&payload)?)
 }
 
 /// Starts the task that keeps a home relay while the node is private and refreshes gauges.

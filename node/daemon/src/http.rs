@@ -96,7 +96,7 @@ fn bad_request(msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn parse_id(id: &str) -> Result<butter_proto::item::ItemId, Box<Response>> {
+fn parse_id(id: &str) -> Result<butter::ItemId, Box<Response>> {
     id.parse().map_err(|e| {
         Box::new(bad_request(format!(
             "{id:?} is not an item id ({e}); ids are 64 hex characters"
