@@ -11,9 +11,8 @@
 //!   choice ([`Table::most_diverse_beside`](crate::peers::Table::most_diverse_beside)) as the
 //!   way group members and spread recruits are picked on a real node.
 //! - [`NodeCore`]: the membership core (table, beacons, SWIM, exchange) and the data core
-//!   composed, liveness reaching PCG as the table changes. Only [`net::Net`] and its tests run
-//!   it so far: the simulator still runs `DataCore` over its membership model, and the binary
-//!   still drives the two halves from two tasks (liveness diffed every 500 ms).
+//!   composed, liveness reaching PCG as the table changes. The binary (`butter`'s one driver
+//!   task), the simulator and the tests all run it.
 //! - [`net::Net`]: a deterministic network that drives `NodeCore`s as the binary's QUIC driver
 //!   does (sites as multicast domains, latency, loss, partitions, restarts at the same address),
 //!   meant to become the one harness the simulator and the tests share.
