@@ -1735,6 +1735,14 @@ impl<S: Store> Node<S> {
         let Some(rival) = g.rival.as_mut() else {
             return;
         };
+        // Our own view may have moved past the rival while its members were proving (a merge
+        // here, a newer view from our leader): leaving for it now would install an older view
+        // over a newer one, and the newer view's members, each proven to the other side, would
+        // all drop their copies (explorer seed 761 lost an item this way). It no longer wins.
+        if merge_rank(&rival.view) <= merge_rank(&g.view) {
+            g.rival = None;
+            return;
+        }
         if rival.proven.len() >= r {
             let rival = g.rival.take().expect("checked above");
             let ours: Vec<PeerId> = g.view.members.clone();

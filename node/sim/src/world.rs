@@ -467,8 +467,27 @@ impl Stats {
     }
 }
 
+/// `BUTTER_SIM_TRACE_ITEM=<short id>`: print every PCG message and event that names that item
+/// (and every death), to follow one group through a run.
+fn trace_item() -> Option<&'static str> {
+    static ITEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ITEM.get_or_init(|| std::env::var("BUTTER_SIM_TRACE_ITEM").ok())
+        .as_deref()
+}
+
 impl Observer for Stats {
-    fn transmit(&mut self, now: Time, _from: PeerId, t: &Transmit) {
+    fn transmit(&mut self, now: Time, from: PeerId, t: &Transmit) {
+        if let (Some(item), Transmit::Data(d)) = (trace_item(), t) {
+            let line = format!("{:?}", d.msg);
+            if line.contains(item) {
+                eprintln!(
+                    "trace t={:.2}s {} -> {}: {line}",
+                    now.as_duration().as_secs_f64(),
+                    from.short(),
+                    d.to.short()
+                );
+            }
+        }
         self.count(now, transmit_kind(t));
         if let Transmit::Data(d) = t {
             match &d.msg {
@@ -479,6 +498,16 @@ impl Observer for Stats {
     }
 
     fn event(&mut self, now: Time, node: PeerId, e: Event) {
+        if let Some(item) = trace_item() {
+            let line = format!("{e:?}");
+            if line.contains(item) || matches!(e, Event::Membership(_)) && line.contains("Dead") {
+                eprintln!(
+                    "trace t={:.2}s {}: {line}",
+                    now.as_duration().as_secs_f64(),
+                    node.short()
+                );
+            }
+        }
         match e {
             Event::Data(data::Event::Rbfs(e)) => self.search_event(now, node, e),
             Event::Data(data::Event::Pcg(e)) => {
