@@ -4,8 +4,10 @@
 //!
 //! One seed decides everything about its run ([`scenario`]): nodes (16–64) on 2–6 sites, items,
 //! a churn model (none, the original's per-second chance, exponential sessions or a whole site
-//! failing), 0–2 partitions between random sides, 0–5 % message loss, and in half the runs one
-//! node that lies about what it holds (it keeps ids, not data: [`crate::world::SimStore`]).
+//! failing), 0–2 partitions between random sides, 0–5 % message loss, in half the runs one
+//! node that lies about what it holds (it keeps ids, not data: [`crate::world::SimStore`]), and
+//! in half the runs one node that replays every data message it sends 5–60 s later (stale
+//! views, trims, heartbeats and proofs: `NetConfig::replayers`).
 //! Every fault ends a minute
 //! before the run does, so the last minute shows whether the network settles. Checked after
 //! every run ([`check`]):
@@ -88,6 +90,14 @@ pub fn scenario(seed: u64) -> Scenario {
     if rng.random_bool(0.5) {
         sc.liars.push(rng.random_range(0..nodes));
     }
+    // Drawn apart from everything above, so adding it left every earlier scenario as it was.
+    let mut extra = SmallRng::seed_from_u64(seed ^ 0x7265_706c_6179_6572);
+    if extra.random_bool(0.5) {
+        let slot = extra.random_range(0..nodes);
+        if !sc.liars.contains(&slot) {
+            sc.net.replayers.push(slot);
+        }
+    }
     sc
 }
 
@@ -165,7 +175,7 @@ fn describe(sc: &Scenario) -> String {
         })
         .collect();
     format!(
-        "{} nodes / {} sites, {} items, {}, loss {:.1} %{}{}{}",
+        "{} nodes / {} sites, {} items, {}, loss {:.1} %{}{}{}{}",
         sc.nodes,
         sc.sites,
         sc.items,
@@ -174,6 +184,10 @@ fn describe(sc: &Scenario) -> String {
         match sc.liars.as_slice() {
             [] => String::new(),
             l => format!(", liar in slot {l:?}"),
+        },
+        match sc.net.replayers.as_slice() {
+            [] => String::new(),
+            l => format!(", replayer in slot {l:?}"),
         },
         if parts.is_empty() { "" } else { ", " },
         parts.join(", ")

@@ -52,6 +52,11 @@ pub struct NetConfig {
     /// How long a dial to an unreachable address, or an undeliverable message, takes to fail.
     /// Default 1 s.
     pub connect_timeout: Duration,
+    /// Slots whose nodes replay: every data message such a node sends is delivered a second
+    /// time, 5 to 60 s later, as a peer that records its own messages and sends them again
+    /// would (stale views, trims, heartbeats, proofs). A replay is dropped once the replaying
+    /// node is gone: the transport authenticates the sender, so only a live peer can replay.
+    pub replayers: Vec<usize>,
 }
 
 impl Default for NetConfig {
@@ -62,6 +67,7 @@ impl Default for NetConfig {
             latency_jitter: 0.5,
             loss: 0.0,
             connect_timeout: Duration::from_secs(1),
+            replayers: Vec::new(),
         }
     }
 }
@@ -154,6 +160,13 @@ enum Ev {
         msg: data::Message,
     },
     SendFailed(data::Transmit),
+    /// A data message sent again by the replaying node in slot `origin.0` (incarnation
+    /// `origin.1`).
+    Replay {
+        origin: (usize, u32),
+        from: PeerId,
+        msg: data::Message,
+    },
 }
 
 impl Ev {
@@ -170,6 +183,7 @@ impl Ev {
             Ev::Gossip { .. } => 9,
             Ev::Data { .. } => 10,
             Ev::SendFailed(_) => 11,
+            Ev::Replay { .. } => 12,
         }
     }
 }
@@ -522,6 +536,15 @@ impl<S: Store> Net<S> {
             Ev::Gossip { from, updates } => node.handle_gossip(now, from, &updates),
             Ev::Data { from, msg } => node.handle_message(now, from, msg),
             Ev::SendFailed(t) => node.handle_send_failed(&t),
+            Ev::Replay { origin, from, msg } => {
+                let (os, oinc) = origin;
+                if self.slots[os].inc != oinc || self.slots[os].node.is_none() {
+                    return;
+                }
+                if let Some(node) = self.slots[slot].node.as_deref_mut() {
+                    node.handle_message(now, from, msg);
+                }
+            }
         }
         self.settle(slot, obs);
     }
@@ -717,6 +740,22 @@ impl<S: Store> Net<S> {
                         let lost = self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss);
                         if !lost {
                             let lat = self.latency(s, d);
+                            if self.cfg.replayers.contains(&s) {
+                                // The delay comes from a hash, not the network's RNG, so runs
+                                // without a replayer draw exactly as before.
+                                let z = mix(self.seq ^ now.0.rotate_left(17));
+                                let delay = Duration::from_millis(5_000 + z % 55_000);
+                                let origin = (s, self.slots[s].inc);
+                                self.push(
+                                    now + lat + delay,
+                                    d,
+                                    Ev::Replay {
+                                        origin,
+                                        from: me,
+                                        msg: t.msg.clone(),
+                                    },
+                                );
+                            }
                             self.push(
                                 now + lat,
                                 d,
