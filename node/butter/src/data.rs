@@ -467,6 +467,13 @@ pub(crate) fn record(node: &Node, e: core::Event) {
     match e {
         core::Event::Pcg(e) => record_pcg(node, &e),
         core::Event::Rbfs(e) => answer_search(node, e),
+        core::Event::Banned { peer, .. } => {
+            warn!(peer = %peer.short(), "peer lied about data repeatedly: the data core treats it as dead (its groups replace it)");
+            node.metrics()
+                .pcg_events
+                .with_label_values(&["liar_banned"])
+                .inc();
+        }
         _ => {}
     }
 }

@@ -172,8 +172,11 @@ impl NodeBuilder {
         };
         let seed = u64::from_le_bytes(identity.peer_id().0[..8].try_into().unwrap_or([0; 8]))
             ^ u64::from(std::process::id());
-        let (pcg, store, views) =
+        let (mut pcg, store, views) =
             crate::data::setup(&self.config.data, self.config.data_dir.as_deref())?;
+        // The core's ban on liars follows the transport's (`limits.ban_after_lies`, `ban_for`).
+        pcg.ban_after_lies = self.config.limits.ban_after_lies;
+        pcg.ban_for = self.config.limits.ban_for;
         let core_config = butter_proto::node::Config {
             membership: membership::core_config(&self.config),
             pcg,

@@ -171,6 +171,13 @@ pub struct Config {
     /// Items have no owner, so any member can: a network whose members are not trusted (an open
     /// network rather than private mode) may turn this off, and nothing then deletes. Default on.
     pub accept_deletes: bool,
+    /// A peer caught lying about data this many times, each within 10 minutes of the last (a
+    /// possession proof that does not match, bytes that do not match their id), is treated as
+    /// dead by the data core for [`ban_for`](Self::ban_for): its groups replace it and it is
+    /// neither recruited nor searched. 0: never. Default 3.
+    pub ban_after_lies: u32,
+    /// How long such a ban lasts. Default 60 s.
+    pub ban_for: Duration,
     /// Item size limits and block size.
     pub item: item::Config,
 }
@@ -194,6 +201,8 @@ impl Default for Config {
             view_change_interval: Duration::from_secs(2),
             max_views_per_sec: 10.0,
             accept_deletes: true,
+            ban_after_lies: 3,
+            ban_for: Duration::from_secs(60),
             item: item::Config::default(),
         }
     }

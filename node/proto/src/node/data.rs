@@ -18,7 +18,7 @@
 //! application calls, outputs drained with [`poll_transmit`](DataCore::poll_transmit),
 //! [`poll_event`](DataCore::poll_event) and [`poll_timeout`](DataCore::poll_timeout).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,122 @@ pub enum Event {
     Pcg(pcg::Event),
     /// From RBFS (a search found its item or gave up, an answer was corrupt).
     Rbfs(rbfs::Event),
+    /// `peer` lied about data `pcg::Config::ban_after_lies` times: the data core treats it as
+    /// dead until `until` (its groups replace it, nothing is recruited from or searched on it,
+    /// its data messages are ignored). A driver may also refuse its connections.
+    Banned {
+        /// The liar.
+        peer: PeerId,
+        /// When the ban ends.
+        until: Time,
+    },
+}
+
+impl Event {
+    /// A short label for metrics and logs (PCG's and RBFS's own kinds, or `banned`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Pcg(e) => e.kind(),
+            Event::Rbfs(_) => "rbfs",
+            Event::Banned { .. } => "banned",
+        }
+    }
+}
+
+/// How long a lie counts towards a ban.
+const LIE_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Peers caught lying about data: strikes, and bans in force. Bounded: strikes are forgotten
+/// after [`LIE_MEMORY`], bans when they end, and neither map grows past 4096 peers.
+#[derive(Debug, Default)]
+struct Liars {
+    strikes: BTreeMap<PeerId, (u32, Time)>,
+    banned: BTreeMap<PeerId, Time>,
+    /// Banned since the last `settle`, still to be replaced in their groups.
+    fresh: Vec<PeerId>,
+}
+
+const MAX_LIARS: usize = 4096;
+
+impl Liars {
+    /// Counts a lie; true when it earns a ban.
+    fn strike(
+        &mut self,
+        peer: PeerId,
+        now: Time,
+        after: u32,
+        ban_for: std::time::Duration,
+    ) -> bool {
+        if after == 0 || self.banned.contains_key(&peer) {
+            return false;
+        }
+        if self.strikes.len() >= MAX_LIARS {
+            self.strikes
+                .retain(|_, (_, at)| now.saturating_since(*at) < LIE_MEMORY);
+        }
+        let s = self.strikes.entry(peer).or_insert((0, now));
+        if now.saturating_since(s.1) >= LIE_MEMORY {
+            s.0 = 0;
+        }
+        s.0 += 1;
+        s.1 = now;
+        if s.0 < after {
+            return false;
+        }
+        self.strikes.remove(&peer);
+        if self.banned.len() >= MAX_LIARS {
+            self.banned.retain(|_, until| *until > now);
+        }
+        self.banned.insert(peer, now + ban_for);
+        self.fresh.push(peer);
+        true
+    }
+
+    fn is_banned(&self, peer: &PeerId, now: Time) -> bool {
+        self.banned.get(peer).is_some_and(|until| *until > now)
+    }
+
+    fn expire(&mut self, now: Time) {
+        self.banned.retain(|_, until| *until > now);
+    }
+}
+
+/// The hosts as PCG and RBFS should see them: a banned liar is not live, not chosen, not asked.
+struct Unbanned<'a> {
+    hosts: &'a dyn HostView,
+    banned: &'a BTreeMap<PeerId, Time>,
+    now: Time,
+}
+
+impl Unbanned<'_> {
+    fn banned(&self, id: &PeerId) -> bool {
+        self.banned.get(id).is_some_and(|until| *until > self.now)
+    }
+}
+
+impl HostView for Unbanned<'_> {
+    fn live_hosts(&self) -> Vec<PeerId> {
+        let mut v = self.hosts.live_hosts();
+        v.retain(|p| !self.banned(p));
+        v
+    }
+
+    fn is_live(&self, id: &PeerId) -> bool {
+        !self.banned(id) && self.hosts.is_live(id)
+    }
+
+    fn site(&self, id: &PeerId) -> Option<&str> {
+        self.hosts.site(id)
+    }
+
+    fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
+        if self.banned.is_empty() {
+            return self.hosts.most_diverse(k, exclude);
+        }
+        let mut ex = exclude.clone();
+        ex.extend(self.banned.keys().filter(|p| self.banned(p)).copied());
+        self.hosts.most_diverse(k, &ex)
+    }
 }
 
 /// Configuration out of range.
@@ -153,6 +269,10 @@ pub struct DataCore<S: Store> {
     live: BTreeSet<PeerId>,
     /// The dead set last reported.
     dead: BTreeSet<PeerId>,
+    /// Peers caught lying about data, and bans in force.
+    liars: Liars,
+    /// The time of the last input (for lies found while draining events).
+    clock: Time,
 }
 
 impl<S: Store> DataCore<S> {
@@ -175,6 +295,8 @@ impl<S: Store> DataCore<S> {
             events: VecDeque::new(),
             live: BTreeSet::new(),
             dead: BTreeSet::new(),
+            liars: Liars::default(),
+            clock: Time::ZERO,
         })
     }
 
@@ -216,13 +338,20 @@ impl<S: Store> DataCore<S> {
         content: Vec<u8>,
         hosts: &dyn HostView,
     ) -> Result<ItemId, pcg::PutError> {
-        let r = self.pcg.store_item(now, content, hosts);
-        self.pump();
+        self.clock = now;
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
+        let r = self.pcg.store_item(now, content, &view);
+        self.settle(now, hosts);
         r
     }
 
     /// Deletes `item` from its group; `false` when this node is not a member.
     pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
+        self.clock = now;
         let done = self.pcg.delete(now, item);
         self.pump();
         done
@@ -231,20 +360,35 @@ impl<S: Store> DataCore<S> {
     /// Starts a search for `item` (local store and hints first); the answer comes as an
     /// [`Event::Rbfs`] `Found`/`NotFound` with the returned id.
     pub fn find(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) -> QueryId {
-        let q = self.rbfs.find(now, item, self.pcg.store(), hosts);
-        self.pump();
+        self.clock = now;
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
+        let q = self.rbfs.find(now, item, self.pcg.store(), &view);
+        self.settle(now, hosts);
         q
     }
 
     /// A message received from `from`.
     pub fn handle_message(&mut self, now: Time, from: PeerId, msg: Message, hosts: &dyn HostView) {
+        self.clock = now;
+        if self.liars.is_banned(&from, now) {
+            return;
+        }
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
         match msg {
-            Message::Pcg(m) => self.pcg.handle_message(now, from, m, hosts),
+            Message::Pcg(m) => self.pcg.handle_message(now, from, m, &view),
             Message::Rbfs(m) => self
                 .rbfs
-                .handle_message(now, from, m, self.pcg.store(), hosts),
+                .handle_message(now, from, m, self.pcg.store(), &view),
         }
-        self.pump();
+        self.settle(now, hosts);
     }
 
     /// Answers a block request (`(item, index)`, postcard) of a large item from the store.
@@ -277,39 +421,88 @@ impl<S: Store> DataCore<S> {
     /// down for PCG, one newly in `dead` is dead. Call it whenever liveness may have changed (the
     /// binary: every 500 ms).
     pub fn handle_liveness(&mut self, now: Time, hosts: &dyn HostView, dead: BTreeSet<PeerId>) {
-        let live: BTreeSet<PeerId> = hosts.live_hosts().into_iter().collect();
+        self.clock = now;
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
+        let live: BTreeSet<PeerId> = view.live_hosts().into_iter().collect();
         for p in self.live.difference(&live) {
-            self.pcg.handle_peer_down(now, *p, hosts);
+            self.pcg.handle_peer_down(now, *p, &view);
         }
         for p in dead.difference(&self.dead) {
-            self.pcg.handle_peer_dead(now, *p, hosts);
+            self.pcg.handle_peer_dead(now, *p, &view);
         }
         self.live = live;
         self.dead = dead;
-        self.pump();
+        self.settle(now, hosts);
     }
 
     /// `peer` is believed down (a driver that learns of single deaths rather than live sets).
     pub fn handle_peer_down(&mut self, now: Time, peer: PeerId, hosts: &dyn HostView) {
-        self.pcg.handle_peer_down(now, peer, hosts);
-        self.pump();
+        self.clock = now;
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
+        self.pcg.handle_peer_down(now, peer, &view);
+        self.settle(now, hosts);
     }
 
     /// Timers: call at [`poll_timeout`](Self::poll_timeout) or later.
     pub fn handle_timeout(&mut self, now: Time, hosts: &dyn HostView) {
+        self.clock = now;
+        self.liars.expire(now);
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
         if self.pcg.poll_timeout().is_some_and(|t| t <= now) {
-            self.pcg.handle_timeout(now, hosts);
+            self.pcg.handle_timeout(now, &view);
         }
         if self.rbfs.poll_timeout().is_some_and(|t| t <= now) {
-            self.rbfs.handle_timeout(now, self.pcg.store(), hosts);
+            self.rbfs.handle_timeout(now, self.pcg.store(), &view);
         }
-        self.pump();
+        self.settle(now, hosts);
     }
 
     /// Hands every group over and takes no new ones (drain or shutdown).
     pub fn begin_shutdown(&mut self, now: Time, hosts: &dyn HostView) {
-        self.pcg.begin_shutdown(now, hosts);
+        self.clock = now;
+        let view = Unbanned {
+            hosts,
+            banned: &self.liars.banned,
+            now,
+        };
+        self.pcg.begin_shutdown(now, &view);
+        self.settle(now, hosts);
+    }
+
+    /// Whether `peer` is banned for lying about data now.
+    pub fn is_banned(&self, peer: &PeerId, now: Time) -> bool {
+        self.liars.is_banned(peer, now)
+    }
+
+    /// Drains events, then replaces every peer banned meanwhile in its groups (as dead), until
+    /// nothing new is banned.
+    fn settle(&mut self, now: Time, hosts: &dyn HostView) {
         self.pump();
+        while !self.liars.fresh.is_empty() {
+            let fresh = std::mem::take(&mut self.liars.fresh);
+            let view = Unbanned {
+                hosts,
+                banned: &self.liars.banned,
+                now,
+            };
+            for p in fresh {
+                self.live.remove(&p);
+                self.pcg.handle_peer_dead(now, p, &view);
+            }
+            self.pump();
+        }
     }
 
     /// The next message to send.
@@ -342,16 +535,47 @@ impl<S: Store> DataCore<S> {
 
     /// Drains both machines' events into the queue, applying the glue on the way.
     fn pump(&mut self) {
+        let me = self.pcg.id();
         while let Some(e) = self.pcg.poll_event() {
-            match &e {
-                pcg::Event::ViewChanged(v) => self.rbfs.add_hint(v.item, &v.members),
-                pcg::Event::Deleted(item) => self.rbfs.forget_hint(item),
-                _ => {}
-            }
+            let liar = match &e {
+                pcg::Event::ViewChanged(v) => {
+                    self.rbfs.add_hint(v.item, &v.members);
+                    None
+                }
+                pcg::Event::Deleted(item) => {
+                    self.rbfs.forget_hint(item);
+                    None
+                }
+                pcg::Event::ProofFailed { peer, .. } => Some(*peer),
+                pcg::Event::Corrupt { from, .. } if *from != me => Some(*from),
+                _ => None,
+            };
             self.events.push_back(Event::Pcg(e));
+            if let Some(p) = liar {
+                self.strike(p);
+            }
         }
         while let Some(e) = self.rbfs.poll_event() {
+            let liar = match &e {
+                rbfs::Event::Corrupt { holder, .. } => Some(*holder),
+                _ => None,
+            };
             self.events.push_back(Event::Rbfs(e));
+            if let Some(p) = liar {
+                self.strike(p);
+            }
+        }
+    }
+
+    fn strike(&mut self, peer: PeerId) {
+        let cfg = self.pcg.config();
+        let (after, ban_for) = (cfg.ban_after_lies, cfg.ban_for);
+        let now = self.clock;
+        if self.liars.strike(peer, now, after, ban_for) {
+            self.events.push_back(Event::Banned {
+                peer,
+                until: now + ban_for,
+            });
         }
     }
 }
@@ -377,6 +601,8 @@ mod tests {
         sites: Vec<String>,
         /// Crashed: sends nothing, receives nothing.
         down: BTreeSet<usize>,
+        /// Answers every possession challenge with a wrong proof (as the binary's `lie` hook).
+        liar: Option<usize>,
         now: Time,
     }
 
@@ -432,6 +658,7 @@ mod tests {
                 ids,
                 sites,
                 down: BTreeSet::new(),
+                liar: None,
                 now: Time::ZERO,
             }
         }
@@ -463,6 +690,14 @@ mod tests {
                                 self.cores[i].handle_send_failed(&t);
                             }
                             continue;
+                        }
+                        let mut t = t;
+                        if self.liar == Some(i)
+                            && let Message::Pcg(pcg::Message::Heartbeat(hb)) = &mut t.msg
+                        {
+                            for p in &mut hb.proofs {
+                                p.hash = [0x11; 32];
+                            }
                         }
                         // Through the wire encoding, as the binary sends it.
                         let body = t.msg.encode().unwrap();
@@ -572,6 +807,47 @@ mod tests {
         let after = net.members(0, &item);
         assert!(!after.contains(&victim), "dead member still in {after:?}");
         assert_eq!(after.len(), 3, "group back at r: {after:?}");
+        for m in &after {
+            assert!(net.cores[net.idx(m)].store().contains(&item));
+        }
+    }
+
+    #[test]
+    fn a_member_that_keeps_lying_about_its_copy_is_banned_and_replaced() {
+        let mut net = Net::new(6);
+        let item = net
+            .with(0, |c, h, now| c.put(now, b"worth lying about".to_vec(), h))
+            .unwrap();
+        net.deliver();
+        net.run_for(Duration::from_secs(10));
+        let before = net.members(0, &item);
+        assert_eq!(before.len(), 3);
+        let liar = *before.iter().find(|p| **p != net.ids[0]).unwrap();
+        let l = net.idx(&liar);
+        // Every proof it sends is wrong: it claims a copy it cannot prove.
+        net.liar = Some(l);
+        let mut banned_by = None;
+        for _ in 0..300 {
+            net.run_for(Duration::from_secs(1));
+            let now = net.now;
+            banned_by = (0..6).find(|i| *i != l && net.cores[*i].is_banned(&liar, now));
+            if banned_by.is_some() {
+                break;
+            }
+        }
+        let Some(b) = banned_by else {
+            panic!("nobody banned a member whose every proof was wrong");
+        };
+        assert!(before.contains(&net.ids[b]), "banned by a co-member");
+        net.run_for(Duration::from_secs(10));
+        let honest = *before.iter().find(|p| **p != liar).unwrap();
+        let after = net.members(net.idx(&honest), &item);
+        assert!(!after.contains(&liar), "liar still in {after:?}");
+        assert_eq!(
+            after.len(),
+            3,
+            "group back at r without the liar: {after:?}"
+        );
         for m in &after {
             assert!(net.cores[net.idx(m)].store().contains(&item));
         }
