@@ -672,7 +672,7 @@ impl Transport {
             self.record(Event::BytesReceived(received));
             Ok::<_, ReadError>((request, body))
         };
-        let (response, body, kind) = match timeout(limits.request_timeout, read).await {
+        let (response, body, kind) = match bounded(limits.request_timeout, read).await {
             Err(_) => {
                 self.record(Event::Rejected {
                     reason: "read_timeout",
@@ -737,7 +737,7 @@ impl Transport {
             }
             Ok(Ok((request, body))) => {
                 let kind = request_kind(&request);
-                match timeout(limits.request_timeout, handler.handle(from, request, body)).await {
+                match bounded(limits.request_timeout, handler.handle(from, request, body)).await {
                     Ok((resp, body)) => (resp, body, kind),
                     Err(_) => (
                         Response::Error {
@@ -769,7 +769,7 @@ impl Transport {
             }
         };
         let write = write_message(&mut send, frame, body);
-        if let Ok(Ok(sent)) = timeout(limits.request_timeout, write).await {
+        if let Ok(Ok(sent)) = bounded(limits.request_timeout, write).await {
             self.record(Event::BytesSent(sent));
         }
         self.record(Event::Request {
@@ -802,6 +802,29 @@ enum ReadError {
 impl From<FrameError> for ReadError {
     fn from(e: FrameError) -> Self {
         ReadError::Frame(e)
+    }
+}
+
+/// `fut` within `limit`, like [`timeout`], but the timer is only armed if `fut` does not finish
+/// on its first poll. An inbound request has usually arrived whole by the time its stream is
+/// accepted, a simple handler answers at once and a small reply fits the send window: those
+/// steps then cost no timer registration and removal in tokio's wheel (two locks each). A step
+/// that waits gets the full `limit` from the moment it first waited, as before.
+async fn bounded<F: Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(out) => Ok(out),
+        None => timeout(limit, fut).await,
     }
 }
 
@@ -948,4 +971,52 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_send_buffer_size(4 << 20).ok();
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` to `take_header` in pieces of `step`, as quinn may hand them over.
+    fn split<T: Message>(bytes: &[u8], step: usize) -> Result<(T, usize, Vec<u8>), FrameError> {
+        let mut head = Vec::new();
+        let mut pieces = bytes.chunks(step).map(Bytes::copy_from_slice);
+        loop {
+            let Some(mut piece) = pieces.next() else {
+                panic!("input ended inside the header");
+            };
+            if let Some((msg, len)) = take_header::<T>(&mut head, &mut piece, 1024)? {
+                let mut rest = piece.to_vec();
+                rest.extend(pieces.flatten());
+                return Ok((msg, len, rest));
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_split_anywhere_decodes_the_same() {
+        let request = Request::Behaviour {
+            name: "ohce".into(),
+        };
+        let mut bytes = wire::encode_frame(&request, 1024).unwrap();
+        let header_len = bytes.len();
+        bytes.extend_from_slice(b"body");
+        for step in 1..=bytes.len() {
+            let (msg, len, rest) = split::<Request>(&bytes, step).unwrap();
+            assert_eq!(
+                (msg, len, rest),
+                (request.clone(), header_len, b"body".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_anything_is_buffered() {
+        for step in [1, 2, 3, 7] {
+            assert!(matches!(
+                split::<Request>(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3], step),
+                Err(FrameError::TooLarge { .. })
+            ));
+        }
+    }
 }
