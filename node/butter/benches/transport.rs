@@ -129,7 +129,7 @@ fn main() {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)\n  --requests N       the rate part runs N 64 B requests (32 in flight) and nothing else\n  --bulk-mib M       the bulk part moves one M MiB item\n  --raw              run --only rate or bulk over bare quinn, set up as qbench does (profiling)"
+            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)\n  --requests N       the rate part runs N 64 B requests (32 in flight) and nothing else\n  --bulk-mib M       the bulk part moves one M MiB item\n  --raw              run --only rate or bulk over bare quinn, set up as qbench does (profiling)\n  --keep             with --raw: gather each reply into one buffer, as Butter returns it"
         );
         return;
     }
@@ -167,7 +167,8 @@ fn main() {
     if args.iter().any(|a| a == "--raw") {
         let n = requests.unwrap_or(20000);
         let mib = bulk_mib.unwrap_or(256);
-        return raw::run(part("rate").then_some(n), part("bulk").then_some(mib));
+        let keep = args.iter().any(|a| a == "--keep");
+        return raw::run(part("rate").then_some(n), part("bulk").then_some(mib), keep);
     }
     if let Some(n) = value("--pairs") {
         let Ok(n) = n.parse::<usize>() else {
@@ -591,19 +592,26 @@ mod raw {
         }
     }
 
-    async fn request(conn: &quinn::Connection, resp: u64) -> u64 {
+    /// One request; with `keep` the reply is gathered into one buffer (as Butter returns it)
+    /// rather than counted and dropped chunk by chunk (as qbench does).
+    async fn request(conn: &quinn::Connection, resp: u64, keep: bool) -> u64 {
         let (mut s, mut r) = conn.open_bi().await.expect("open");
         s.write_all(&resp.to_be_bytes()).await.expect("write");
         s.finish().expect("finish");
         let mut got = 0u64;
+        let mut kept = Vec::new();
         while let Some(c) = r.read_chunk(usize::MAX, true).await.expect("read") {
             got += c.bytes.len() as u64;
+            if keep {
+                kept.extend_from_slice(&c.bytes);
+            }
         }
+        std::hint::black_box(kept);
         got
     }
 
     /// `requests` 64 B requests with 32 in flight, then one `bulk_mib` MiB reply.
-    pub fn run(requests: Option<usize>, bulk_mib: Option<u64>) {
+    pub fn run(requests: Option<usize>, bulk_mib: Option<u64>, keep: bool) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -628,7 +636,7 @@ mod raw {
                     tasks.push(tokio::spawn(async move {
                         let mut i = w;
                         while i < total {
-                            request(&c2, 64).await;
+                            request(&c2, 64, keep).await;
                             i += 32;
                         }
                     }));
@@ -641,7 +649,7 @@ mod raw {
             }
             if let Some(mib) = bulk_mib {
                 let t = Instant::now();
-                let got = request(&conn, mib << 20).await;
+                let got = request(&conn, mib << 20, keep).await;
                 let rate = got as f64 / t.elapsed().as_secs_f64() / 1048576.0;
                 println!("raw quinn: bulk {mib} MiB: {rate:.0} MiB/s");
             }
