@@ -14,7 +14,9 @@
 //!     valgrind --tool=callgrind transport --only rate --requests 2000 [--raw]
 //!     valgrind --tool=callgrind transport --only rate --requests 0 [--raw]     # setup only
 //!     valgrind --tool=callgrind transport --only bulk --bulk-mib 64 [--raw]
-//!     valgrind --tool=callgrind transport --only bulk --bulk-mib 0 [--raw]
+//!     valgrind --tool=callgrind transport --only bulk --bulk-mib 0 --fill-mib 64 [--raw]
+//!
+//! `benches/callgrind.sh` runs these pairs and prints the differences.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -129,7 +131,7 @@ fn main() {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)\n  --requests N       the rate part runs N 64 B requests (32 in flight) and nothing else\n  --bulk-mib M       the bulk part moves one M MiB item\n  --raw              run --only rate or bulk over bare quinn, set up as qbench does (profiling)\n  --keep             with --raw: gather each reply into one buffer, as Butter returns it"
+            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)\n  --requests N       the rate part runs N 64 B requests (32 in flight) and nothing else\n  --bulk-mib M       the bulk part moves one M MiB item\n  --fill-mib M       the server's reply buffer is M MiB (default: what the run needs)\n  --raw              run --only rate or bulk over bare quinn, set up as qbench does (profiling)\n  --keep             with --raw: gather each reply into one buffer, as Butter returns it"
         );
         return;
     }
@@ -164,6 +166,9 @@ fn main() {
     };
     let requests = number("--requests").map(|n| n as usize);
     let bulk_mib = number("--bulk-mib");
+    // The server's reply buffer in MiB (default: what the run needs), so a setup-only run can
+    // fill as much as the run it is subtracted from.
+    let fill_mib = number("--fill-mib");
     if args.iter().any(|a| a == "--raw") {
         let n = requests.unwrap_or(20000);
         let mib = bulk_mib.unwrap_or(256);
@@ -218,9 +223,9 @@ fn main() {
     let mut rows: Vec<(&str, &str, f64, Option<&'static str>, bool)> = Vec::new();
     rt.block_on(async {
         // Filling the server's reply buffer dominates a short profiled run: size it to the run.
-        let chunk_len = match (requests, bulk_mib) {
-            (_, Some(mib)) => (mib as usize) << 20,
-            (Some(_), None) => 64 << 10,
+        let chunk_len = match (fill_mib.or(bulk_mib), requests) {
+            (Some(mib), _) => (mib as usize) << 20,
+            (None, Some(_)) => 64 << 10,
             (None, None) => 1 << 30,
         };
         let s = server(chunk_len.max(64 << 10)).await;
