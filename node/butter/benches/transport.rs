@@ -7,6 +7,16 @@
 //! connection (64 B and 4 KiB replies), request rate with 32 in flight, single-item bulk
 //! throughput, RSS of an idle node and per idle connection. With `--qbench FILE` (qbench's output)
 //! every figure is also shown as a ratio to raw quinn measured in the same job.
+//!
+//! For instruction counts (callgrind), a part can run a fixed amount of work, on Butter or on bare
+//! quinn set up as qbench does (`--raw`), so cost per request = (run − setup-only run) / N:
+//!
+//!     valgrind --tool=callgrind transport --only rate --requests 2000 [--raw]
+//!     valgrind --tool=callgrind transport --only rate --requests 0 [--raw]     # setup only
+//!     valgrind --tool=callgrind transport --only bulk --bulk-mib 64 [--raw]
+//!     valgrind --tool=callgrind transport --only bulk --bulk-mib 0 --fill-mib 64 [--raw]
+//!
+//! `benches/callgrind.sh` runs these pairs and prints the differences.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -27,7 +37,8 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn server() -> Node {
+/// A node serving `blob`: replies with the first n bytes of a `chunk_len` buffer.
+async fn server(chunk_len: usize) -> Node {
     let mut cfg = Config::for_tests();
     cfg.alone = true;
     // The benchmark is one peer on purpose far above the default per-peer rate limit.
@@ -36,7 +47,7 @@ async fn server() -> Node {
     cfg.limits.max_body = 1 << 30;
     cfg.limits.max_connections = 4096;
     cfg.limits.request_timeout = Duration::from_secs(60);
-    let chunk = Bytes::from(vec![7u8; 1 << 30]);
+    let chunk = Bytes::from(vec![7u8; chunk_len]);
     NodeBuilder::new(cfg)
         .behaviour(
             "blob",
@@ -120,7 +131,7 @@ fn main() {
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)"
+            "usage: transport [--qbench FILE | --pairs N --qbench-bin PATH] [--quick] [--only PART]\n  --qbench FILE      qbench output to compare against\n  --pairs N          N interleaved pairs (raw quinn, then this), a table of medians and ranges\n  --qbench-bin PATH  the qbench binary the pairs run\n  --quick            fewer iterations (smoke run)\n  --only PART        one part: handshake, latency, rate, bulk or memory (e.g. under a profiler)\n  --requests N       the rate part runs N 64 B requests (32 in flight) and nothing else\n  --bulk-mib M       the bulk part moves one M MiB item\n  --fill-mib M       the server's reply buffer is M MiB (default: what the run needs)\n  --raw              run --only rate or bulk over bare quinn, set up as qbench does (profiling)\n  --keep             with --raw: gather each reply into one buffer, as Butter returns it"
         );
         return;
     }
@@ -143,6 +154,27 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let number = |flag: &str| -> Option<u64> {
+        let v = value(flag)?;
+        match v.parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                eprintln!("{flag} {v}: expected a number");
+                std::process::exit(2);
+            }
+        }
+    };
+    let requests = number("--requests").map(|n| n as usize);
+    let bulk_mib = number("--bulk-mib");
+    // The server's reply buffer in MiB (default: what the run needs), so a setup-only run can
+    // fill as much as the run it is subtracted from.
+    let fill_mib = number("--fill-mib");
+    if args.iter().any(|a| a == "--raw") {
+        let n = requests.unwrap_or(20000);
+        let mib = bulk_mib.unwrap_or(256);
+        let keep = args.iter().any(|a| a == "--keep");
+        return raw::run(part("rate").then_some(n), part("bulk").then_some(mib), keep);
+    }
     if let Some(n) = value("--pairs") {
         let Ok(n) = n.parse::<usize>() else {
             eprintln!("--pairs {n}: expected a number of pairs, e.g. 3");
@@ -190,7 +222,13 @@ fn main() {
         .expect("runtime");
     let mut rows: Vec<(&str, &str, f64, Option<&'static str>, bool)> = Vec::new();
     rt.block_on(async {
-        let s = server().await;
+        // Filling the server's reply buffer dominates a short profiled run: size it to the run.
+        let chunk_len = match (fill_mib.or(bulk_mib), requests) {
+            (Some(mib), _) => (mib as usize) << 20,
+            (None, Some(_)) => 64 << 10,
+            (None, None) => 1 << 30,
+        };
+        let s = server(chunk_len.max(64 << 10)).await;
         let c = client().await;
         let addr = s.local_addr().expect("addr");
         let peer = c.connect(addr).await.expect("connect");
@@ -262,13 +300,16 @@ fn main() {
             ));
         }
 
-        let total = if quick { 2000 } else { 20000 };
+        let total = requests.unwrap_or(if quick { 2000 } else { 20000 });
         if part("rate") {
             eprintln!("[3/5] request rate, 32 in flight ({total} requests, 64 B and 4 KiB)");
             for (label, size, key) in [
                 ("64 B rate, 32 in flight", 64u64, Some("rate32")),
                 ("4 KiB rate, 32 in flight", 4096, None),
             ] {
+                if requests.is_some() && size != 64 {
+                    continue;
+                }
                 let stats = || c.transport().pooled(&peer).map(|conn| conn.stats());
                 let before = stats();
                 let t = Instant::now();
@@ -307,7 +348,7 @@ fn main() {
             }
         }
 
-        let mib = if quick { 64u64 } else { 256 };
+        let mib = bulk_mib.unwrap_or(if quick { 64 } else { 256 });
         if part("bulk") {
             eprintln!("[4/5] bulk: one {mib} MiB item");
             let t = Instant::now();
@@ -480,4 +521,145 @@ fn pairs(n: usize, qbench: &str, pass: &[String]) {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The rate and bulk parts over bare quinn, set up as `../shared/bench/qbench` does (self-signed
+/// certificate, default transport config but 1000 streams, one stream per request, the reply
+/// written as slices of one shared buffer), built with this crate's profile: the reference path
+/// for instruction counts.
+mod raw {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+    use quinn::{ClientConfig, Endpoint, ServerConfig, TransportConfig};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    fn configs() -> (ServerConfig, ClientConfig) {
+        let provider = || Arc::new(rustls::crypto::ring::default_provider());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert = CertificateDer::from(ck.cert);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("server cert");
+        sc.alpn_protocols = vec![b"bench".to_vec()];
+        let mut server = ServerConfig::with_crypto(Arc::new(
+            QuicServerConfig::try_from(sc).expect("quic server"),
+        ));
+        let mut tc = TransportConfig::default();
+        tc.max_concurrent_bidi_streams(1000u32.into());
+        server.transport_config(Arc::new(tc));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let mut cc = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cc.alpn_protocols = vec![b"bench".to_vec()];
+        let client = ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(cc).expect("quic client"),
+        ));
+        (server, client)
+    }
+
+    async fn serve(ep: Endpoint) {
+        let chunk = Bytes::from(vec![7u8; 1 << 20]);
+        while let Some(inc) = ep.accept().await {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let chunk = chunk.clone();
+                    tokio::spawn(async move {
+                        let Ok(req) = recv.read_to_end(64 * 1024).await else {
+                            return;
+                        };
+                        let Some(n) = req.get(..8) else { return };
+                        let mut left = u64::from_be_bytes(n.try_into().unwrap_or([0; 8]));
+                        while left > 0 {
+                            let k = left.min(chunk.len() as u64) as usize;
+                            if send.write_chunk(chunk.slice(..k)).await.is_err() {
+                                return;
+                            }
+                            left -= k as u64;
+                        }
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    }
+
+    /// One request; with `keep` the reply is gathered into one buffer (as Butter returns it)
+    /// rather than counted and dropped chunk by chunk (as qbench does).
+    async fn request(conn: &quinn::Connection, resp: u64, keep: bool) -> u64 {
+        let (mut s, mut r) = conn.open_bi().await.expect("open");
+        s.write_all(&resp.to_be_bytes()).await.expect("write");
+        s.finish().expect("finish");
+        let mut got = 0u64;
+        let mut kept = Vec::new();
+        while let Some(c) = r.read_chunk(usize::MAX, true).await.expect("read") {
+            got += c.bytes.len() as u64;
+            if keep {
+                kept.extend_from_slice(&c.bytes);
+            }
+        }
+        std::hint::black_box(kept);
+        got
+    }
+
+    /// `requests` 64 B requests with 32 in flight, then one `bulk_mib` MiB reply.
+    pub fn run(requests: Option<usize>, bulk_mib: Option<u64>, keep: bool) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (sc, cc) = configs();
+            let server = Endpoint::server(sc, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+            let addr = server.local_addr().expect("addr");
+            tokio::spawn(serve(server.clone()));
+            let mut client = Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            client.set_default_client_config(cc);
+            let conn = client
+                .connect(addr, "localhost")
+                .expect("connect")
+                .await
+                .expect("handshake");
+            if let Some(total) = requests {
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for w in 0..32 {
+                    let c2 = conn.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut i = w;
+                        while i < total {
+                            request(&c2, 64, keep).await;
+                            i += 32;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.expect("worker");
+                }
+                let rate = total as f64 / t.elapsed().as_secs_f64();
+                println!("raw quinn: {total} × 64 B, 32 in flight: {rate:.0} req/s");
+            }
+            if let Some(mib) = bulk_mib {
+                let t = Instant::now();
+                let got = request(&conn, mib << 20, keep).await;
+                let rate = got as f64 / t.elapsed().as_secs_f64() / 1048576.0;
+                println!("raw quinn: bulk {mib} MiB: {rate:.0} MiB/s");
+            }
+            conn.close(0u32.into(), b"");
+            client.wait_idle().await;
+        });
+    }
 }

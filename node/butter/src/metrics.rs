@@ -80,7 +80,9 @@ pub struct Metrics {
     handshakes: IntCounterVec,
     handshake_duration: Histogram,
     requests: IntCounterVec,
-    request_duration: HistogramVec,
+    /// `butter_request_duration_seconds`' two series (outbound, inbound), looked up once: every
+    /// request records into one, and a label lookup hashes and locks.
+    request_duration_by_direction: [Histogram; 2],
     rejected: IntCounterVec,
     bytes_sent: IntCounter,
     bytes_received: IntCounter,
@@ -451,7 +453,10 @@ impl Metrics {
             handshakes,
             handshake_duration,
             requests,
-            request_duration,
+            request_duration_by_direction: [
+                request_duration.with_label_values(&[Direction::Outbound.as_str()]),
+                request_duration.with_label_values(&[Direction::Inbound.as_str()]),
+            ],
             rejected,
             bytes_sent,
             bytes_received,
@@ -509,9 +514,11 @@ impl Metrics {
                 self.requests
                     .with_label_values(&[direction.as_str(), kind, outcome])
                     .inc();
-                self.request_duration
-                    .with_label_values(&[direction.as_str()])
-                    .observe(duration.as_secs_f64());
+                let series = match direction {
+                    Direction::Outbound => &self.request_duration_by_direction[0],
+                    Direction::Inbound => &self.request_duration_by_direction[1],
+                };
+                series.observe(duration.as_secs_f64());
             }
             Event::Rejected { reason } => self.rejected.with_label_values(&[reason]).inc(),
             Event::BytesSent(n) => self.bytes_sent.inc_by(*n),

@@ -465,33 +465,22 @@ impl Transport {
         let fut = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             let frame = wire::encode_frame(request, limits.max_frame)?;
-            let sent = (frame.len() + body.len()) as u64;
-            send.write_all(&frame)
+            let sent = write_message(&mut send, frame, body)
                 .await
-                .map_err(|e| RequestError::Stream(e.to_string()))?;
-            if !body.is_empty() {
-                send.write_chunk(body)
-                    .await
-                    .map_err(|e| RequestError::Stream(e.to_string()))?;
-            }
-            send.finish()
                 .map_err(|e| RequestError::Stream(e.to_string()))?;
             self.record(Event::BytesSent(sent));
-            let (response, header_len) = read_header::<Response>(&mut recv, limits.max_frame)
-                .await
-                .map_err(|e| match e {
-                    ReadError::Frame(f) => RequestError::Frame(f),
-                    ReadError::Stream(s) => RequestError::Stream(s),
-                })?;
-            let body = recv
-                .read_to_end(limits.max_body)
-                .await
-                .map_err(|e| RequestError::Stream(e.to_string()))?;
-            self.record(Event::BytesReceived((header_len + body.len()) as u64));
+            let (response, received, body) =
+                read_message::<Response>(&mut recv, limits.max_frame, limits.max_body, |_| false)
+                    .await
+                    .map_err(|e| match e {
+                        ReadError::Frame(f) => RequestError::Frame(f),
+                        ReadError::Stream(s) => RequestError::Stream(s),
+                    })?;
+            self.record(Event::BytesReceived(received));
             if let Response::Error { code, message } = response {
                 return Err(RequestError::Remote { code, message });
             }
-            Ok((response, Bytes::from(body)))
+            Ok((response, body))
         };
         match timeout(deadline, fut).await {
             Ok(r) => r,
@@ -671,28 +660,19 @@ impl Transport {
         mut recv: RecvStream,
         handler: Arc<dyn Inbound>,
     ) {
-        let limits = self.inner.limits.clone();
+        let limits = &self.inner.limits;
         let start = Instant::now();
         let read = async {
-            let (request, header_len) = read_header::<Request>(&mut recv, limits.max_frame).await?;
-            if matches!(request, Request::Relay { .. }) {
-                // A link: frames follow, not a body.
-                return Ok::<_, ReadError>((request, Bytes::new()));
-            }
-            let body = recv
-                .read_to_end(limits.max_body)
-                .await
-                .map_err(|e| match e {
-                    quinn::ReadToEndError::TooLong => ReadError::Frame(FrameError::TooLarge {
-                        len: limits.max_body + 1,
-                        max: limits.max_body,
-                    }),
-                    other => ReadError::Stream(other.to_string()),
-                })?;
-            self.record(Event::BytesReceived((header_len + body.len()) as u64));
-            Ok::<_, ReadError>((request, Bytes::from(body)))
+            // A relay link's header stands alone: frames follow it, not a body.
+            let (request, received, body) =
+                read_message::<Request>(&mut recv, limits.max_frame, limits.max_body, |r| {
+                    matches!(r, Request::Relay { .. })
+                })
+                .await?;
+            self.record(Event::BytesReceived(received));
+            Ok::<_, ReadError>((request, body))
         };
-        let (response, body, kind) = match timeout(limits.request_timeout, read).await {
+        let (response, body, kind) = match bounded(limits.request_timeout, read).await {
             Err(_) => {
                 self.record(Event::Rejected {
                     reason: "read_timeout",
@@ -757,7 +737,7 @@ impl Transport {
             }
             Ok(Ok((request, body))) => {
                 let kind = request_kind(&request);
-                match timeout(limits.request_timeout, handler.handle(from, request, body)).await {
+                match bounded(limits.request_timeout, handler.handle(from, request, body)).await {
                     Ok((resp, body)) => (resp, body, kind),
                     Err(_) => (
                         Response::Error {
@@ -788,19 +768,8 @@ impl Transport {
                 return;
             }
         };
-        let sent = (frame.len() + body.len()) as u64;
-        let write = async {
-            send.write_all(&frame).await?;
-            if !body.is_empty() {
-                send.write_chunk(body).await?;
-            }
-            send.finish().map_err(|_| quinn::WriteError::ClosedStream)?;
-            Ok::<_, quinn::WriteError>(())
-        };
-        if timeout(limits.request_timeout, write)
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
+        let write = write_message(&mut send, frame, body);
+        if let Ok(Ok(sent)) = bounded(limits.request_timeout, write).await {
             self.record(Event::BytesSent(sent));
         }
         self.record(Event::Request {
@@ -836,21 +805,150 @@ impl From<FrameError> for ReadError {
     }
 }
 
-/// Reads one header frame, checking the announced length before buffering anything.
-async fn read_header<T: Message>(
+/// `fut` within `limit`, like [`timeout`], but the timer is only armed if `fut` does not finish
+/// on its first poll. An inbound request has usually arrived whole by the time its stream is
+/// accepted, a simple handler answers at once and a small reply fits the send window: those
+/// steps then cost no timer registration and removal in tokio's wheel (two locks each). A step
+/// that waits gets the full `limit` from the moment it first waited, as before.
+async fn bounded<F: Future>(
+    limit: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(out) => Ok(out),
+        None => timeout(limit, fut).await,
+    }
+}
+
+/// How many chunks one read takes from quinn: each read locks the connection once, and a small
+/// message with its end usually comes in one read.
+const READ_BATCH: usize = 8;
+
+/// Writes a header frame and a body and finishes the stream; returns the bytes written. Both go
+/// to quinn in one call (one lock of the connection), the frame's buffer and the body's bytes
+/// handed over as they are, not copied.
+async fn write_message(
+    send: &mut SendStream,
+    frame: Vec<u8>,
+    body: Bytes,
+) -> Result<u64, quinn::WriteError> {
+    let sent = (frame.len() + body.len()) as u64;
+    send.write_all_chunks(&mut [Bytes::from(frame), body])
+        .await?;
+    send.finish().map_err(|_| quinn::WriteError::ClosedStream)?;
+    Ok(sent)
+}
+
+/// Reads one message: a header frame, then the body up to the end of the stream (unless
+/// `stands_alone` says the header is all there is: a relay link). Returns the header, the bytes
+/// read and the body.
+///
+/// Bounds are checked as bytes arrive, before they are kept: the announced header length against
+/// `max_frame`, the body against `max_body`. The body is gathered into one buffer as its chunks
+/// come in (each copied once, while still in cache, and dropped), so no chunk, and none of the
+/// datagram buffer it points into, outlives the read.
+async fn read_message<T: Message>(
     recv: &mut RecvStream,
-    max: usize,
-) -> Result<(T, usize), ReadError> {
-    let mut prefix = [0u8; wire::LEN_PREFIX];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| ReadError::Stream(e.to_string()))?;
-    let len = wire::frame_len(prefix, max)?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| ReadError::Stream(e.to_string()))?;
-    Ok((wire::decode_payload(&payload)?, len + wire::LEN_PREFIX))
+    max_frame: usize,
+    max_body: usize,
+    stands_alone: fn(&T) -> bool,
+) -> Result<(T, u64, Bytes), ReadError> {
+    let mut batch: [Bytes; READ_BATCH] = Default::default();
+    // Header bytes, only when the header is split over several chunks.
+    let mut head: Vec<u8> = Vec::new();
+    let mut header: Option<(T, usize)> = None;
+    let mut body: Vec<u8> = Vec::new();
+    loop {
+        let n = match recv.read_chunks(&mut batch).await {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(e) => return Err(ReadError::Stream(e.to_string())),
+        };
+        for i in 0..n {
+            let mut chunk = std::mem::take(&mut batch[i]);
+            if header.is_none() {
+                let Some((msg, len)) = take_header::<T>(&mut head, &mut chunk, max_frame)? else {
+                    continue;
+                };
+                if stands_alone(&msg) {
+                    // Whatever follows belongs to the stream's new owner, so nothing may have
+                    // been read past the header (our dialler waits for the answer first).
+                    if !chunk.is_empty() || batch[i + 1..n].iter().any(|c| !c.is_empty()) {
+                        return Err(ReadError::Frame(FrameError::Trailing(chunk.len())));
+                    }
+                    return Ok((msg, len as u64, Bytes::new()));
+                }
+                header = Some((msg, len));
+            }
+            if chunk.is_empty() {
+                continue;
+            }
+            if body.len() + chunk.len() > max_body {
+                return Err(ReadError::Frame(FrameError::TooLarge {
+                    len: body.len() + chunk.len(),
+                    max: max_body,
+                }));
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+    let Some((msg, len)) = header else {
+        return Err(ReadError::Stream(format!(
+            "stream ended after {} bytes, inside the header",
+            head.len()
+        )));
+    };
+    Ok((msg, (len + body.len()) as u64, Bytes::from(body)))
+}
+
+/// Takes header bytes from the front of `chunk`: the decoded header and its length on the wire
+/// once complete, `None` while more bytes are needed (they are kept in `head`). A header that
+/// arrives whole in one chunk is decoded in place.
+fn take_header<T: Message>(
+    head: &mut Vec<u8>,
+    chunk: &mut Bytes,
+    max_frame: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    use bytes::Buf;
+    let prefix_of = |b: &[u8]| {
+        let mut p = [0u8; wire::LEN_PREFIX];
+        p.copy_from_slice(&b[..wire::LEN_PREFIX]);
+        p
+    };
+    if head.is_empty() && chunk.len() >= wire::LEN_PREFIX {
+        let len = wire::frame_len(prefix_of(chunk), max_frame)?;
+        let total = wire::LEN_PREFIX + len;
+        if chunk.len() >= total {
+            let msg = wire::decode_payload(&chunk[wire::LEN_PREFIX..total])?;
+            chunk.advance(total);
+            return Ok(Some((msg, total)));
+        }
+    }
+    loop {
+        let need = if head.len() < wire::LEN_PREFIX {
+            wire::LEN_PREFIX
+        } else {
+            wire::LEN_PREFIX + wire::frame_len(prefix_of(head), max_frame)?
+        };
+        if head.len() == need && need > wire::LEN_PREFIX {
+            let msg = wire::decode_payload(&head[wire::LEN_PREFIX..])?;
+            return Ok(Some((msg, need)));
+        }
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let take = (need - head.len()).min(chunk.len());
+        head.extend_from_slice(&chunk[..take]);
+        chunk.advance(take);
+    }
 }
 
 /// The peer id proven by a connection's TLS certificate.
@@ -873,4 +971,52 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_send_buffer_size(4 << 20).ok();
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` to `take_header` in pieces of `step`, as quinn may hand them over.
+    fn split<T: Message>(bytes: &[u8], step: usize) -> Result<(T, usize, Vec<u8>), FrameError> {
+        let mut head = Vec::new();
+        let mut pieces = bytes.chunks(step).map(Bytes::copy_from_slice);
+        loop {
+            let Some(mut piece) = pieces.next() else {
+                panic!("input ended inside the header");
+            };
+            if let Some((msg, len)) = take_header::<T>(&mut head, &mut piece, 1024)? {
+                let mut rest = piece.to_vec();
+                rest.extend(pieces.flatten());
+                return Ok((msg, len, rest));
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_split_anywhere_decodes_the_same() {
+        let request = Request::Behaviour {
+            name: "ohce".into(),
+        };
+        let mut bytes = wire::encode_frame(&request, 1024).unwrap();
+        let header_len = bytes.len();
+        bytes.extend_from_slice(b"body");
+        for step in 1..=bytes.len() {
+            let (msg, len, rest) = split::<Request>(&bytes, step).unwrap();
+            assert_eq!(
+                (msg, len, rest),
+                (request.clone(), header_len, b"body".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_prefix_is_refused_before_anything_is_buffered() {
+        for step in [1, 2, 3, 7] {
+            assert!(matches!(
+                split::<Request>(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3], step),
+                Err(FrameError::TooLarge { .. })
+            ));
+        }
+    }
 }

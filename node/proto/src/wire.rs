@@ -243,7 +243,10 @@ impl FrameError {
 
 /// Encodes `msg` as a frame (prefix, version byte, postcard body), refusing frames above `max`.
 pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; LEN_PREFIX];
+    // Room for the usual small header up front: growing a 4-byte Vec byte by byte reallocates
+    // several times per frame, on every request.
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0u8; LEN_PREFIX]);
     out.push(PROTOCOL_VERSION);
     let out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
     let len = out.len() - LEN_PREFIX;
