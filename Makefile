@@ -46,7 +46,7 @@ lint: ## rustfmt, clippy -D warnings, rustdoc -D warnings, shellcheck
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --locked
-	shellcheck netns/*.sh .ci/run
+	shellcheck netns/*.sh .ci/run node/butter/benches/*.sh
 
 fmt: ## format everything
 	$(CARGO) fmt --all
