@@ -380,6 +380,15 @@ struct Retry {
     at: Option<Time>,
 }
 
+/// Why a host is remembered as refused ([`Config::reject_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Evicted for a more diverse host: refused again only while the table is full.
+    Evicted,
+    /// Refused by the table's crowding rule: refused again whatever the table's size.
+    Crowded,
+}
+
 /// The membership state machine of one node.
 ///
 /// Construct with [`Membership::new`]. Then, from one task:
@@ -418,7 +427,7 @@ pub struct Membership {
     /// Neighbours heard by beacon or named in a sample whose dial failed: redialled soon, a few
     /// times, instead of waiting for their next (suppressed) beacon or another exchange.
     retries: BTreeMap<PeerId, Retry>,
-    rejected: BTreeMap<PeerId, Time>,
+    rejected: BTreeMap<PeerId, (Time, Refusal)>,
     next_exchange: Time,
     exchange_interval: Duration,
     actions: VecDeque<Action>,
@@ -807,7 +816,7 @@ impl Membership {
             }
         }
         self.swim.handle_timeout(now, &mut self.rng);
-        self.rejected.retain(|_, until| *until > now);
+        self.rejected.retain(|_, (until, _)| *until > now);
         // Dials the driver never reported.
         let expired: Vec<(DialKey, Pending)> = self
             .pending
@@ -921,7 +930,12 @@ impl Membership {
     }
 
     fn recently_rejected(&self, id: &PeerId, now: Time) -> bool {
-        self.rejected.get(id).is_some_and(|until| *until > now)
+        // An eviction is remembered so that a full table does not trade hosts back and forth;
+        // a table with room takes any live host again (a node one host short of its share must
+        // not stay short because every host it lacks was once evicted or refused for a place).
+        self.rejected.get(id).is_some_and(|(until, why)| {
+            *until > now && (*why == Refusal::Crowded || self.table.is_full())
+        })
     }
 
     fn bootstrap_satisfied(&self, addr: &SocketAddr) -> bool {
@@ -985,7 +999,7 @@ impl Membership {
             Insert::Replaced { evicted, random } => {
                 // Evicted for diversity: not redialled from the next sample that lists it, or
                 // a full table keeps trading hosts back and forth (one Hello per trade).
-                self.remember_rejected(evicted.id(), now);
+                self.remember_rejected(evicted.id(), now, Refusal::Evicted);
                 self.swim.remove(&evicted.id());
                 self.events.push_back(Event::PeerRemoved {
                     id: evicted.id(),
@@ -996,7 +1010,7 @@ impl Membership {
             }
             Insert::Updated => self.swim.contact(id),
             Insert::Rejected(peers::Rejected::Crowded) => {
-                self.remember_rejected(id, now);
+                self.remember_rejected(id, now, Refusal::Crowded);
                 self.events.push_back(Event::PeerRejected { id, source });
             }
             Insert::Rejected(_) => {}
@@ -1004,19 +1018,20 @@ impl Membership {
     }
 
     /// Remembers that the diversity rule does not want `id` for [`Config::reject_memory`].
-    fn remember_rejected(&mut self, id: PeerId, now: Time) {
+    fn remember_rejected(&mut self, id: PeerId, now: Time, why: Refusal) {
         if self.rejected.len() >= 4 * self.table.capacity() {
             // Bounded: forget the one whose memory runs out first.
             let oldest = self
                 .rejected
                 .iter()
-                .min_by_key(|(_, t)| **t)
+                .min_by_key(|(_, (t, _))| *t)
                 .map(|(id, _)| *id);
             if let Some(oldest) = oldest {
                 self.rejected.remove(&oldest);
             }
         }
-        self.rejected.insert(id, now + self.config.reject_memory);
+        self.rejected
+            .insert(id, (now + self.config.reject_memory, why));
     }
 
     /// Common tail of every input: SWIM's outputs, candidate dials, the empty-table check.

@@ -890,3 +890,47 @@ fn thirty_nodes_simultaneous_start_with_5_percent_loss_converge_in_seconds() {
     assert!(times[19] <= 6.0, "slowest {:.2} s: {times:.2?}", times[19]);
     assert!(times[10] <= 3.5, "median {:.2} s: {times:.2?}", times[10]);
 }
+
+#[test]
+fn a_table_with_room_takes_back_a_host_it_once_evicted() {
+    // One LAN of 11 with room for 8: every table is full and has evicted some of the others
+    // (remembered for a minute so that full tables do not trade hosts back and forth). Then
+    // hosts die: a table now has room, and the live hosts it lacks may be exactly those it
+    // evicted. It must take them back at once, not after the eviction memory runs out (the
+    // netns tier saw nodes of a 72-node LAN stay one host short for good this way).
+    let mut net = Net::new(21, 0.0);
+    net.config.peers.capacity = 8;
+    for _ in 0..11 {
+        net.add(1, "lan");
+    }
+    net.run_until(secs(30));
+    let evictions = net
+        .events
+        .iter()
+        .filter(|(_, _, e)| {
+            matches!(
+                e,
+                Event::PeerRemoved {
+                    reason: RemoveReason::Evicted { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(evictions > 0, "the setup evicts");
+    net.kill(9);
+    net.kill(10);
+    let killed = net.now;
+    // SWIM's detection (seconds) plus a beacon or an exchange; far below the 60 s memory.
+    net.run_until(killed + Duration::from_secs(25));
+    for i in 0..9 {
+        let t = net.nodes[i].m.table();
+        assert_eq!(
+            t.len(),
+            8,
+            "node {i} has {} hosts of 8 live others",
+            t.len()
+        );
+    }
+    assert!(net.config.reject_memory > Duration::from_secs(25));
+}
