@@ -452,12 +452,12 @@ pub(crate) fn is_leaving(node: &Node) -> bool {
     node.inner.data.is_some() && node.inner.core.read(|c, _| c.data().pcg().is_leaving())
 }
 
-/// Persists what a data event changed in the group views kept on disk (called by the driver
-/// under the core's lock, so views are saved in the order they changed).
-pub(crate) fn persist(core: &crate::driver::Core, e: &core::Event) {
+/// Persists what a data event changed in the group views kept on disk. The driver calls it in
+/// the order the events came, after releasing the core's lock (each save is two fsyncs).
+pub(crate) fn persist(views: &crate::store::ViewFiles, e: &core::Event) {
     match e {
-        core::Event::Pcg(pcg::Event::ViewChanged(v)) => core.store().save_view(v),
-        core::Event::Pcg(pcg::Event::Dropped(item)) => core.store().drop_view(item),
+        core::Event::Pcg(pcg::Event::ViewChanged(v)) => views.save(v),
+        core::Event::Pcg(pcg::Event::Dropped(item)) => views.drop_view(item),
         _ => {}
     }
 }

@@ -102,6 +102,7 @@ async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
     let mut resolve_at = Instant::now();
     let mut gauges_at = Instant::now();
     let mut drops = membership::SendDrops::new();
+    let views = shared.read(|c, _| c.store().views());
     loop {
         // Drain everything the core produced, acting outside the lock.
         let (transmits, events, timeout) = {
@@ -112,14 +113,19 @@ async fn drive(node: Node, mcast: Option<Arc<Multicast>>) {
             }
             let mut events = Vec::new();
             while let Some(e) = core.poll_event() {
-                if let Event::Data(e) = &e {
-                    // Group views are persisted as they change, so a restart rejoins its groups.
-                    data::persist(&core, e);
-                }
                 events.push(e);
             }
             (transmits, events, core.poll_timeout())
         };
+        // Group views are persisted as they change, so a restart rejoins its groups: in order,
+        // outside the lock (disk writes must not hold up probes, Hellos or /ready).
+        if let Some(views) = &views {
+            for e in &events {
+                if let Event::Data(e) = e {
+                    data::persist(views, e);
+                }
+            }
+        }
         for e in events {
             match e {
                 Event::Membership(e) => membership::record(&node, e),

@@ -35,6 +35,29 @@ enum Backend {
     Disk(Disk),
 }
 
+/// The folder of saved group views ([`NodeStore::views`]).
+#[derive(Clone, Debug)]
+pub struct ViewFiles {
+    dir: PathBuf,
+}
+
+impl ViewFiles {
+    /// Saves `view` (atomically: a whole file or none).
+    pub fn save(&self, view: &View) {
+        let Ok(bytes) = postcard::to_stdvec(view) else {
+            return;
+        };
+        if let Err(e) = write_atomic(&self.dir, &view.item.to_string(), &bytes) {
+            warn!(error = %e, "cannot save group view");
+        }
+    }
+
+    /// Forgets the saved view of `item`.
+    pub fn drop_view(&self, item: &ItemId) {
+        let _ = fs::remove_file(self.dir.join(item.to_string()));
+    }
+}
+
 /// The on-disk store. Reads go through `&self` ([`Store::get`]) but may fill the cache or find a
 /// corrupt file, so the state sits behind a mutex (never contended: the data driver owns the
 /// store under its own lock).
@@ -309,20 +332,24 @@ impl NodeStore {
 
     /// Saves a group view so a restart can rejoin the group within its grace window.
     pub fn save_view(&self, view: &View) {
-        let Some(dir) = self.root() else { return };
-        let Ok(bytes) = postcard::to_stdvec(view) else {
-            return;
-        };
-        if let Err(e) = write_atomic(&dir.join("views"), &view.item.to_string(), &bytes) {
-            warn!(error = %e, "cannot save group view");
+        if let Some(views) = self.views() {
+            views.save(view);
         }
     }
 
     /// Forgets a saved view.
     pub fn drop_view(&self, item: &ItemId) {
-        if let Some(dir) = self.root() {
-            let _ = fs::remove_file(dir.join("views").join(item.to_string()));
+        if let Some(views) = self.views() {
+            views.drop_view(item);
         }
+    }
+
+    /// Where group views are kept (with a data directory), to write them without holding the
+    /// store: each save is two fsyncs, too slow to make under the node core's lock.
+    pub fn views(&self) -> Option<ViewFiles> {
+        self.root().map(|r| ViewFiles {
+            dir: r.join("views"),
+        })
     }
 
     /// Test hook: replaces the content of a held item without changing its id, as a disk error or
