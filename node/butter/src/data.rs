@@ -1,7 +1,7 @@
 //! The default data overlay on a real node: Peer Content Groups keep every item alive on `r`
 //! diverse nodes, random breadth-first search finds it. Both run inside the node's one sans-IO
 //! core ([`NodeCore`](butter_proto::node::NodeCore), also what the simulator runs), composed with
-//! membership; this module is the data half of its driver ([`crate::driver`]): the application
+//! membership; this module is the data half of its driver (the crate's `driver` module): the application
 //! calls (`put`, `get`, `delete`), inbound data messages fed to the core, its data transmits
 //! sent, and its data events turned into metrics, persisted views and answers to searches.
 //!
