@@ -190,6 +190,9 @@ impl Liars {
         if self.strikes.len() >= MAX_LIARS {
             self.strikes
                 .retain(|_, (_, at)| now.saturating_since(*at) < LIE_MEMORY);
+            if self.strikes.len() >= MAX_LIARS {
+                self.strikes.pop_first();
+            }
         }
         let s = self.strikes.entry(peer).or_insert((0, now));
         if now.saturating_since(s.1) >= LIE_MEMORY {
@@ -203,6 +206,9 @@ impl Liars {
         self.strikes.remove(&peer);
         if self.banned.len() >= MAX_LIARS {
             self.banned.retain(|_, until| *until > now);
+            if self.banned.len() >= MAX_LIARS {
+                self.banned.pop_first();
+            }
         }
         self.banned.insert(peer, now + ban_for);
         self.fresh.push(peer);
