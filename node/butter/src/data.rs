@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use butter_proto::PeerId;
@@ -142,14 +143,14 @@ enum Outcome {
 /// is enabled.
 pub(crate) struct Data {
     waiters: Mutex<HashMap<QueryId, oneshot::Sender<Outcome>>>,
-    corrupt_counted: Mutex<u64>,
+    corrupt_counted: AtomicU64,
 }
 
 impl Data {
     pub(crate) fn new() -> Self {
         Data {
             waiters: Mutex::new(HashMap::new()),
-            corrupt_counted: Mutex::new(0),
+            corrupt_counted: AtomicU64::new(0),
         }
     }
 
@@ -602,15 +603,10 @@ pub(crate) fn update_gauges(node: &Node) {
             c.data().pcg().is_leaving(),
         )
     });
-    let newly_corrupt = {
-        let mut counted = data
-            .corrupt_counted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let newly = cache.corrupt_found.saturating_sub(*counted);
-        *counted = cache.corrupt_found;
-        newly
-    };
+    let newly_corrupt = cache.corrupt_found.saturating_sub(
+        data.corrupt_counted
+            .swap(cache.corrupt_found, Ordering::Relaxed),
+    );
     if newly_corrupt > 0 {
         m.pcg_events
             .with_label_values(&["corrupt_on_disk"])

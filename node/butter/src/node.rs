@@ -591,13 +591,21 @@ impl Inbound for Dispatcher {
         };
         let node = Node { inner };
         Box::pin(async move {
-            if !matches!(
-                request,
+            // Any request is proof the peer is alive. Membership requests say so themselves, and
+            // PCG and RBFS messages are marked by the core as it takes them in.
+            let marked_by_core = match &request {
                 Request::Hello { .. }
-                    | Request::Ping { .. }
-                    | Request::PingReq { .. }
-                    | Request::Gossip { .. }
-            ) {
+                | Request::Ping { .. }
+                | Request::PingReq { .. }
+                | Request::Gossip { .. } => true,
+                Request::Overlay { name } => {
+                    node.inner.data.is_some()
+                        && (name == butter_proto::node::data::PCG
+                            || name == butter_proto::node::data::RBFS)
+                }
+                _ => false,
+            };
+            if !marked_by_core {
                 node.inner.core.with(|c, now| c.handle_ping(now, from.id));
             }
             match request {

@@ -149,17 +149,6 @@ pub enum Event {
     },
 }
 
-impl Event {
-    /// A short label for metrics and logs (PCG's and RBFS's own kinds, or `banned`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Pcg(e) => e.kind(),
-            Event::Rbfs(_) => "rbfs",
-            Event::Banned { .. } => "banned",
-        }
-    }
-}
-
 /// How long a lie counts towards a ban.
 const LIE_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -184,7 +173,7 @@ impl Liars {
         after: u32,
         ban_for: std::time::Duration,
     ) -> bool {
-        if after == 0 || self.banned.contains_key(&peer) {
+        if after == 0 || self.is_banned(&peer, now) {
             return false;
         }
         if self.strikes.len() >= MAX_LIARS {
@@ -227,13 +216,17 @@ impl Liars {
 /// The hosts as PCG and RBFS should see them: a banned liar is not live, not chosen, not asked.
 struct Unbanned<'a> {
     hosts: &'a dyn HostView,
-    banned: &'a BTreeMap<PeerId, Time>,
+    liars: &'a Liars,
     now: Time,
 }
 
-impl Unbanned<'_> {
+impl<'a> Unbanned<'a> {
+    fn new(hosts: &'a dyn HostView, liars: &'a Liars, now: Time) -> Self {
+        Unbanned { hosts, liars, now }
+    }
+
     fn banned(&self, id: &PeerId) -> bool {
-        self.banned.get(id).is_some_and(|until| *until > self.now)
+        self.liars.is_banned(id, self.now)
     }
 }
 
@@ -253,11 +246,11 @@ impl HostView for Unbanned<'_> {
     }
 
     fn most_diverse(&self, k: usize, exclude: &BTreeSet<PeerId>) -> Vec<PeerId> {
-        if self.banned.is_empty() {
+        if self.liars.banned.is_empty() {
             return self.hosts.most_diverse(k, exclude);
         }
         let mut ex = exclude.clone();
-        ex.extend(self.banned.keys().filter(|p| self.banned(p)).copied());
+        ex.extend(self.liars.banned.keys().filter(|p| self.banned(p)).copied());
         self.hosts.most_diverse(k, &ex)
     }
 }
@@ -345,11 +338,7 @@ impl<S: Store> DataCore<S> {
         hosts: &dyn HostView,
     ) -> Result<ItemId, pcg::PutError> {
         self.clock = now;
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         let r = self.pcg.store_item(now, content, &view);
         self.settle(now, hosts);
         r
@@ -367,11 +356,7 @@ impl<S: Store> DataCore<S> {
     /// [`Event::Rbfs`] `Found`/`NotFound` with the returned id.
     pub fn find(&mut self, now: Time, item: ItemId, hosts: &dyn HostView) -> QueryId {
         self.clock = now;
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         let q = self.rbfs.find(now, item, self.pcg.store(), &view);
         self.settle(now, hosts);
         q
@@ -383,11 +368,7 @@ impl<S: Store> DataCore<S> {
         if self.liars.is_banned(&from, now) {
             return;
         }
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         match msg {
             Message::Pcg(m) => self.pcg.handle_message(now, from, m, &view),
             Message::Rbfs(m) => self
@@ -428,11 +409,7 @@ impl<S: Store> DataCore<S> {
     /// binary: every 500 ms).
     pub fn handle_liveness(&mut self, now: Time, hosts: &dyn HostView, dead: BTreeSet<PeerId>) {
         self.clock = now;
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         let live: BTreeSet<PeerId> = view.live_hosts().into_iter().collect();
         for p in self.live.difference(&live) {
             self.pcg.handle_peer_down(now, *p, &view);
@@ -448,11 +425,7 @@ impl<S: Store> DataCore<S> {
     /// `peer` is believed down (a driver that learns of single deaths rather than live sets).
     pub fn handle_peer_down(&mut self, now: Time, peer: PeerId, hosts: &dyn HostView) {
         self.clock = now;
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         self.pcg.handle_peer_down(now, peer, &view);
         self.settle(now, hosts);
     }
@@ -461,11 +434,7 @@ impl<S: Store> DataCore<S> {
     pub fn handle_timeout(&mut self, now: Time, hosts: &dyn HostView) {
         self.clock = now;
         self.liars.expire(now);
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         if self.pcg.poll_timeout().is_some_and(|t| t <= now) {
             self.pcg.handle_timeout(now, &view);
         }
@@ -478,11 +447,7 @@ impl<S: Store> DataCore<S> {
     /// Hands every group over and takes no new ones (drain or shutdown).
     pub fn begin_shutdown(&mut self, now: Time, hosts: &dyn HostView) {
         self.clock = now;
-        let view = Unbanned {
-            hosts,
-            banned: &self.liars.banned,
-            now,
-        };
+        let view = Unbanned::new(hosts, &self.liars, now);
         self.pcg.begin_shutdown(now, &view);
         self.settle(now, hosts);
     }
@@ -498,11 +463,7 @@ impl<S: Store> DataCore<S> {
         self.pump();
         while !self.liars.fresh.is_empty() {
             let fresh = std::mem::take(&mut self.liars.fresh);
-            let view = Unbanned {
-                hosts,
-                banned: &self.liars.banned,
-                now,
-            };
+            let view = Unbanned::new(hosts, &self.liars, now);
             for p in fresh {
                 self.live.remove(&p);
                 self.pcg.handle_peer_dead(now, p, &view);
@@ -736,6 +697,20 @@ mod tests {
             }
         }
 
+        /// Stores `content` from node 0 and lets its group form: the item, its r = 3 members, and
+        /// one member other than node 0.
+        fn placed(&mut self, content: &[u8]) -> (ItemId, BTreeSet<PeerId>, PeerId) {
+            let item = self
+                .with(0, |c, h, now| c.put(now, content.to_vec(), h))
+                .unwrap();
+            self.deliver();
+            self.run_for(Duration::from_secs(10));
+            let members = self.members(0, &item);
+            assert_eq!(members.len(), 3, "group at r: {members:?}");
+            let other = *members.iter().find(|p| **p != self.ids[0]).unwrap();
+            (item, members, other)
+        }
+
         fn members(&self, i: usize, item: &ItemId) -> BTreeSet<PeerId> {
             let view = TableView::new(&self.tables[i], self.now, self.ids[i], &self.sites[i]);
             self.cores[i]
@@ -782,14 +757,7 @@ mod tests {
     #[test]
     fn a_host_declared_dead_is_replaced_at_once_and_one_merely_down_keeps_its_place() {
         let mut net = Net::new(6);
-        let item = net
-            .with(0, |c, h, now| c.put(now, b"kept at r".to_vec(), h))
-            .unwrap();
-        net.deliver();
-        net.run_for(Duration::from_secs(10));
-        let before = net.members(0, &item);
-        assert_eq!(before.len(), 3);
-        let victim = *before.iter().find(|p| **p != net.ids[0]).unwrap();
+        let (item, _, victim) = net.placed(b"kept at r");
         let v = net.idx(&victim);
         net.down.insert(v);
         // Every other node's membership layer sees it leave the live set (down, not dead).
@@ -821,14 +789,7 @@ mod tests {
     #[test]
     fn a_member_that_keeps_lying_about_its_copy_is_banned_and_replaced() {
         let mut net = Net::new(6);
-        let item = net
-            .with(0, |c, h, now| c.put(now, b"worth lying about".to_vec(), h))
-            .unwrap();
-        net.deliver();
-        net.run_for(Duration::from_secs(10));
-        let before = net.members(0, &item);
-        assert_eq!(before.len(), 3);
-        let liar = *before.iter().find(|p| **p != net.ids[0]).unwrap();
+        let (item, before, liar) = net.placed(b"worth lying about");
         let l = net.idx(&liar);
         // Every proof it sends is wrong: it claims a copy it cannot prove.
         net.liar = Some(l);
