@@ -533,7 +533,7 @@ pub(crate) fn update_gauges(node: &Node) {
     let m = node.metrics();
     let tasks = node.inner.tasks.len() + node.inner.transport.task_count();
     m.tasks.set(i64::try_from(tasks).unwrap_or(i64::MAX));
-    let (by_site, by_class) = node.inner.core.read(|c, now| {
+    let (by_site, by_class, health) = node.inner.core.read(|c, now| {
         let mut by_site = std::collections::BTreeMap::<(String, &'static str), i64>::new();
         for h in c.table().iter() {
             *by_site
@@ -549,8 +549,10 @@ pub(crate) fn update_gauges(node: &Node) {
                 )
             })
             .collect();
-        (by_site, by_class)
+        let health = c.membership().swim().local_health();
+        (by_site, by_class, health)
     });
+    m.swim_local_health.set(i64::from(health));
     m.known_hosts.reset();
     for ((site, state), n) in by_site {
         m.known_hosts.with_label_values(&[&site, state]).set(n);

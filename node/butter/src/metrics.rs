@@ -90,6 +90,8 @@ pub struct Metrics {
     pub known_hosts: IntGaugeVec,
     /// Known hosts by diversity class.
     pub known_hosts_by_class: IntGaugeVec,
+    /// SWIM's local health score (0 = healthy; see `butter_proto::swim::Config::max_local_health`).
+    pub swim_local_health: IntGauge,
     /// Discoveries by method.
     pub discoveries: IntCounterVec,
     /// Membership events (probes, suspicions, evictions, beacon errors) by kind.
@@ -305,6 +307,10 @@ impl Metrics {
             ),
             &["class"],
         ));
+        let swim_local_health = must(IntGauge::new(
+            "butter_swim_local_health",
+            "SWIM local health score: 0 is healthy; each point stretches this node's probe period and timeouts by one more base length (its own probes fail or it is suspected: it is likely the slow one)",
+        ));
         let discoveries = must(IntCounterVec::new(
             Opts::new("butter_discoveries_total", "Hosts discovered, by method"),
             &["method"],
@@ -426,6 +432,7 @@ impl Metrics {
             Box::new(bytes_received.clone()),
             Box::new(known_hosts.clone()),
             Box::new(known_hosts_by_class.clone()),
+            Box::new(swim_local_health.clone()),
             Box::new(discoveries.clone()),
             Box::new(membership.clone()),
             Box::new(retrievals.clone()),
@@ -462,6 +469,7 @@ impl Metrics {
             bytes_received,
             known_hosts,
             known_hosts_by_class,
+            swim_local_health,
             discoveries,
             membership,
             retrievals,

@@ -32,6 +32,17 @@
 //!   3 indirect probes (4 messages) fails with 1 − 0.95⁴ ≈ 0.19, all three with 0.0064. So a probe
 //!   fails with ≈ 6 · 10⁻⁵, i.e. 7 200 probes per hour give ≈ 0.44 false suspicions per node-hour,
 //!   and a false suspicion is refuted (gossip round trip) long before 3 s, so no false eviction.
+//! - **Local health** (Lifeguard's local health multiplier, as in memberlist): the failure
+//!   detector above assumes the *prober* is healthy. A node starved of CPU (a hundred nodes
+//!   starting at once on two cores), or losing its own packets, sees every answer late and would
+//!   suspect one healthy member per period, and the whole network would spend its time refuting
+//!   (seen in the netns lab at N = 100: ~200 suspicions and ~20 false deaths per node in the
+//!   first seconds). So each failed probe, and each suspicion of us that we must refute, raises a
+//!   local health score (at most `max_local_health`, 8); each probe answered within half its
+//!   window lowers it; the period and both probe timeouts are stretched by `1 + score`. A node
+//!   whose answers come back late therefore suspects once, then waits long enough, and returns
+//!   to full speed when answers are fast again. A real death is still suspected by the first
+//!   probe that misses it: only the pace of the prober's later probes changes.
 //! - `probe_timeout` 200 ms is ≫ LAN round trips (and room for a QUIC retransmission or two);
 //!   `probe_timeout + indirect_timeout` must fit in a period so probes never overlap.
 
@@ -70,6 +81,12 @@ pub struct Config {
     pub max_updates_per_message: usize,
     /// How long a dead member's id is remembered (so stale rumours do not resurrect it). Default 30 s.
     pub dead_retention: Duration,
+    /// Highest local health score (Lifeguard's local health multiplier): a node whose own probes
+    /// keep failing, or that keeps being suspected, is probably the slow one (CPU-starved,
+    /// overloaded, losing packets), so it stretches its period and probe timeouts up to
+    /// `1 + max_local_health` times instead of suspecting healthy members. 0 turns it off.
+    /// Default 8.
+    pub max_local_health: u32,
 }
 
 impl Default for Config {
@@ -85,6 +102,7 @@ impl Default for Config {
             retransmit_mult: 4,
             max_updates_per_message: 32,
             dead_retention: Duration::from_secs(30),
+            max_local_health: 8,
         }
     }
 }
@@ -266,6 +284,9 @@ pub struct Swim {
     next_gossip: Option<Time>,
     commands: VecDeque<Command>,
     events: VecDeque<Event>,
+    /// Local health score, 0 (healthy) to `max_local_health`: probe timings are stretched by
+    /// `1 + health` (see [`Config::max_local_health`]).
+    health: u32,
 }
 
 impl Swim {
@@ -295,6 +316,7 @@ impl Swim {
             next_gossip: None,
             commands: VecDeque::new(),
             events: VecDeque::new(),
+            health: 0,
         })
     }
 
@@ -316,6 +338,22 @@ impl Swim {
     /// Whether there are no members.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// The local health score (0 = healthy; see [`Config::max_local_health`]).
+    pub fn local_health(&self) -> u32 {
+        self.health
+    }
+
+    /// `d` stretched by the local health score.
+    fn scaled(&self, d: Duration) -> Duration {
+        d * (1 + self.health)
+    }
+
+    /// Lifeguard's rule: a failed probe or a suspicion of us counts against our own health, a
+    /// probe answered well within its window for it.
+    fn health_worse(&mut self) {
+        self.health = (self.health + 1).min(self.config.max_local_health);
     }
 
     /// Whether `id` is a member.
@@ -430,10 +468,11 @@ impl Swim {
             self.next_probe = p.deadline;
         } else if self.next_probe <= now {
             self.start_probe(now, rng);
-            self.next_probe = if self.next_probe + self.config.period > now {
-                self.next_probe + self.config.period
+            let period = self.scaled(self.config.period);
+            self.next_probe = if self.next_probe + period > now {
+                self.next_probe + period
             } else {
-                now + self.config.period
+                now + period
             };
         }
         if self.next_gossip.is_some_and(|t| t <= now) {
@@ -447,6 +486,12 @@ impl Swim {
             && p.seq == seq
         {
             self.probe = None;
+            // Only an answer well inside the window counts for our health: one that barely made
+            // it means the window is about right, and shrinking it would fail the next probe.
+            let window = self.scaled(self.config.probe_timeout + self.config.indirect_timeout);
+            if now.saturating_since(p.sent) * 2 <= window {
+                self.health = self.health.saturating_sub(1);
+            }
             let rtt = (p.phase == Phase::Direct).then(|| now.saturating_since(p.sent));
             self.events.push_back(Event::Acked { id: p.target, rtt });
             self.contact(p.target);
@@ -501,6 +546,7 @@ impl Swim {
             if u.id == self.local {
                 if matches!(u.state, MemberState::Suspect | MemberState::Dead) {
                     if u.incarnation >= self.incarnation {
+                        self.health_worse();
                         self.incarnation = u.incarnation + 1;
                         self.events.push_back(Event::Refuted {
                             incarnation: self.incarnation,
@@ -611,7 +657,7 @@ impl Swim {
             seq,
             sent: now,
             phase: Phase::Direct,
-            deadline: now + self.config.probe_timeout,
+            deadline: now + self.scaled(self.config.probe_timeout),
         });
         self.recent.push_back((seq, target));
         if self.recent.len() > 16 {
@@ -643,12 +689,13 @@ impl Swim {
         });
         self.probe = Some(Probe {
             phase: Phase::Indirect,
-            deadline: now + self.config.indirect_timeout,
+            deadline: now + self.scaled(self.config.indirect_timeout),
             ..p
         });
     }
 
     fn probe_failed<R: Rng + ?Sized>(&mut self, now: Time, target: PeerId, rng: &mut R) {
+        self.health_worse();
         let Some(m) = self.members.get_mut(&target) else {
             return;
         };
@@ -803,6 +850,102 @@ mod tests {
                 return (to, seq, t);
             }
         }
+    }
+
+    /// A node whose answers all come back late (600 ms: longer than the 500 ms a probe may take
+    /// at full health), as on a CPU-starved machine during a start-up storm, for 20 s, then fast
+    /// again. Members refute every suspicion. Returns (suspicions raised by our own probes
+    /// during the slow phase, local health at its end, local health at the end of the fast one).
+    fn slow_then_fast(max_local_health: u32) -> (usize, u32, u32) {
+        let config = Config {
+            max_local_health,
+            ..Config::default()
+        };
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut s = Swim::new(config, id(0), Time::ZERO, &mut rng).unwrap();
+        for n in 1..=8 {
+            s.add(id(n), &mut rng);
+        }
+        let slow_until = Time::ZERO + Duration::from_secs(20);
+        let end = Time::ZERO + Duration::from_secs(40);
+        // (when, seq) acks and (when, member, refuting incarnation) in flight.
+        let mut acks: Vec<(Time, u64)> = Vec::new();
+        let mut refutes: Vec<(Time, PeerId, u64)> = Vec::new();
+        let (mut suspicions, mut health_slow) = (0, None);
+        let mut now = Time::ZERO;
+        while now < end {
+            let next_ack = acks.iter().map(|a| a.0).min();
+            let next_refute = refutes.iter().map(|r| r.0).min();
+            now = [Some(s.poll_timeout()), next_ack, next_refute]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap();
+            if now >= slow_until && health_slow.is_none() {
+                health_slow = Some(s.local_health());
+            }
+            let delay = if now < slow_until { ms(600) } else { ms(1) };
+            if let Some(i) = acks.iter().position(|a| a.0 == now) {
+                let (_, seq) = acks.swap_remove(i);
+                s.handle_ack(now, seq);
+            } else if let Some(i) = refutes.iter().position(|r| r.0 == now) {
+                let (_, from, inc) = refutes.swap_remove(i);
+                let alive = MemberUpdate {
+                    id: from,
+                    incarnation: inc,
+                    state: MemberState::Alive,
+                };
+                s.handle_gossip(now, from, &[alive], &mut rng);
+            } else {
+                s.handle_timeout(now, &mut rng);
+            }
+            let (cmds, events) = drain(&mut s);
+            for c in cmds {
+                match c {
+                    Command::Ping { seq, .. } | Command::PingReq { seq, .. } => {
+                        acks.push((now + delay, seq))
+                    }
+                    Command::Gossip { to, updates } => {
+                        if let Some(u) = updates
+                            .iter()
+                            .find(|u| u.id == to && u.state == MemberState::Suspect)
+                        {
+                            refutes.push((now + delay, to, u.incarnation + 1));
+                        }
+                    }
+                }
+            }
+            suspicions += events
+                .iter()
+                .filter(|e| matches!(e, Event::Suspected { local: true, .. }) && now < slow_until)
+                .count();
+        }
+        (suspicions, health_slow.unwrap_or(0), s.local_health())
+    }
+
+    #[test]
+    fn a_slow_node_stretches_its_own_probes_instead_of_suspecting_everyone() {
+        let (suspicions, during, after) = slow_then_fast(8);
+        eprintln!("slow node: {suspicions} suspicions, health {during} then {after}");
+        assert!(
+            suspicions <= 2,
+            "{suspicions} false suspicions from a slow node"
+        );
+        assert!(
+            during >= 1,
+            "local health stayed at 0 while every answer was late"
+        );
+        assert_eq!(
+            after, 0,
+            "local health did not recover once answers were fast"
+        );
+        // Without it, nearly every probe of the slow phase suspects a healthy member.
+        let (without, _, _) = slow_then_fast(0);
+        eprintln!("without local health: {without} suspicions");
+        assert!(
+            without >= 20,
+            "only {without} suspicions without local health"
+        );
     }
 
     #[test]
