@@ -380,15 +380,6 @@ struct Retry {
     at: Option<Time>,
 }
 
-/// Why a host is remembered as refused ([`Config::reject_memory`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Refusal {
-    /// Evicted for a more diverse host: refused again only while the table is full.
-    Evicted,
-    /// Refused by the table's crowding rule: refused again whatever the table's size.
-    Crowded,
-}
-
 /// The membership state machine of one node.
 ///
 /// Construct with [`Membership::new`]. Then, from one task:
@@ -427,7 +418,8 @@ pub struct Membership {
     /// Neighbours heard by beacon or named in a sample whose dial failed: redialled soon, a few
     /// times, instead of waiting for their next (suppressed) beacon or another exchange.
     retries: BTreeMap<PeerId, Retry>,
-    rejected: BTreeMap<PeerId, (Time, Refusal)>,
+    /// Hosts a full table evicted or refused, until when (see `recently_rejected`).
+    rejected: BTreeMap<PeerId, Time>,
     next_exchange: Time,
     exchange_interval: Duration,
     actions: VecDeque<Action>,
@@ -816,7 +808,7 @@ impl Membership {
             }
         }
         self.swim.handle_timeout(now, &mut self.rng);
-        self.rejected.retain(|_, (until, _)| *until > now);
+        self.rejected.retain(|_, until| *until > now);
         // Dials the driver never reported.
         let expired: Vec<(DialKey, Pending)> = self
             .pending
@@ -918,24 +910,29 @@ impl Membership {
         let behind = usize::try_from(peer.known_hosts).unwrap_or(usize::MAX) > ours
             && ours < self.table.capacity();
         if behind {
-            self.exchange_interval = self.config.exchange_min;
-            let soon = now
-                + self
-                    .config
-                    .exchange_min
-                    .mul_f64(0.5 + 0.5 * self.rng.random::<f64>());
-            self.next_exchange = self.next_exchange.min(soon);
+            self.exchange_soon(now);
         }
         behind
     }
 
+    /// Resets the exchange pace to its fastest and brings the next exchange forward to within
+    /// `exchange_min`.
+    fn exchange_soon(&mut self, now: Time) {
+        self.exchange_interval = self.config.exchange_min;
+        let soon = now
+            + self
+                .config
+                .exchange_min
+                .mul_f64(0.5 + 0.5 * self.rng.random::<f64>());
+        self.next_exchange = self.next_exchange.min(soon);
+    }
+
     fn recently_rejected(&self, id: &PeerId, now: Time) -> bool {
-        // An eviction is remembered so that a full table does not trade hosts back and forth;
-        // a table with room takes any live host again (a node one host short of its share must
-        // not stay short because every host it lacks was once evicted or refused for a place).
-        self.rejected.get(id).is_some_and(|(until, why)| {
-            *until > now && (*why == Refusal::Crowded || self.table.is_full())
-        })
+        // A host evicted or refused by a full table is remembered so that the table does not
+        // trade hosts back and forth. Both happen only at capacity, so the memory holds only
+        // there: a table with room takes any live host again (a node one host short of its
+        // share must not stay short because every host it lacks was once evicted or refused).
+        self.table.is_full() && self.rejected.get(id).is_some_and(|until| *until > now)
     }
 
     fn bootstrap_satisfied(&self, addr: &SocketAddr) -> bool {
@@ -999,7 +996,7 @@ impl Membership {
             Insert::Replaced { evicted, random } => {
                 // Evicted for diversity: not redialled from the next sample that lists it, or
                 // a full table keeps trading hosts back and forth (one Hello per trade).
-                self.remember_rejected(evicted.id(), now, Refusal::Evicted);
+                self.remember_rejected(evicted.id(), now);
                 self.swim.remove(&evicted.id());
                 self.events.push_back(Event::PeerRemoved {
                     id: evicted.id(),
@@ -1010,7 +1007,7 @@ impl Membership {
             }
             Insert::Updated => self.swim.contact(id),
             Insert::Rejected(peers::Rejected::Crowded) => {
-                self.remember_rejected(id, now, Refusal::Crowded);
+                self.remember_rejected(id, now);
                 self.events.push_back(Event::PeerRejected { id, source });
             }
             Insert::Rejected(_) => {}
@@ -1018,20 +1015,19 @@ impl Membership {
     }
 
     /// Remembers that the diversity rule does not want `id` for [`Config::reject_memory`].
-    fn remember_rejected(&mut self, id: PeerId, now: Time, why: Refusal) {
+    fn remember_rejected(&mut self, id: PeerId, now: Time) {
         if self.rejected.len() >= 4 * self.table.capacity() {
             // Bounded: forget the one whose memory runs out first.
             let oldest = self
                 .rejected
                 .iter()
-                .min_by_key(|(_, (t, _))| *t)
+                .min_by_key(|(_, t)| **t)
                 .map(|(id, _)| *id);
             if let Some(oldest) = oldest {
                 self.rejected.remove(&oldest);
             }
         }
-        self.rejected
-            .insert(id, (now + self.config.reject_memory, why));
+        self.rejected.insert(id, now + self.config.reject_memory);
     }
 
     /// Common tail of every input: SWIM's outputs, candidate dials, the empty-table check.
@@ -1091,6 +1087,9 @@ impl Membership {
                             id,
                             reason: RemoveReason::Dead,
                         });
+                        // A place fell free: look for a host to fill it at the fastest exchange
+                        // pace, not at whatever the backoff of a quiet table had grown to.
+                        self.exchange_soon(now);
                     }
                 }
                 swim::Event::HeardDead { id } => self.events.push_back(Event::PeerHeardDead { id }),
