@@ -8,7 +8,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 .PHONY: help build release test test-netns lint fmt bench bench-discovery bench-relay bench-sim up down status ci
 .PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
 
-# The compose testbed (compose/, driven by butter-kit in tests/compose). The image is FROM scratch
+# The compose testbed (compose/, driven by butter-kit in kit/cli). The image is FROM scratch
 # around a statically linked butter-node, so nothing is pulled from a registry.
 STATIC_TARGET ?= x86_64-unknown-linux-gnu
 STATIC_DIR ?= target/static
@@ -21,7 +21,7 @@ MONITORING ?=
 # disturbed by a network `make up` (or a chaos run) left on the same engine.
 TEST_PROJECT ?= butter-test
 TEST_SUBNET_PREFIX ?= 10.211
-KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-compose-tests --bin butter-kit --
+KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-kit --
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -119,10 +119,11 @@ k8s-check: ## render every k8s/ overlay (kubectl kustomize) and validate it stri
 k8s-dashboards: ## copy dashboards/*.json into the k8s monitoring overlay
 	k8s/dashboards.sh
 
-# Chaos (tests/chaos, butter-chaos): faults through the Engine API and nftables, seeded and logged,
-# with a survival check; reports under chaos-out/<scenario>/. SEED=N replays a run.
+# Chaos (kit/chaos, `butter-kit chaos`; also the `butter-chaos` binary): faults through the Engine
+# API and nftables, seeded and logged, with a survival check; reports under chaos-out/<scenario>/.
+# SEED=N replays a run. The tier's test is tests/chaos.
 .PHONY: chaos test-chaos
-CHAOS := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-chaos --
+CHAOS := $(KIT) chaos
 CHAOS_SCENARIO ?= compose/chaos/default.toml
 CHAOS_OUT ?= chaos-out
 
@@ -136,7 +137,7 @@ CHAOS_TEST_SUBNET_PREFIX ?= 10.212
 
 test-chaos: image ## chaos tier: the smaller CI scenario (compose/chaos/ci.toml) and each fault once, then down
 	export BUTTER_COMPOSE_PROJECT=$(CHAOS_TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(CHAOS_TEST_SUBNET_PREFIX); \
-	  BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
+	  BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos-tests --test chaos -- --test-threads=1 --nocapture; \
 	  status=$$?; $(KIT) down; exit $$status
 
 .PHONY: fuzz

@@ -19,13 +19,13 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 
-use crate::docker::{Container, Engine, Role};
 use crate::faults::Chaos;
-use crate::http;
 use crate::log::{FaultLog, unix_ms};
 use crate::report::{Items, Recovery, Report};
 use crate::scenario::{Scenario, Step};
 use crate::survival::{self, Observation};
+use butter_testbed::engine::{Container, Engine, Role};
+use butter_testbed::http;
 
 /// Salt of the fault-choice stream (see `survival`'s item stream).
 const CHOICE_STREAM: u64 = 0x6661_756c_7473;
@@ -241,12 +241,12 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         json!({ "scenario": name, "seed": seed, "items": survival_cfg.items, "item_bytes": survival_cfg.item_bytes, "r": r }),
     );
 
-    let project = butter_compose_tests::topology::project();
+    let project = butter_testbed::network::project();
     let engine = Arc::new(Engine::connect(&project).context("Docker engine unavailable")?);
     if opts.up && engine.containers()?.is_empty() {
         println!("no {project} containers: bringing the compose network up");
-        let bed = butter_compose_tests::testbed::Testbed::open(&opts.root)?;
-        bed.up(&butter_compose_tests::testbed::UpOptions::default())?;
+        let bed = butter_testbed::testbed::Testbed::open(&opts.root)?;
+        bed.up(&butter_testbed::testbed::UpOptions::default())?;
         log.write("up", json!({}));
     }
     // The state dir for partitions is shared with one-shot commands: `out/`.

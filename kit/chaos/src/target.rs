@@ -8,7 +8,7 @@ use anyhow::{Result, bail, ensure};
 use rand::Rng;
 use rand::seq::IndexedRandom;
 
-use crate::docker::{Container, Role};
+use butter_testbed::engine::{Container, Role};
 
 /// A seed for a run that was given none: the clock's nanoseconds mixed with the PID, kept below
 /// 2^53 so it survives JSON tools that read numbers as doubles. It is printed and logged.
@@ -117,7 +117,7 @@ pub fn choose_lan<R: Rng + ?Sized>(lan: &str, lans: &[&str], rng: &mut R) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::State;
+    use butter_testbed::engine::State;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -125,9 +125,15 @@ mod tests {
         let mut v = Vec::new();
         for lan in ["lan-a", "lan-b", "lan-c"] {
             let gw = format!("gw-{}", &lan[4..]);
-            v.push(Container::fake(&gw, 1, Role::Gateway, lan, State::Running));
+            v.push(Container::on_paper(
+                &gw,
+                1,
+                Role::Gateway,
+                lan,
+                State::Running,
+            ));
             for n in 1..=4 {
-                v.push(Container::fake(lan, n, Role::Node, lan, State::Running));
+                v.push(Container::on_paper(lan, n, Role::Node, lan, State::Running));
             }
         }
         v

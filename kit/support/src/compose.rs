@@ -100,7 +100,7 @@ impl Compose {
     ) -> Result<()> {
         let mut args = vec!["up".to_string(), "-d".into(), "--remove-orphans".into()];
         if let Some(n) = scale {
-            for lan in crate::topology::LANS {
+            for lan in crate::network::LANS {
                 args.push("--scale".into());
                 args.push(format!("{lan}={n}"));
             }

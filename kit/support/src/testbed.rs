@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::api::{self, Peer, Status};
 use crate::compose::Compose;
 use crate::engine::{Container, Engine, Health, Role};
-use crate::topology;
+use crate::network;
 
 /// How to bring the network up.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct UpOptions {
 impl Default for UpOptions {
     fn default() -> Self {
         UpOptions {
-            scale: topology::DEFAULT_SCALE,
+            scale: network::DEFAULT_SCALE,
             monitoring: false,
         }
     }
@@ -74,9 +74,9 @@ pub struct Testbed {
 impl Testbed {
     /// Connects to the engine and finds a compose CLI for the repository at `root`.
     pub fn open(root: &Path) -> Result<Self> {
-        let project = topology::project();
-        let engine = Engine::connect().context("Docker engine unavailable")?;
-        let compose = Compose::detect(&topology::compose_file(root), &project)?;
+        let project = network::project();
+        let engine = Engine::connect(&project).context("Docker engine unavailable")?;
+        let compose = Compose::detect(&network::compose_file(root), &project)?;
         Ok(Testbed {
             root: root.to_path_buf(),
             project,
@@ -107,11 +107,11 @@ impl Testbed {
 
     /// `compose up -d` with the given scale; idempotent (running containers are left alone).
     pub fn up(&self, opts: &UpOptions) -> Result<()> {
-        let image = topology::image();
+        let image = network::image();
         if self.engine.image_size(&image)?.is_none() {
             bail!("image {image} is missing: `make image` builds it (no registry needed)");
         }
-        let need = crate::host::neighbour_entries(topology::LANS.len(), opts.scale);
+        let need = crate::host::neighbour_entries(network::LANS.len(), opts.scale);
         if let Some(changed) = crate::host::ensure_neighbour_capacity(need)? {
             eprintln!("{changed}");
         }
@@ -120,7 +120,7 @@ impl Testbed {
         } else {
             &[]
         };
-        let env: Vec<(&str, String)> = health_interval(topology::LANS.len() * (opts.scale + 1))
+        let env: Vec<(&str, String)> = health_interval(network::LANS.len() * (opts.scale + 1))
             .map(|s| vec![("BUTTER_HEALTH_INTERVAL", format!("{s}s"))])
             .unwrap_or_default();
         self.compose.up(Some(opts.scale), profiles, &env)
@@ -130,7 +130,7 @@ impl Testbed {
     /// can leave those of recreated replicas behind) and checks that no network or named volume
     /// of the project is left.
     pub fn down(&self) -> Result<()> {
-        let volumes = self.engine.project_volumes(&self.project)?;
+        let volumes = self.engine.project_volumes()?;
         // Right after many containers go, the engine can still count their endpoints on a
         // network ("has active endpoints"): try again a few times before giving up.
         let mut tries = 0;
@@ -148,7 +148,7 @@ impl Testbed {
         for v in volumes {
             self.engine.remove_volume(&v)?;
         }
-        let left = self.engine.leftovers(&self.project)?;
+        let left = self.engine.leftovers()?;
         if !left.is_empty() {
             bail!("left after down: {}", left.join(", "));
         }
@@ -157,17 +157,12 @@ impl Testbed {
 
     /// The project's Butter containers (LAN nodes and gateways), running or not.
     pub fn nodes(&self) -> Result<Vec<Container>> {
-        Ok(self
-            .engine
-            .containers(&self.project)?
-            .into_iter()
-            .filter(Container::is_butter)
-            .collect())
+        self.engine.containers()
     }
 
     /// Every running Butter node's readiness, Docker health, status and peers, now.
     pub fn observe(&self) -> Result<Vec<NodeView>> {
-        let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.running).collect();
+        let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
         // One request of each kind per node, 32 nodes at a time: 100+ containers stay fast.
         Ok(api::concurrently(&running, 32, |c| {
             let health = self.engine.health(&c.id).ok();
@@ -183,7 +178,7 @@ impl Testbed {
     pub fn wait_healthy(&self, timeout: Duration) -> Result<Vec<NodeView>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let nodes: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.running).collect();
+            let nodes: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
             if nodes.is_empty() {
                 bail!("no running node containers in project {}", self.project);
             }
@@ -220,7 +215,7 @@ impl Testbed {
             let nodes = self.nodes()?;
             let stopped: Vec<String> = nodes
                 .iter()
-                .filter(|c| !c.running)
+                .filter(|c| !c.is_up())
                 .map(Container::label)
                 .collect();
             if !stopped.is_empty() {
@@ -264,9 +259,9 @@ impl Testbed {
     pub fn monitoring_urls(&self) -> Result<Vec<String>> {
         let running: Vec<String> = self
             .engine
-            .containers(&self.project)?
+            .all_containers()?
             .into_iter()
-            .filter(|c| c.running && c.role == Role::Other)
+            .filter(|c| c.is_up() && c.role == Role::Other)
             .map(|c| c.service)
             .collect();
         let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
@@ -313,7 +308,7 @@ pub fn observe(container: Container) -> NodeView {
 /// The status table: node, LAN, role, address, ready, Docker health, known hosts per LAN, hosts
 /// reached over a relayed path, groups held.
 pub fn table(views: &[NodeView]) -> String {
-    let mut sites: Vec<String> = topology::LANS.iter().map(|s| s.to_string()).collect();
+    let mut sites: Vec<String> = network::LANS.iter().map(|s| s.to_string()).collect();
     for v in views {
         for s in v.peers_by_site().into_keys() {
             if !sites.contains(&s) {

@@ -12,15 +12,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bollard::models::EndpointSettings;
-use butter_compose_tests::topology::{self, LANS, WAN};
+use butter_testbed::engine::EndpointSettings;
+use butter_testbed::network::{self, LANS, WAN};
 use rand::Rng;
 use serde_json::json;
 
-use crate::docker::{Container, Engine, Role, State};
 use crate::log::FaultLog;
 use crate::loss;
 use crate::target::{self, Target};
+use butter_testbed::engine::{Container, Engine, Role, State};
 
 /// Runs fault actions against one compose project.
 #[derive(Debug)]
@@ -185,7 +185,7 @@ impl<'a> Chaos<'a> {
     /// Cuts `lan` from the WAN: its gateway leaves the WAN network (a WAN cut).
     pub fn partition<R: Rng + ?Sized>(&self, lan: &str, rng: &mut R) -> Result<Vec<String>> {
         let lan = target::choose_lan(lan, &LANS, rng)?;
-        let gw_service = topology::gateway_of(&lan);
+        let gw_service = network::gateway_of(&lan);
         let gw = self
             .engine
             .containers()?

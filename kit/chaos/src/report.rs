@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::survival::{ItemCheck, Sample};
@@ -211,69 +210,62 @@ fn secs(v: Option<f64>, timeout: Option<f64>) -> String {
     }
 }
 
-/// Plots items at ≥ r, at < r and held by no running node, with a grey line at each fault.
+/// Plots items at ≥ r, at < r and held by no running node, with a line at each fault (black,
+/// named) and heal (blue).
 pub fn plot(path: &Path, report: &Report) -> Result<()> {
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plot: {e}");
-    let samples = &report.samples;
-    let root = SVGBackend::new(path, (960, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let t_max = samples.last().map_or(1.0, |s| s.t_secs).max(1.0);
-    let y_max = report.items.stored.max(1) as f64 * 1.05;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!(
-                "butter-chaos {}: replica health (r = {}, seed {})",
-                report.scenario, report.r, report.seed
-            ),
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since start (s)")
-        .y_desc("items")
-        .draw()
-        .map_err(|e| err(&e))?;
+    use butter_testbed::plot::{Chart, Line, Marker, colors};
+    let mut chart = Chart::new(
+        format!(
+            "butter-chaos {}: replica health (r = {}, seed {})",
+            report.scenario, report.r, report.seed
+        ),
+        "time since start (s)",
+        "items",
+    );
+    chart.y_max = Some(report.items.stored.max(1) as f64 * 1.05);
     for ev in &report.events {
-        let is_fault = ev["event"] == "fault" || ev["event"] == "heal";
-        if let (true, Some(t)) = (is_fault, ev["t_secs"].as_f64()) {
-            let color = if ev["event"] == "heal" { BLUE } else { BLACK };
-            chart
-                .draw_series(LineSeries::new(
-                    vec![(t, 0.0), (t, y_max)],
-                    color.mix(0.35).stroke_width(1),
-                ))
-                .map_err(|e| err(&e))?;
+        let heal = ev["event"] == "heal";
+        if let (true, Some(t)) = (ev["event"] == "fault" || heal, ev["t_secs"].as_f64()) {
+            let label = if heal {
+                "heal".to_string()
+            } else {
+                let action = ev["action"].as_str().unwrap_or("fault");
+                let targets: Vec<&str> = ev["targets"]
+                    .as_array()
+                    .map(|t| t.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                format!("{action} {}", targets.join(","))
+            };
+            chart.markers.push(Marker {
+                x: t,
+                color: if heal { colors::BLUE } else { colors::BLACK },
+                label: Some(label),
+            });
         }
     }
-    type Line = (&'static str, RGBColor, fn(&Sample) -> usize);
-    let lines: [Line; 3] = [
-        ("at >= r", GREEN, |s| s.at_r),
-        ("at < r", RGBColor(230, 150, 0), |s| s.under_r),
-        ("held by no running node", RED, |s| s.lost),
+    type Series = (
+        &'static str,
+        butter_testbed::plot::Rgb,
+        fn(&Sample) -> usize,
+    );
+    let lines: [Series; 3] = [
+        ("at >= r", colors::GREEN, |s| s.at_r),
+        ("at < r", colors::ORANGE, |s| s.under_r),
+        ("held by no running node", colors::RED, |s| s.lost),
     ];
     for (label, color, f) in lines {
-        let pts: Vec<(f64, f64)> = samples.iter().map(|s| (s.t_secs, f(s) as f64)).collect();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        chart.lines.push(Line {
+            label: Some(label.into()),
+            color,
+            width: 2,
+            points: report
+                .samples
+                .iter()
+                .map(|s| (s.t_secs, f(s) as f64))
+                .collect(),
+        });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::MiddleRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
+    chart.write_svg(path)?;
     Ok(())
 }
 
@@ -306,7 +298,9 @@ mod tests {
                 at_r_when_done: 10,
                 unavailable_when_done: 0,
             }],
-            events: vec![serde_json::json!({"event": "fault", "t_secs": 2.0})],
+            events: vec![
+                serde_json::json!({"event": "fault", "action": "kill", "targets": ["lan-a-1"], "t_secs": 2.0}),
+            ],
             samples: (0..10usize)
                 .map(|t| Sample {
                     t_secs: t as f64,
@@ -338,6 +332,10 @@ mod tests {
         report().write(&dir).unwrap();
         let svg = std::fs::read_to_string(dir.join("health.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        assert!(
+            svg.contains("kill lan-a-1"),
+            "the fault is not marked on the plot"
+        );
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(json["items"]["stored"], 10);

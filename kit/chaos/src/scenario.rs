@@ -235,7 +235,7 @@ impl Scenario {
 
     /// Checks ranges and names; the testbed's LANs come from its topology.
     pub fn validate(&self) -> Result<()> {
-        let lans = butter_compose_tests::topology::LANS;
+        let lans = butter_testbed::network::LANS;
         let sv = &self.survival;
         ensure!(sv.items >= 1, "survival.items must be at least 1");
         ensure!(sv.item_bytes >= 1, "survival.item_bytes must be at least 1");
@@ -424,7 +424,7 @@ do = "heal"
 
     #[test]
     fn the_shipped_scenarios_are_valid() {
-        let dir = butter_compose_tests::topology::repo_root()
+        let dir = butter_testbed::network::repo_root()
             .join("compose")
             .join("chaos");
         let mut n = 0;

@@ -232,7 +232,7 @@ pub fn metric_names(expr: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{dashboards_dir, repo_root};
+    use crate::network::{dashboards_dir, repo_root};
 
     #[test]
     fn substitution_respects_name_boundaries() {

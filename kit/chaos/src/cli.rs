@@ -1,4 +1,5 @@
-//! `butter-chaos`: the chaos driver's command line (see the crate docs and `--help`).
+//! The chaos driver's command line, shared by `butter-chaos` and `butter-kit chaos` (see the
+//! crate docs and `--help`).
 //!
 //! ```text
 //! butter-chaos run compose/chaos/default.toml [--seed N] [--items M] [--up]
@@ -12,20 +13,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use butter_chaos::docker::Engine;
-use butter_chaos::faults::Chaos;
-use butter_chaos::log::FaultLog;
-use butter_chaos::run::{self, Options};
-use butter_chaos::scenario::Scenario;
-use clap::{Parser, Subcommand};
+use butter_testbed::engine::Engine;
+
+use crate::faults::Chaos;
+use crate::log::FaultLog;
+use crate::run::{self, Options};
+use crate::scenario::Scenario;
+use clap::{Args, Subcommand};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-/// Chaos driver for Butter's compose testbed: faults through the Docker Engine API and
-/// nftables, seeded and logged, and a survival check that exits non-zero on any lost item.
-#[derive(Parser, Debug)]
-#[command(name = "butter-chaos", version, about)]
-struct Cli {
+/// The chaos command line: its global options and one command.
+#[derive(Args, Debug)]
+pub struct Cli {
     /// Where logs, reports and partition state go (one-shot faults append to faults.jsonl).
     #[arg(long, default_value = "chaos-out", global = true)]
     out: PathBuf,
@@ -36,8 +36,9 @@ struct Cli {
     command: Cmd,
 }
 
+/// One chaos command.
 #[derive(Subcommand, Debug)]
-enum Cmd {
+pub enum Cmd {
     /// SIGKILL containers: a name (lan-a-1, gw-b), random, random-node or random-gateway.
     Kill {
         /// Container or random choice.
@@ -111,18 +112,18 @@ enum Cmd {
     },
 }
 
-fn main() {
-    match real_main() {
-        Ok(code) => std::process::exit(code),
+/// Runs `cli`; the process exit code (0 fine, 1 items lost, 2 r missed, 3 the driver failed).
+pub fn main(cli: Cli, program: &str) -> i32 {
+    match execute(cli) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("butter-chaos: {e:#}");
-            std::process::exit(3);
+            eprintln!("{program}: {e:#}");
+            3
         }
     }
 }
 
-fn real_main() -> Result<i32> {
-    let cli = Cli::parse();
+fn execute(cli: Cli) -> Result<i32> {
     if let Cmd::Run {
         scenario,
         items,
@@ -156,7 +157,7 @@ fn real_main() -> Result<i32> {
         return Ok(report.exit_code());
     }
 
-    let project = butter_compose_tests::topology::project();
+    let project = butter_testbed::network::project();
     let engine = Engine::connect(&project).context("Docker engine unavailable")?;
     if let Cmd::Status = cli.command {
         println!(
@@ -180,7 +181,7 @@ fn real_main() -> Result<i32> {
     }
     std::fs::create_dir_all(&cli.out)?;
     let log = FaultLog::append(&cli.out.join("faults.jsonl"), Instant::now())?;
-    let seed = cli.seed.unwrap_or_else(butter_chaos::target::fresh_seed);
+    let seed = cli.seed.unwrap_or_else(crate::target::fresh_seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let chaos = Chaos::new(&engine, &log, cli.out.clone());
     let random = matches!(&cli.command, Cmd::Kill { target, .. } | Cmd::Pause { target, .. } | Cmd::Unpause { target } | Cmd::Restart { target, .. } | Cmd::Loss { target, .. } if target.starts_with("random"))

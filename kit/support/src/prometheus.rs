@@ -14,8 +14,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api;
 use crate::engine::Container;
+use crate::http;
 
 /// One scrape target.
 #[derive(Debug, Clone)]
@@ -159,7 +159,7 @@ impl HostPrometheus {
             .context("starting prometheus (Debian package `prometheus`)")?;
         let p = HostPrometheus { child, dir, addr };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !api::get(addr, "/-/ready", Duration::from_secs(1)).is_ok_and(|r| r.status == 200) {
+        while !http::get(addr, "/-/ready", Duration::from_secs(1)).is_ok_and(|r| r.status == 200) {
             if Instant::now() > deadline {
                 bail!("prometheus not ready within 20 s; log: {}", p.log());
             }
@@ -185,7 +185,7 @@ impl HostPrometheus {
             data: Option<T>,
             error: Option<String>,
         }
-        let r = api::get(self.addr, path, Duration::from_secs(10))?;
+        let r = http::get(self.addr, path, Duration::from_secs(10))?;
         let e: Envelope<T> = serde_json::from_slice(&r.body)
             .with_context(|| format!("prometheus {path}: {}", r.text()))?;
         match (e.status.as_str(), e.data) {
@@ -202,7 +202,7 @@ impl HostPrometheus {
             kind: String,
             result: Value,
         }
-        let d: Data = self.api(&format!("/api/v1/query?query={}", api::encode(expr)))?;
+        let d: Data = self.api(&format!("/api/v1/query?query={}", http::encode(expr)))?;
         match d.kind.as_str() {
             "vector" => Ok(serde_json::from_value(d.result)?),
             "scalar" => {
@@ -220,7 +220,7 @@ impl HostPrometheus {
     pub fn label_values(&self, label: &str, selector: &str) -> Result<Vec<String>> {
         self.api(&format!(
             "/api/v1/label/{label}/values?match[]={}",
-            api::encode(selector)
+            http::encode(selector)
         ))
     }
 

@@ -18,8 +18,8 @@ use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::docker::Container;
-use crate::http;
+use butter_testbed::engine::Container;
+use butter_testbed::http;
 
 /// Timeout of one observation request (`/status`, `/items`, `/items/{id}/group`).
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -144,29 +144,7 @@ pub struct Observation {
     pub listed: Vec<usize>,
 }
 
-#[derive(Deserialize)]
-struct Member {
-    id: String,
-    #[serde(default)]
-    live: bool,
-    #[serde(default)]
-    holding: bool,
-}
-
-#[derive(Deserialize)]
-struct Group {
-    #[serde(default)]
-    members: Vec<Member>,
-    /// The answering node is not in the view it shows (a holder on its way out, waiting for the
-    /// members' proofs): its view may be stale, so the judge asks another holder.
-    #[serde(default)]
-    orphan: bool,
-}
-
-#[derive(Deserialize)]
-struct Status {
-    id: String,
-}
+use butter_testbed::api::{Group, Status};
 
 /// Observes every item once: `/status` and `/items` of each running node, then the group of
 /// each item from one of its holders. Node requests run in parallel, one thread per node.

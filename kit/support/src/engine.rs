@@ -1,9 +1,12 @@
-//! The faults the Docker Engine API can inject (through bollard), behind a small blocking facade.
+//! The one Docker Engine API wrapper (through bollard), behind a small blocking facade: the
+//! project's containers, their addresses and health, the faults the chaos driver injects (kill,
+//! pause, restart, network disconnect/connect), memory and image size for the bench.
 //!
-//! The driver is a few plain threads (steps, the once-a-second sampler, HTTP checks); every call
-//! here runs on one shared multi-thread runtime, so any of them may call it. Containers are found
-//! by their compose labels (`com.docker.compose.project`, `…service`, `…container-number`) and the
-//! testbed's own (`butter.role`, `butter.lan`), never by parsing `docker` output.
+//! The callers are plain threads (the driver, the chaos sampler, HTTP checks); every call here
+//! runs on one shared multi-thread runtime, so any of them may call it. Containers are found by
+//! their compose labels (`com.docker.compose.project`, `…service`, `…container-number`) and the
+//! testbed's own (`butter.role`, `butter.lan`), never by parsing `docker` output, so compose v1
+//! and v2 naming (`butter_lan-a_1` vs `butter-lan-a-1`) do not matter.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,15 +14,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bollard::models::{
-    ContainerSummaryStateEnum, EndpointSettings, NetworkConnectRequest, NetworkDisconnectRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkConnectRequest,
+    NetworkDisconnectRequest,
 };
 use bollard::query_parameters::{
-    InspectContainerOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
-    StartContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, RestartContainerOptions, StartContainerOptions, StatsOptions,
 };
-use butter_compose_tests::topology::HTTP_PORT;
+use futures::StreamExt;
 
-/// A Butter container's role (its `butter.role` label).
+use crate::network::HTTP_PORT;
+
+/// A container's endpoint on a network (address, aliases), as the engine reports it.
+pub use bollard::models::EndpointSettings;
+
+/// What a container is in the testbed (its `butter.role` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -27,6 +36,19 @@ pub enum Role {
     Node,
     /// A gateway: on its LAN and on the WAN.
     Gateway,
+    /// Anything else in the project (Prometheus, Grafana).
+    Other,
+}
+
+impl Role {
+    /// `node`, `gateway` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Gateway => "gateway",
+            Role::Other => "other",
+        }
+    }
 }
 
 /// What the engine says a container is doing.
@@ -43,20 +65,20 @@ pub enum State {
     Other,
 }
 
-/// One Butter container of the compose project.
+/// One container of the compose project.
 #[derive(Debug, Clone)]
 pub struct Container {
     /// Engine id.
     pub id: String,
     /// Container name (`butter_lan-a_1` with compose 1.29, `butter-lan-a-1` with v2).
     pub name: String,
-    /// Compose service (`lan-a`, `gw-a`).
+    /// Compose service (`lan-a`, `gw-a`, `prometheus`).
     pub service: String,
     /// Replica number within the service.
     pub number: u32,
-    /// Node or gateway.
+    /// Node, gateway or other.
     pub role: Role,
-    /// Its LAN (`butter.lan`).
+    /// Its LAN (`butter.lan`); empty for monitoring containers.
     pub lan: String,
     /// Running, paused, stopped.
     pub state: State,
@@ -72,8 +94,18 @@ impl Container {
     pub fn label(&self) -> String {
         match self.role {
             Role::Node => format!("{}-{}", self.service, self.number),
-            Role::Gateway => self.service.clone(),
+            Role::Gateway | Role::Other => self.service.clone(),
         }
+    }
+
+    /// Whether it is a Butter node (LAN node or gateway).
+    pub fn is_butter(&self) -> bool {
+        matches!(self.role, Role::Node | Role::Gateway)
+    }
+
+    /// The address on its own LAN.
+    pub fn lan_ip(&self) -> Option<Ipv4Addr> {
+        self.ips.get(&self.lan).copied()
     }
 
     /// Whether `name` names this container: its label, its name (compose v1 or v2 spelling) or
@@ -92,14 +124,12 @@ impl Container {
 
     /// Its HTTP API on its LAN address.
     pub fn http(&self) -> Option<SocketAddr> {
-        self.ips
-            .get(&self.lan)
-            .map(|ip| SocketAddr::from((*ip, HTTP_PORT)))
+        self.lan_ip().map(|ip| SocketAddr::from((ip, HTTP_PORT)))
     }
 
-    /// A container for unit tests.
-    #[cfg(test)]
-    pub fn fake(service: &str, number: u32, role: Role, lan: &str, state: State) -> Self {
+    /// A container that exists only on paper (no engine id, no address): for unit tests of
+    /// what picks among containers.
+    pub fn on_paper(service: &str, number: u32, role: Role, lan: &str, state: State) -> Self {
         Container {
             id: format!("{service}{number:0>60}"),
             name: format!("butter_{service}_{number}"),
@@ -112,6 +142,33 @@ impl Container {
             networks: BTreeSet::new(),
         }
     }
+}
+
+/// A container's Docker health check (`State.Health` of `docker inspect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`; `none` for a container without a health check.
+    pub status: String,
+    /// What the latest check printed (for a node: `butter-node health`'s line), trimmed.
+    pub last_output: Option<String>,
+}
+
+impl Health {
+    /// Whether Docker reports the container healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.status == "healthy"
+    }
+}
+
+/// Memory of one container, from the Engine's stats (cgroup counters).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// cgroup usage, page cache included.
+    pub usage: u64,
+    /// What `docker stats` shows: usage less inactive file cache.
+    pub working_set: u64,
+    /// Anonymous resident memory (cgroup `rss` / `anon`): the process's own RSS.
+    pub rss: u64,
 }
 
 /// A connection to the local Docker engine, scoped to one compose project.
@@ -167,31 +224,47 @@ impl Engine {
         format!("{}_{short}", self.project)
     }
 
-    /// Every Butter container of the project (stopped ones included), sorted by LAN, role and
-    /// number, so seeded choices over the list are reproducible.
-    pub fn containers(&self) -> Result<Vec<Container>> {
-        let filters = HashMap::from([(
+    /// The engine's filter for what carries this project's compose label.
+    fn project_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
             "label".to_string(),
             vec![format!("com.docker.compose.project={}", self.project)],
-        )]);
-        let list = self
-            .rt
+        )])
+    }
+
+    /// The engine's summaries of the project's containers, stopped ones included.
+    fn summaries(&self) -> Result<Vec<bollard::models::ContainerSummary>> {
+        self.rt
             .block_on(self.docker.list_containers(Some(ListContainersOptions {
                 all: true,
-                filters: Some(filters),
+                filters: Some(self.project_filter()),
                 ..Default::default()
             })))
-            .context("listing containers")?;
+            .context("listing containers")
+    }
+
+    /// Every Butter container of the project (LAN nodes and gateways, stopped ones included),
+    /// sorted by LAN, role and number, so seeded choices over the list are reproducible.
+    pub fn containers(&self) -> Result<Vec<Container>> {
+        let mut all = self.all_containers()?;
+        all.retain(Container::is_butter);
+        Ok(all)
+    }
+
+    /// Every container of the project, monitoring ones included, sorted like
+    /// [`Engine::containers`].
+    pub fn all_containers(&self) -> Result<Vec<Container>> {
+        let list = self.summaries()?;
         let prefix = format!("{}_", self.project);
         let mut out: Vec<Container> = list
             .into_iter()
-            .filter_map(|c| {
+            .map(|c| {
                 let labels = c.labels.unwrap_or_default();
                 let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
                 let role = match label("butter.role").as_str() {
                     "node" => Role::Node,
                     "gateway" => Role::Gateway,
-                    _ => return None,
+                    _ => Role::Other,
                 };
                 let state = match c.state {
                     Some(ContainerSummaryStateEnum::RUNNING) => State::Running,
@@ -218,7 +291,7 @@ impl Engine {
                         Some((net.strip_prefix(&prefix).unwrap_or(&net).to_string(), ip))
                     })
                     .collect();
-                Some(Container {
+                Container {
                     id: c.id.unwrap_or_default(),
                     name: c
                         .names
@@ -235,7 +308,7 @@ impl Engine {
                     state,
                     ips,
                     networks,
-                })
+                }
             })
             .collect();
         out.sort_by(|a, b| {
@@ -352,5 +425,187 @@ impl Engine {
             Err(e) if is_404(&e) => Err(e).context(format!("no network {network}")),
             Err(e) => Err(e).with_context(|| format!("connect to {network}")),
         }
+    }
+
+    /// One stats sample of a running container.
+    pub fn memory(&self, id: &str) -> Result<Memory> {
+        let stats = self.rt.block_on(async {
+            self.docker
+                .stats(
+                    id,
+                    Some(StatsOptions {
+                        stream: false,
+                        one_shot: true,
+                    }),
+                )
+                .next()
+                .await
+        });
+        let stats = stats.context("no stats")??;
+        let m = stats.memory_stats.unwrap_or_default();
+        let usage = m.usage.unwrap_or(0);
+        let detail = m.stats.unwrap_or_default();
+        let get = |k: &str| detail.get(k).copied();
+        // cgroup v1 names first, then cgroup v2.
+        let inactive = get("total_inactive_file")
+            .or_else(|| get("inactive_file"))
+            .unwrap_or(0);
+        let rss = get("total_rss")
+            .or_else(|| get("rss"))
+            .or_else(|| get("anon"))
+            .unwrap_or(0);
+        Ok(Memory {
+            usage,
+            working_set: usage.saturating_sub(inactive),
+            rss,
+        })
+    }
+
+    /// Size of an image in bytes, or `None` if the engine does not have it.
+    pub fn image_size(&self, image: &str) -> Result<Option<u64>> {
+        match self.rt.block_on(self.docker.inspect_image(image)) {
+            Ok(i) => Ok(i.size.and_then(|s| u64::try_from(s).ok())),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a throwaway container of `image` with `env` on `network` (the default bridge if
+    /// `None`), labelled `butter.bench=1`; returns its id.
+    pub fn create_scratch(
+        &self,
+        image: &str,
+        env: &[&str],
+        network: Option<&str>,
+    ) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(env.iter().map(|s| s.to_string()).collect()),
+            labels: Some(HashMap::from([(
+                "butter.bench".to_string(),
+                "1".to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                readonly_rootfs: Some(true),
+                network_mode: network.map(String::from),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = self.rt.block_on(
+            self.docker
+                .create_container(None::<CreateContainerOptions>, body),
+        )?;
+        Ok(r.id)
+    }
+
+    /// The first IPv4 address of a running container.
+    pub fn ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
+        let c = self.rt.block_on(
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )?;
+        Ok(c.network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_values()
+            .filter_map(|ep| ep.ip_address?.parse().ok())
+            .next())
+    }
+
+    /// The container's health check state, from inspect (`State.Health`).
+    pub fn health(&self, id: &str) -> Result<Health> {
+        let c = self.rt.block_on(
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>),
+        )?;
+        let h = c.state.and_then(|s| s.health);
+        let status = h
+            .as_ref()
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".to_string());
+        let last_output = h
+            .and_then(|h| h.log)
+            .and_then(|log| log.into_iter().next_back())
+            .and_then(|r| r.output)
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty());
+        Ok(Health {
+            status,
+            last_output,
+        })
+    }
+
+    /// Names of the volumes mounted by the project's containers (named and anonymous).
+    pub fn project_volumes(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self
+            .summaries()?
+            .into_iter()
+            .flat_map(|c| c.mounts.unwrap_or_default())
+            .filter_map(|m| m.name)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes a volume if it still exists; true if it was removed.
+    pub fn remove_volume(&self, name: &str) -> Result<bool> {
+        match self.rt.block_on(
+            self.docker
+                .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if is_404(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a container (forced) and its anonymous volumes.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        self.rt.block_on(self.docker.remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        ))?;
+        Ok(())
+    }
+
+    /// Names of the networks and volumes still labelled with `project`, to prove `down` cleaned up.
+    pub fn leftovers(&self) -> Result<Vec<String>> {
+        use bollard::query_parameters::{ListNetworksOptions, ListVolumesOptions};
+        let label = self.project_filter();
+        let (nets, vols) = self.rt.block_on(async {
+            let nets = self
+                .docker
+                .list_networks(Some(ListNetworksOptions {
+                    filters: Some(label.clone()),
+                }))
+                .await?;
+            let vols = self
+                .docker
+                .list_volumes(Some(ListVolumesOptions {
+                    filters: Some(label.clone()),
+                }))
+                .await?;
+            anyhow::Ok((nets, vols))
+        })?;
+        let mut out: Vec<String> = nets
+            .into_iter()
+            .filter_map(|n| n.name)
+            .map(|n| format!("network {n}"))
+            .collect();
+        out.extend(
+            vols.volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| format!("volume {}", v.name)),
+        );
+        Ok(out)
     }
 }

@@ -1,135 +1,31 @@
-//! The node's HTTP API as the kit reads it (`/health`, `/ready`, `/status`, `/peers`), and the
-//! Prometheus query API, over a tiny blocking HTTP/1.1 GET.
+//! The node's HTTP API as the kit and the tests read it: the records of `/status`, `/peers`,
+//! `/items/{id}/group` declared once, and typed calls over [`crate::http`].
 //!
-//! The driver polls every node several times a second from one thread; a std `TcpStream` with
-//! short timeouts and `Connection: close` keeps that simple. Fields the kit does not need are
-//! optional, so the daemon can grow its records without breaking the kit.
+//! These mirror the daemon's own serialisers (`node/daemon/src/http.rs`); fields the kit does not
+//! need are optional, so the daemon can grow its records without breaking the kit.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-/// Timeout for one request to a node: a bridge hop, so anything slower is a stuck node.
+use crate::http::{get, request};
+
+/// Timeout for one request to a node: a bridge hop or a veth, so anything slower is a stuck node.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// An HTTP response: status and body.
-#[derive(Debug, Clone)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// Body (de-chunked).
-    pub body: Vec<u8>,
+fn json<T: for<'de> Deserialize<'de>>(addr: SocketAddr, path: &str) -> Result<T> {
+    json_within(addr, path, NODE_TIMEOUT)
 }
 
-impl Response {
-    /// The body as text (lossy).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// `GET http://{addr}{path}`; `path` must already be percent-encoded.
-pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
-    request("GET", addr, path, &[], timeout)
-}
-
-/// `{method} http://{addr}{path}` with `body` (sent with a Content-Length when not empty).
-pub fn request(
-    method: &str,
+/// `GET {path}` as JSON within `timeout` (200 only).
+pub fn json_within<T: for<'de> Deserialize<'de>>(
     addr: SocketAddr,
     path: &str,
-    body: &[u8],
     timeout: Duration,
-) -> Result<Response> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_nodelay(true)?;
-    let length = if body.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "Content-Length: {}\r\nContent-Type: application/octet-stream\r\n",
-            body.len()
-        )
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{length}Connection: close\r\n\r\n"
-    )?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("read {addr}{path}"))?;
-    parse(&raw).with_context(|| format!("response of {addr}{path}"))
-}
-
-fn parse(raw: &[u8]) -> Result<Response> {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("no end of headers in {} bytes", raw.len());
-    };
-    let head = std::str::from_utf8(&raw[..split]).context("headers are not utf-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("truncated chunk size")?;
-        let text = std::str::from_utf8(&rest[..eol])?;
-        let size = usize::from_str_radix(text.split(';').next().unwrap_or_default().trim(), 16)
-            .with_context(|| format!("bad chunk size {text:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 {
-            bail!("truncated chunk");
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
-/// Percent-encodes a query-string value (RFC 3986 unreserved characters pass through).
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn json<T: for<'de> Deserialize<'de>>(addr: SocketAddr, path: &str) -> Result<T> {
-    let r = get(addr, path, NODE_TIMEOUT)?;
+) -> Result<T> {
+    let r = get(addr, path, timeout)?;
     if r.status != 200 {
         bail!("{addr}{path}: HTTP {}", r.status);
     }
@@ -159,6 +55,21 @@ pub struct Peer {
     /// How this node's connection to it runs: direct, relayed, punched or none.
     #[serde(default)]
     pub path: String,
+}
+
+impl Peer {
+    /// IP addresses of the peer (addresses that do not parse are skipped).
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs
+            .iter()
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip())
+    }
+
+    /// Whether the node reports the peer as suspected (not yet evicted).
+    pub fn is_suspect(&self) -> bool {
+        self.state == "suspect"
+    }
 }
 
 /// `GET /status`.
@@ -210,6 +121,10 @@ pub struct Group {
     /// The members.
     #[serde(default)]
     pub members: Vec<Member>,
+    /// The answering node is left out of the view it shows (a holder on its way out, waiting
+    /// for the members' proofs): its view may be stale.
+    #[serde(default)]
+    pub orphan: bool,
 }
 
 /// One member of a [`Group`].
@@ -290,7 +205,7 @@ pub fn put_item(addr: SocketAddr, content: &[u8]) -> Result<String> {
     struct Put {
         id: String,
     }
-    let r = request("PUT", addr, "/items", content, Duration::from_secs(10))?;
+    let r = request(addr, "PUT", "/items", content, Duration::from_secs(10))?;
     if r.status != 201 {
         bail!("{addr} PUT /items: HTTP {}: {}", r.status, r.text());
     }
@@ -306,25 +221,4 @@ pub fn get_item(addr: SocketAddr, id: &str) -> Result<Vec<u8>> {
         bail!("{addr} GET /items/{id}: HTTP {}: {}", r.status, r.text());
     }
     Ok(r.body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        let r = parse(raw).unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"abcde");
-    }
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(
-            encode(r#"sum by (lan) (up{job="x"})"#),
-            "sum%20by%20%28lan%29%20%28up%7Bjob%3D%22x%22%7D%29"
-        );
-    }
 }

@@ -1,0 +1,77 @@
+//! The netns backend: `netns/lab.sh` (root) builds the network in namespaces on this host; the
+//! kit hands it the flags and streams its output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use butter_testbed::network;
+
+/// The lab script under the repository root.
+fn script(root: &Path) -> PathBuf {
+    root.join("netns").join("lab.sh")
+}
+
+/// Runs `lab.sh ARGS…`, its output going to ours.
+pub fn lab(root: &Path, args: &[String]) -> Result<()> {
+    let script = script(root);
+    if !script.is_file() {
+        bail!(
+            "{} is missing (is --root the repository?)",
+            script.display()
+        );
+    }
+    println!("+ netns/lab.sh {}", args.join(" "));
+    let status = Command::new(&script)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!(
+            "`netns/lab.sh {}` failed ({status}); it needs root, iproute2 and nft, and a \
+             butter-node binary (`make release`)",
+            args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The flags of `make lab-up`: the compose network's LANs as routed subnets of `scale` hosts,
+/// host 1 of each subnet bootstrapping to the next.
+pub fn up_flags(scale: usize, timeout: Option<u64>) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "up".into(),
+        "--subnets".into(),
+        network::LANS.len().to_string(),
+        "--hosts".into(),
+        scale.to_string(),
+        "--bootstrap".into(),
+        "one-per-subnet".into(),
+    ];
+    if let Some(bin) = std::env::var_os("BUTTER_NODE_BIN") {
+        args.push("--bin".into());
+        args.push(bin.to_string_lossy().into_owned());
+    }
+    if let Some(t) = timeout {
+        args.push("--wait".into());
+        args.push(t.to_string());
+    }
+    args
+}
+
+/// `up`, then the lab's status table.
+pub fn up(root: &Path, scale: usize, timeout: Option<u64>) -> Result<()> {
+    lab(root, &up_flags(scale, timeout))?;
+    status(root)
+}
+
+/// The lab's status table.
+pub fn status(root: &Path) -> Result<()> {
+    lab(root, &["status".into()])
+}
+
+/// Stops every node and removes every namespace the lab made.
+pub fn down(root: &Path) -> Result<()> {
+    lab(root, &["down".into()])
+}
