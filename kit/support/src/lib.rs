@@ -17,6 +17,8 @@
 //! - [`prometheus`]: Debian's `prometheus` run on the host against the containers (the
 //!   monitoring images cannot be pulled here), its query API, and `promtool check config`.
 //! - [`dashboards`]: the Grafana dashboards of `dashboards/`: panels, queries, template variables.
+//! - [`topology`]: topology files (`topologies/*.toml`) and their renderers for compose, netns
+//!   and Kubernetes.
 //!
 //! # Concepts
 //!
@@ -52,3 +54,4 @@ pub mod network;
 pub mod plot;
 pub mod prometheus;
 pub mod testbed;
+pub mod topology;
