@@ -6,7 +6,7 @@ BENCH_OUT ?= bench-out
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 .PHONY: help build release test test-netns lint fmt bench bench-discovery bench-relay bench-sim up down status ci
-.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
+.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down render
 
 # The compose testbed (compose/, driven by butter-kit in kit/cli). The image is FROM scratch
 # around a statically linked butter-node, so nothing is pulled from a registry.
@@ -80,8 +80,11 @@ image: static ## the butter-node:local image, FROM scratch (no registry needed)
 	strip --strip-all -o $(STATIC_DIR)/image/butter-node $(STATIC_BIN)
 	docker build --quiet -f compose/Dockerfile -t $(IMAGE) $(STATIC_DIR)/image
 
-up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (MONITORING=1: Prometheus + Grafana)
-	$(KIT) up --scale $(SCALE) $(if $(MONITORING),--monitoring)
+up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana)
+	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring)
+
+render: ## what BACKEND (compose, netns, k8s) would run for TOPOLOGY (default topologies/default.toml)
+	$(KIT) --backend $(or $(BACKEND),compose) render $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
 status: ## table of every node in the compose network (LAN, peers per LAN, groups)
 	$(KIT) status
@@ -100,9 +103,13 @@ bench-kit: image ## image size, start-to-serving time and the memory of the whol
 monitor: ## Debian's prometheus on the host at 127.0.0.1:9090 scraping the compose nodes
 	$(KIT) monitor
 
-lab-up: release ## the netns lab instead of Docker: 3 subnets × 4 nodes (root)
+lab-up: release ## the netns lab instead of Docker: 3 subnets × 4 nodes (root; TOPOLOGY=topologies/x.toml: that one)
+ifdef TOPOLOGY
+	BUTTER_NODE_BIN=$(TARGET_DIR)/release/butter-node $(KIT) --backend netns up --topology $(TOPOLOGY)
+else
 	netns/lab.sh up --subnets 3 --hosts 4 --bootstrap one-per-subnet --bin target/release/butter-node
 	netns/lab.sh status
+endif
 
 lab-status: ## table of every node in the netns lab
 	netns/lab.sh status

@@ -8,13 +8,16 @@
 //! butter-kit chaos run SCENARIO | kill … | heal | status    the chaos driver (compose)
 //! butter-kit bench [--scale N] [--runs R]    image size, start-to-serving time, network memory
 //! butter-kit monitor [--port P]              Debian's prometheus on the host, scraping the nodes
+//! butter-kit render [--topology F] [--out D] what the backend would run for a topology
 //! ```
 //!
 //! `--backend compose` (the default) drives the docker compose testbed; `--backend netns` the
-//! netns lab (`netns/lab.sh`, root).
+//! netns lab (`netns/lab.sh`, root); `--backend k8s` renders only. `up --topology F` and
+//! `render --topology F` take a topology file (`topologies/*.toml`).
 
 mod bench;
 mod netns;
+mod render;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use butter_testbed::network;
 use butter_testbed::prometheus::{HostPrometheus, Target};
 use butter_testbed::testbed::{self, Testbed, UpOptions};
+use butter_testbed::topology::{self, Topology};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Drives Butter's testbed: the docker compose network (3 LANs, a WAN, dual-homed gateways) or
@@ -47,6 +51,8 @@ enum Backend {
     Compose,
     /// The netns lab (`netns/lab.sh`; root).
     Netns,
+    /// Kubernetes: `render` writes a kustomize overlay for `kubectl apply -k`.
+    K8s,
 }
 
 impl Backend {
@@ -54,6 +60,7 @@ impl Backend {
         match self {
             Backend::Compose => "compose",
             Backend::Netns => "netns",
+            Backend::K8s => "k8s",
         }
     }
 }
@@ -62,9 +69,12 @@ impl Backend {
 enum Cmd {
     /// Start the network (idempotent), wait until every node is ready, print the table.
     Up {
-        /// Nodes per LAN (gateways not counted).
-        #[arg(long, default_value_t = network::DEFAULT_SCALE)]
+        /// Nodes per LAN (gateways not counted) of the default network.
+        #[arg(long, default_value_t = network::DEFAULT_SCALE, conflicts_with = "topology")]
         scale: usize,
+        /// Bring up this topology file instead (topologies/*.toml; see topologies/README.md).
+        #[arg(long)]
+        topology: Option<PathBuf>,
         /// Also start Prometheus and Grafana (compose profile `monitoring`; needs a registry).
         #[arg(long)]
         monitoring: bool,
@@ -99,6 +109,17 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Print what the backend would run for a topology: the compose file, the lab.sh command,
+    /// or the kustomize overlay (written with --out).
+    Render {
+        /// The topology file.
+        #[arg(long, default_value = "topologies/default.toml")]
+        topology: PathBuf,
+        /// Write the rendering here (a file for compose, a directory for k8s) instead of
+        /// printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run Debian's prometheus on the host against the running nodes until interrupted.
     Monitor {
         /// Port on 127.0.0.1.
@@ -113,7 +134,9 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("butter-kit: {e:#}");
-            std::process::exit(1);
+            // A topology file at fault: a usage error, like a bad flag.
+            let bad_file = e.chain().any(|c| c.is::<topology::Error>());
+            std::process::exit(if bad_file { 2 } else { 1 });
         }
     }
 }
@@ -135,23 +158,49 @@ fn run(cli: Cli) -> Result<i32> {
         .canonicalize()
         .with_context(|| format!("--root {}", cli.root.display()))?;
     let backend = cli.backend;
+    let k8s_renders_only = || {
+        anyhow::anyhow!(
+            "the k8s backend only renders: `butter-kit --backend k8s render --out DIR`, then \
+             `kubectl apply -k DIR`"
+        )
+    };
+    // Topology files are named in messages as given, relative to --root when that is here.
+    let here = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.canonicalize().ok());
+    let load = |path: &Path| {
+        if path.is_absolute() || here.as_deref() == Some(root.as_path()) {
+            Topology::load(path)
+        } else {
+            Topology::load(&root.join(path))
+        }
+    };
     match cli.command {
         Cmd::Up {
             scale,
+            topology,
             monitoring,
             timeout,
-        } => match backend {
-            Backend::Compose => up(&root, scale, monitoring, timeout),
-            Backend::Netns => netns::up(&root, scale, timeout),
+        } => match (backend, topology) {
+            (Backend::Compose, None) => up(&root, scale, monitoring, timeout),
+            (Backend::Compose, Some(t)) => up_topology(&root, &load(&t)?, monitoring, timeout),
+            (Backend::Netns, None) => netns::up(&root, scale, timeout),
+            (Backend::Netns, Some(t)) => netns::up_topology(&root, &load(&t)?, timeout),
+            (Backend::K8s, _) => Err(k8s_renders_only()),
         },
         Cmd::Status => match backend {
             Backend::Compose => status(&root),
             Backend::Netns => netns::status(&root),
+            Backend::K8s => Err(k8s_renders_only()),
         },
         Cmd::Down => match backend {
             Backend::Compose => down(&root),
             Backend::Netns => netns::down(&root),
+            Backend::K8s => Err(k8s_renders_only()),
         },
+        Cmd::Render { topology, out } => {
+            render::render(&root, backend, &load(&topology)?, out.as_deref())
+        }
         Cmd::Chaos(chaos) => {
             compose_only(backend, "chaos")?;
             return Ok(butter_chaos::cli::main(chaos, "butter-kit chaos"));
@@ -214,6 +263,25 @@ fn up(root: &Path, scale: usize, monitoring: bool, timeout: Option<u64>) -> Resu
         start.elapsed().as_secs_f64(),
         network::LANS.len(),
         network::LANS.len()
+    );
+    print!("{}", testbed::table(&views));
+    urls(&bed)
+}
+
+fn up_topology(root: &Path, t: &Topology, monitoring: bool, timeout: Option<u64>) -> Result<()> {
+    let start = Instant::now();
+    let bed = Testbed::up_topology(root, t, monitoring)?;
+    let timeout = timeout.unwrap_or_else(|| 90.max(t.total_nodes() as u64));
+    let views = bed.wait_ready(Duration::from_secs(timeout))?;
+    println!(
+        "\n{} nodes ready in {:.1} s (topology {}: {} sites, {} nodes with gateways; compose \
+         file {})\n",
+        views.len(),
+        start.elapsed().as_secs_f64(),
+        t.name,
+        t.sites.len(),
+        t.total_nodes(),
+        bed.compose().file().display()
     );
     print!("{}", testbed::table(&views));
     urls(&bed)

@@ -49,6 +49,12 @@ pub fn up_flags(scale: usize, timeout: Option<u64>) -> Vec<String> {
         "--bootstrap".into(),
         "one-per-subnet".into(),
     ];
+    extra_flags(&mut args, timeout);
+    args
+}
+
+/// `--bin` from `BUTTER_NODE_BIN` and `--wait` from the timeout, when given.
+fn extra_flags(args: &mut Vec<String>, timeout: Option<u64>) {
     if let Some(bin) = std::env::var_os("BUTTER_NODE_BIN") {
         args.push("--bin".into());
         args.push(bin.to_string_lossy().into_owned());
@@ -57,7 +63,6 @@ pub fn up_flags(scale: usize, timeout: Option<u64>) -> Vec<String> {
         args.push("--wait".into());
         args.push(t.to_string());
     }
-    args
 }
 
 /// `up`, then the lab's status table.
@@ -74,4 +79,28 @@ pub fn status(root: &Path) -> Result<()> {
 /// Stops every node and removes every namespace the lab made.
 pub fn down(root: &Path) -> Result<()> {
     lab(root, &["down".into()])
+}
+
+/// Brings up a topology in the lab: renders the plan, warns about what the lab will skip,
+/// runs `lab.sh up` with it, then shows the status.
+pub fn up_topology(
+    root: &Path,
+    t: &butter_testbed::topology::Topology,
+    timeout: Option<u64>,
+) -> Result<()> {
+    use butter_testbed::topology::render::netns as plan;
+    let p = plan::render(t, plan::netem_available())?;
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
+    let names: Vec<String> = p
+        .subnets
+        .iter()
+        .map(|(i, name)| format!("s{i} = {name}"))
+        .collect();
+    println!("topology {}: {}", t.name, names.join(", "));
+    let mut args = p.args.clone();
+    extra_flags(&mut args, timeout);
+    lab(root, &args)?;
+    status(root)
 }

@@ -13,6 +13,7 @@ pub struct Compose {
     program: Vec<String>,
     file: PathBuf,
     project: String,
+    directory: Option<PathBuf>,
 }
 
 fn works(program: &[&str]) -> bool {
@@ -49,7 +50,20 @@ impl Compose {
             program,
             file: file.to_path_buf(),
             project: project.to_string(),
+            directory: None,
         })
+    }
+
+    /// Resolves the file's relative paths (and reads `.env`) in `dir` instead of the file's own
+    /// directory (`--project-directory`): a rendered file refers to `compose/`'s files.
+    pub fn in_directory(mut self, dir: &Path) -> Self {
+        self.directory = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The compose file in use.
+    pub fn file(&self) -> &Path {
+        &self.file
     }
 
     /// The command line in use, for messages.
@@ -64,6 +78,9 @@ impl Compose {
             .arg(&self.project)
             .arg("--file")
             .arg(&self.file);
+        if let Some(dir) = &self.directory {
+            cmd.arg("--project-directory").arg(dir);
+        }
         for p in profiles {
             cmd.arg("--profile").arg(p);
         }

@@ -72,11 +72,18 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// Connects to the engine and finds a compose CLI for the repository at `root`.
+    /// Connects to the engine and finds a compose CLI for the repository at `root`. The compose
+    /// file is the one a topology was rendered to for this project by
+    /// [`Testbed::up_topology`], while that network is up, else `compose/docker-compose.yml`.
     pub fn open(root: &Path) -> Result<Self> {
         let project = network::project();
+        let rendered = rendered_file(root, &project);
+        let compose = if rendered.is_file() {
+            Compose::detect(&rendered, &project)?.in_directory(&root.join("compose"))
+        } else {
+            Compose::detect(&network::compose_file(root), &project)?
+        };
         let engine = Engine::connect(&project).context("Docker engine unavailable")?;
-        let compose = Compose::detect(&network::compose_file(root), &project)?;
         Ok(Testbed {
             root: root.to_path_buf(),
             project,
@@ -107,23 +114,63 @@ impl Testbed {
 
     /// `compose up -d` with the given scale; idempotent (running containers are left alone).
     pub fn up(&self, opts: &UpOptions) -> Result<()> {
+        let rendered = rendered_file(&self.root, &self.project);
+        if rendered.is_file() {
+            bail!(
+                "project {} runs a network rendered from a topology ({}): `make down` first",
+                self.project,
+                rendered.display()
+            );
+        }
+        let env = self.prepare(network::LANS.len(), opts.scale)?;
+        self.compose
+            .up(Some(opts.scale), &profiles(opts.monitoring), &env)
+    }
+
+    /// Renders `topology` to a compose file for this project (kept under
+    /// `target/butter-kit/<project>/` until [`Testbed::down`]), then `compose up -d` on it.
+    /// Returns the testbed bound to that file.
+    pub fn up_topology(
+        root: &Path,
+        topology: &crate::topology::Topology,
+        monitoring: bool,
+    ) -> Result<Self> {
+        let text = crate::topology::render::compose::render(topology)?;
+        let project = network::project();
+        let rendered = rendered_file(root, &project);
+        let running = Testbed::open(root)?;
+        if !rendered.is_file() && !running.nodes()?.is_empty() {
+            bail!(
+                "project {project} already runs the default network: `make down` first, then \
+                 bring up the topology"
+            );
+        }
+        if let Some(dir) = rendered.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&rendered, text)
+            .with_context(|| format!("writing {}", rendered.display()))?;
+        let bed = Testbed::open(root)?;
+        let widest = topology.sites.iter().map(|s| s.nodes).max().unwrap_or(1);
+        let env = bed.prepare(topology.sites.len(), widest)?;
+        bed.compose.up(None, &profiles(monitoring), &env)?;
+        Ok(bed)
+    }
+
+    /// Checks the image, makes room in the neighbour table and picks the health-check interval
+    /// for `lans` LANs of up to `scale` nodes: the environment for the compose CLI.
+    fn prepare(&self, lans: usize, scale: usize) -> Result<Vec<(&'static str, String)>> {
         let image = network::image();
         if self.engine.image_size(&image)?.is_none() {
             bail!("image {image} is missing: `make image` builds it (no registry needed)");
         }
-        let need = crate::host::neighbour_entries(network::LANS.len(), opts.scale);
+        let need = crate::host::neighbour_entries(lans, scale);
         if let Some(changed) = crate::host::ensure_neighbour_capacity(need)? {
             eprintln!("{changed}");
         }
-        let profiles: &[&str] = if opts.monitoring {
-            &["monitoring"]
-        } else {
-            &[]
-        };
-        let env: Vec<(&str, String)> = health_interval(network::LANS.len() * (opts.scale + 1))
+        Ok(health_interval(lans * (scale + 1))
             .map(|s| vec![("BUTTER_HEALTH_INTERVAL", format!("{s}s"))])
-            .unwrap_or_default();
-        self.compose.up(Some(opts.scale), profiles, &env)
+            .unwrap_or_default())
     }
 
     /// `compose down -v`, then removes the anonymous volumes the containers had (compose 1.29
@@ -151,6 +198,11 @@ impl Testbed {
         let left = self.engine.leftovers()?;
         if !left.is_empty() {
             bail!("left after down: {}", left.join(", "));
+        }
+        let rendered = rendered_file(&self.root, &self.project);
+        if rendered.is_file() {
+            std::fs::remove_file(&rendered)
+                .with_context(|| format!("removing {}", rendered.display()))?;
         }
         Ok(())
     }
@@ -279,6 +331,22 @@ impl Testbed {
             ));
         }
         Ok(out)
+    }
+}
+
+/// Where a topology rendered for `project` is kept while its network is up.
+pub fn rendered_file(root: &Path, project: &str) -> PathBuf {
+    root.join("target")
+        .join("butter-kit")
+        .join(project)
+        .join("docker-compose.yml")
+}
+
+fn profiles(monitoring: bool) -> Vec<&'static str> {
+    if monitoring {
+        vec!["monitoring"]
+    } else {
+        vec![]
     }
 }
 

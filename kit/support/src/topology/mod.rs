@@ -448,6 +448,12 @@ impl Topology {
         Ok(())
     }
 
+    /// The file's name without its directories, for headers of rendered files (which must not
+    /// depend on where the repository is).
+    pub fn file_name(&self) -> &str {
+        self.file.rsplit('/').next().unwrap_or(&self.file)
+    }
+
     /// An error pointing at `span` of this file.
     pub fn error(&self, span: &Span, message: String) -> Error {
         let span = (span.0 != (0..0)).then(|| span.0.clone());

@@ -74,7 +74,7 @@ pub fn render(t: &Topology) -> Result<String, Error> {
     let mut out = format!(
         "# Rendered by `butter-kit render --backend compose` from {} ({}){}.\n# Edit the topology, \
          not this file. Relative paths are relative to compose/ (--project-directory compose).\n",
-        t.file,
+        t.file_name(),
         t.name,
         if t.description.is_empty() {
             String::new()

@@ -93,7 +93,7 @@ pub fn render(t: &Topology, base: &str) -> Result<Overlay, Error> {
                  butter.dev/site: {site}\n      butter.dev/role: {role}\n",
                 site = s.name,
                 what = if gateway { "its gateway" } else { "its nodes" },
-                file = t.file,
+                file = t.file_name(),
             );
             for (k, v) in &s.labels {
                 let _ = writeln!(text, "      butter.dev/label-{k}: {v:?}");
@@ -126,7 +126,7 @@ pub fn render(t: &Topology, base: &str) -> Result<Overlay, Error> {
          apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\nnamespace: butter\n\n\
          resources:\n",
         name = t.name,
-        file = t.file,
+        file = t.file_name(),
         desc = if t.description.is_empty() {
             String::new()
         } else {

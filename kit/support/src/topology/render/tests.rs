@@ -174,3 +174,21 @@ fn the_default_topology_renders_a_file_compose_resolves_like_the_shipped_one() {
         "the rendered default differs from compose/docker-compose.yml"
     );
 }
+
+/// `k8s/overlays/topology-default` is the default topology's overlay as rendered now, so
+/// `make k8s-check` validates what `render --backend k8s` produces.
+#[test]
+fn the_shipped_default_overlay_is_the_current_rendering() {
+    let dir = crate::network::repo_root().join("k8s/overlays/topology-default");
+    let overlay = k8s::render(&load("default.toml"), "../../../base").unwrap();
+    for (path, text) in &overlay {
+        let shipped = std::fs::read_to_string(dir.join(path)).unwrap_or_default();
+        assert_eq!(
+            &shipped, text,
+            "k8s/overlays/topology-default/{path} is stale: butter-kit --backend k8s render \
+             --out k8s/overlays/topology-default"
+        );
+    }
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(files, 8, "k8s/overlays/topology-default holds other files");
+}
