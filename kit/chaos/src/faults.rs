@@ -96,7 +96,7 @@ impl<'a> Chaos<'a> {
         &self,
         action: &str,
         victims: &[Container],
-        f: impl Fn(&Container) -> Result<()>,
+        f: impl Fn(&Container) -> Result<(), butter_testbed::engine::Error>,
     ) -> Result<Vec<String>> {
         for c in victims {
             f(c).with_context(|| format!("{action} {}", c.label()))?;
@@ -260,7 +260,12 @@ impl<'a> Chaos<'a> {
             if !c.is_up() || !tools {
                 continue;
             }
-            match self.engine.pid(&c.id).and_then(loss::clear) {
+            match self
+                .engine
+                .pid(&c.id)
+                .map_err(anyhow::Error::from)
+                .and_then(loss::clear)
+            {
                 Ok(()) => h.loss_cleared.push(c.label()),
                 Err(e) => h
                     .errors

@@ -7,10 +7,56 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::http::{get, request};
+use crate::http::{self, get, request};
+
+/// Why a call to a node's API failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No answer (connect, timeout, not HTTP).
+    #[error(transparent)]
+    Http(#[from] http::Error),
+    /// The node answered with another status than the call expects.
+    #[error("{method} {addr}{path}: HTTP {status}: {body}")]
+    Status {
+        /// The request method.
+        method: &'static str,
+        /// The node's HTTP address.
+        addr: SocketAddr,
+        /// The request path.
+        path: String,
+        /// The status it answered.
+        status: u16,
+        /// The body it answered (the daemon's error message).
+        body: String,
+    },
+    /// The node answered JSON of another shape.
+    #[error("{addr}{path}: not the JSON expected")]
+    Json {
+        /// The node's HTTP address.
+        addr: SocketAddr,
+        /// The request path.
+        path: String,
+        /// What did not match.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What the API calls return.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn status_error(method: &'static str, addr: SocketAddr, path: &str, r: &http::Response) -> Error {
+    Error::Status {
+        method,
+        addr,
+        path: path.to_string(),
+        status: r.status,
+        body: r.error(),
+    }
+}
 
 /// Timeout for one request to a node: a bridge hop or a veth, so anything slower is a stuck node.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -27,9 +73,13 @@ pub fn json_within<T: for<'de> Deserialize<'de>>(
 ) -> Result<T> {
     let r = get(addr, path, timeout)?;
     if r.status != 200 {
-        bail!("{addr}{path}: HTTP {}", r.status);
+        return Err(status_error("GET", addr, path, &r));
     }
-    serde_json::from_slice(&r.body).with_context(|| format!("{addr}{path}: not the JSON expected"))
+    serde_json::from_slice(&r.body).map_err(|source| Error::Json {
+        addr,
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// One entry of `GET /peers`.
@@ -207,18 +257,23 @@ pub fn put_item(addr: SocketAddr, content: &[u8]) -> Result<String> {
     }
     let r = request(addr, "PUT", "/items", content, Duration::from_secs(10))?;
     if r.status != 201 {
-        bail!("{addr} PUT /items: HTTP {}: {}", r.status, r.text());
+        return Err(status_error("PUT", addr, "/items", &r));
     }
-    Ok(serde_json::from_slice::<Put>(&r.body)
-        .with_context(|| format!("{addr} PUT /items: {}", r.text()))?
-        .id)
+    serde_json::from_slice::<Put>(&r.body)
+        .map(|p| p.id)
+        .map_err(|source| Error::Json {
+            addr,
+            path: "/items".into(),
+            source,
+        })
 }
 
 /// `GET /items/{id}`: retrieves an item through the node (search included); the content.
 pub fn get_item(addr: SocketAddr, id: &str) -> Result<Vec<u8>> {
-    let r = get(addr, &format!("/items/{id}"), Duration::from_secs(15))?;
+    let path = format!("/items/{id}");
+    let r = get(addr, &path, Duration::from_secs(15))?;
     if r.status != 200 {
-        bail!("{addr} GET /items/{id}: HTTP {}: {}", r.status, r.text());
+        return Err(status_error("GET", addr, &path, &r));
     }
     Ok(r.body)
 }

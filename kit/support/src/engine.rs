@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use bollard::models::{
     ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkConnectRequest,
     NetworkDisconnectRequest,
@@ -171,6 +170,44 @@ pub struct Memory {
     pub rss: u64,
 }
 
+/// Why a call to the engine failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No Docker socket to connect to (`DOCKER_HOST` or the default one).
+    #[error("no Docker socket (is the engine installed and running?)")]
+    NoSocket(#[source] bollard::errors::Error),
+    /// The engine did not answer the version negotiation within 5 s.
+    #[error("the Docker engine does not answer within 5 s")]
+    Timeout,
+    /// The engine refused or failed a request.
+    #[error("{what}")]
+    Api {
+        /// What was asked (`kill lan-a-1`'s id, `list containers`, …).
+        what: String,
+        /// The engine's answer.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The container has no process (stopped).
+    #[error("container {0:.12} is not running (no pid)")]
+    NotRunning(String),
+    /// The engine sent no stats sample.
+    #[error("no stats for container {0:.12}")]
+    NoStats(String),
+    /// The private runtime the facade blocks on could not start.
+    #[error("starting the engine client's runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What the engine's calls return.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn api(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Api { what, source }
+}
+
 /// A connection to the local Docker engine, scoped to one compose project.
 #[derive(Debug)]
 pub struct Engine {
@@ -196,16 +233,16 @@ impl Engine {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(Error::Runtime)?;
         let docker = rt.block_on(async {
-            let d = bollard::Docker::connect_with_local_defaults().context("no Docker socket")?;
+            let d = bollard::Docker::connect_with_local_defaults().map_err(Error::NoSocket)?;
             let d = tokio::time::timeout(Duration::from_secs(5), d.negotiate_version())
                 .await
-                .context("the Docker engine does not answer within 5 s")??;
-            d.ping()
-                .await
-                .context("the Docker engine does not answer")?;
-            anyhow::Ok(d)
+                .map_err(|_| Error::Timeout)?
+                .map_err(api("negotiate the API version"))?;
+            d.ping().await.map_err(api("ping"))?;
+            Ok::<_, Error>(d)
         })?;
         Ok(Engine {
             docker,
@@ -240,7 +277,7 @@ impl Engine {
                 filters: Some(self.project_filter()),
                 ..Default::default()
             })))
-            .context("listing containers")
+            .map_err(api("list containers"))
     }
 
     /// Every Butter container of the project (LAN nodes and gateways, stopped ones included),
@@ -319,65 +356,81 @@ impl Engine {
 
     /// SIGKILL: a crash, not a clean stop; the container stays stopped until started.
     pub fn kill(&self, id: &str) -> Result<()> {
-        self.rt.block_on(
-            self.docker
-                .kill_container(id, Some(KillContainerOptions::default())),
-        )?;
+        self.rt
+            .block_on(
+                self.docker
+                    .kill_container(id, Some(KillContainerOptions::default())),
+            )
+            .map_err(api(format!("kill {id:.12}")))?;
         Ok(())
     }
 
     /// Starts a stopped container; it keeps its volume and so its peer id.
     pub fn start(&self, id: &str) -> Result<()> {
-        self.rt.block_on(
-            self.docker
-                .start_container(id, None::<StartContainerOptions>),
-        )?;
+        self.rt
+            .block_on(
+                self.docker
+                    .start_container(id, None::<StartContainerOptions>),
+            )
+            .map_err(api(format!("start {id:.12}")))?;
         Ok(())
     }
 
     /// Freezes every process of the container (cgroup freezer).
     pub fn pause(&self, id: &str) -> Result<()> {
-        self.rt.block_on(self.docker.pause_container(id))?;
+        self.rt
+            .block_on(self.docker.pause_container(id))
+            .map_err(api(format!("pause {id:.12}")))?;
         Ok(())
     }
 
     /// Thaws a paused container.
     pub fn unpause(&self, id: &str) -> Result<()> {
-        self.rt.block_on(self.docker.unpause_container(id))?;
+        self.rt
+            .block_on(self.docker.unpause_container(id))
+            .map_err(api(format!("unpause {id:.12}")))?;
         Ok(())
     }
 
     /// SIGTERM, up to 5 s of grace (the node hands its items off), SIGKILL, start.
     pub fn restart(&self, id: &str) -> Result<()> {
-        self.rt.block_on(self.docker.restart_container(
-            id,
-            Some(RestartContainerOptions {
-                t: Some(5),
-                ..Default::default()
-            }),
-        ))?;
+        self.rt
+            .block_on(self.docker.restart_container(
+                id,
+                Some(RestartContainerOptions {
+                    t: Some(5),
+                    ..Default::default()
+                }),
+            ))
+            .map_err(api(format!("restart {id:.12}")))?;
         Ok(())
     }
 
     /// The host PID of the container's init process (for `nsenter`).
     pub fn pid(&self, id: &str) -> Result<u32> {
-        let c = self.rt.block_on(
-            self.docker
-                .inspect_container(id, None::<InspectContainerOptions>),
-        )?;
+        let c = self
+            .rt
+            .block_on(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .map_err(api(format!("inspect {id:.12}")))?;
         let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
         match u32::try_from(pid) {
             Ok(p) if p > 0 => Ok(p),
-            _ => bail!("container {id:.12} is not running (no pid)"),
+            _ => Err(Error::NotRunning(id.to_string())),
         }
     }
 
     /// The container's endpoint on a network (pinned address, aliases), if attached.
     pub fn endpoint(&self, id: &str, network: &str) -> Result<Option<EndpointSettings>> {
-        let c = self.rt.block_on(
-            self.docker
-                .inspect_container(id, None::<InspectContainerOptions>),
-        )?;
+        let c = self
+            .rt
+            .block_on(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .map_err(api(format!("inspect {id:.12}")))?;
         Ok(c.network_settings
             .and_then(|n| n.networks)
             .and_then(|mut n| n.remove(&self.network(network))))
@@ -393,7 +446,7 @@ impl Engine {
                     force: Some(true),
                 },
             ))
-            .with_context(|| format!("disconnect from {network}"))?;
+            .map_err(api(format!("disconnect {id:.12} from {network}")))?;
         Ok(())
     }
 
@@ -422,8 +475,8 @@ impl Engine {
         ));
         match r {
             Ok(()) => Ok(()),
-            Err(e) if is_404(&e) => Err(e).context(format!("no network {network}")),
-            Err(e) => Err(e).with_context(|| format!("connect to {network}")),
+            Err(e) if is_404(&e) => Err(api(format!("no network {network}"))(e)),
+            Err(e) => Err(api(format!("connect {id:.12} to {network}"))(e)),
         }
     }
 
@@ -441,7 +494,9 @@ impl Engine {
                 .next()
                 .await
         });
-        let stats = stats.context("no stats")??;
+        let stats = stats
+            .ok_or_else(|| Error::NoStats(id.to_string()))?
+            .map_err(api(format!("stats of {id:.12}")))?;
         let m = stats.memory_stats.unwrap_or_default();
         let usage = m.usage.unwrap_or(0);
         let detail = m.stats.unwrap_or_default();
@@ -466,7 +521,7 @@ impl Engine {
         match self.rt.block_on(self.docker.inspect_image(image)) {
             Ok(i) => Ok(i.size.and_then(|s| u64::try_from(s).ok())),
             Err(e) if is_404(&e) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(api(format!("inspect image {image}"))(e)),
         }
     }
 
@@ -492,19 +547,25 @@ impl Engine {
             }),
             ..Default::default()
         };
-        let r = self.rt.block_on(
-            self.docker
-                .create_container(None::<CreateContainerOptions>, body),
-        )?;
+        let r = self
+            .rt
+            .block_on(
+                self.docker
+                    .create_container(None::<CreateContainerOptions>, body),
+            )
+            .map_err(api(format!("create a container of {image}")))?;
         Ok(r.id)
     }
 
     /// The first IPv4 address of a running container.
     pub fn ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
-        let c = self.rt.block_on(
-            self.docker
-                .inspect_container(id, None::<InspectContainerOptions>),
-        )?;
+        let c = self
+            .rt
+            .block_on(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .map_err(api(format!("inspect {id:.12}")))?;
         Ok(c.network_settings
             .and_then(|n| n.networks)
             .unwrap_or_default()
@@ -515,10 +576,13 @@ impl Engine {
 
     /// The container's health check state, from inspect (`State.Health`).
     pub fn health(&self, id: &str) -> Result<Health> {
-        let c = self.rt.block_on(
-            self.docker
-                .inspect_container(id, None::<InspectContainerOptions>),
-        )?;
+        let c = self
+            .rt
+            .block_on(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .map_err(api(format!("inspect {id:.12}")))?;
         let h = c.state.and_then(|s| s.health);
         let status = h
             .as_ref()
@@ -559,20 +623,22 @@ impl Engine {
         ) {
             Ok(()) => Ok(true),
             Err(e) if is_404(&e) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(api(format!("remove volume {name}"))(e)),
         }
     }
 
     /// Removes a container (forced) and its anonymous volumes.
     pub fn remove(&self, id: &str) -> Result<()> {
-        self.rt.block_on(self.docker.remove_container(
-            id,
-            Some(RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            }),
-        ))?;
+        self.rt
+            .block_on(self.docker.remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            ))
+            .map_err(api(format!("remove {id:.12}")))?;
         Ok(())
     }
 
@@ -586,14 +652,16 @@ impl Engine {
                 .list_networks(Some(ListNetworksOptions {
                     filters: Some(label.clone()),
                 }))
-                .await?;
+                .await
+                .map_err(api("list networks"))?;
             let vols = self
                 .docker
                 .list_volumes(Some(ListVolumesOptions {
                     filters: Some(label.clone()),
                 }))
-                .await?;
-            anyhow::Ok((nets, vols))
+                .await
+                .map_err(api("list volumes"))?;
+            Ok::<_, Error>((nets, vols))
         })?;
         let mut out: Vec<String> = nets
             .into_iter()

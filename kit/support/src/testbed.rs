@@ -209,7 +209,7 @@ impl Testbed {
 
     /// The project's Butter containers (LAN nodes and gateways), running or not.
     pub fn nodes(&self) -> Result<Vec<Container>> {
-        self.engine.containers()
+        Ok(self.engine.containers()?)
     }
 
     /// Every running Butter node's readiness, Docker health, status and peers, now.

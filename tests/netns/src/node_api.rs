@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Result;
-pub use butter_testbed::api::{Peer, Status};
+pub use butter_testbed::api::{Peer, Result, Status};
 use butter_testbed::{api, http};
 
 /// Timeout for one API request. The admin path is a veth or two, but 70+ nodes share 2 cores:
