@@ -376,7 +376,14 @@ pub fn observe(container: Container) -> NodeView {
 /// The status table: node, LAN, role, address, ready, Docker health, known hosts per LAN, hosts
 /// reached over a relayed path, groups held.
 pub fn table(views: &[NodeView]) -> String {
-    let mut sites: Vec<String> = network::LANS.iter().map(|s| s.to_string()).collect();
+    // The network's own sites first (its containers' LANs, in order), then any other site label
+    // a node reports.
+    let mut sites: Vec<String> = Vec::new();
+    for v in views {
+        if !v.container.lan.is_empty() && !sites.contains(&v.container.lan) {
+            sites.push(v.container.lan.clone());
+        }
+    }
     for v in views {
         for s in v.peers_by_site().into_keys() {
             if !sites.contains(&s) {

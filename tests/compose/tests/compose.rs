@@ -1074,3 +1074,89 @@ fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()
     );
     Ok(())
 }
+
+/// A topology file as a user brings it up (`make up TOPOLOGY=…` runs `butter-kit up
+/// --topology`): two sites with other names and uneven sizes come up with their gateways, every
+/// node ready, each gateway knowing a host of the other site; `butter-kit down` then removes
+/// every container, network and volume and the rendered file, and the default network comes
+/// back for the other tests.
+#[test]
+fn a_topology_file_comes_up_with_its_sites_and_down_leaves_nothing() -> Result<()> {
+    let Some(bed) = bed("topology_file")? else {
+        return Ok(());
+    };
+    let kit = kit_binary()?;
+    let root = network::repo_root();
+    let dir = std::env::temp_dir().join(format!("butter-topology-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("two-sites.toml");
+    std::fs::write(
+        &file,
+        "name = \"two-sites\"\n[bootstrap]\npolicy = \"gateways\"\n\
+         [[site]]\nname = \"north\"\nnodes = 3\n[[site]]\nname = \"south\"\nnodes = 2\n",
+    )?;
+    bed.down()?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(&kit)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .context("running butter-kit")
+    };
+    let up = run(&["up", "--topology", &file.display().to_string()])?;
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    ensure!(
+        up.status.success(),
+        "butter-kit up --topology failed:\n{}\n{out}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    ensure!(out.contains("7 nodes ready in"), "{out}");
+    let rendered = testbed::rendered_file(&root, bed.project());
+    ensure!(
+        rendered.is_file(),
+        "no rendered file at {}",
+        rendered.display()
+    );
+    let topo = Testbed::open(&root)?;
+    let views = until(&topo, Duration::from_secs(60), |views| {
+        let count = |lan: &str, role: Role| {
+            views
+                .iter()
+                .filter(|v| v.container.lan == lan && v.container.role == role && v.ready)
+                .count()
+        };
+        ensure!(
+            (count("north", Role::Node), count("north", Role::Gateway)) == (3, 1)
+                && (count("south", Role::Node), count("south", Role::Gateway)) == (2, 1),
+            "not 3 + 1 north and 2 + 1 south nodes ready"
+        );
+        for v in views.iter().filter(|v| v.container.role == Role::Gateway) {
+            let other = if v.container.lan == "north" {
+                "south"
+            } else {
+                "north"
+            };
+            ensure!(
+                v.peers_by_site().get(other).copied().unwrap_or(0) > 0,
+                "{} knows no host of {other}",
+                v.container.label()
+            );
+        }
+        Ok(())
+    })?;
+    eprintln!("{}", testbed::table(&views));
+    let down = run(&["down"])?;
+    ensure!(
+        down.status.success(),
+        "butter-kit down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    ensure!(!rendered.exists(), "down left {}", rendered.display());
+    let left = bed.engine().leftovers()?;
+    ensure!(left.is_empty(), "left after down: {left:?}");
+    ensure!(bed.nodes()?.is_empty(), "containers left after down");
+    let _ = std::fs::remove_dir_all(&dir);
+    network(&bed)?;
+    Ok(())
+}
