@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use butter_testbed::network;
+use butter_testbed::topology::render::netns::{self as plan, Plan};
 
 /// The lab script under the repository root.
 fn script(root: &Path) -> PathBuf {
@@ -81,14 +82,8 @@ pub fn down(root: &Path) -> Result<()> {
     lab(root, &["down".into()])
 }
 
-/// Brings up a topology in the lab: renders the plan, warns about what the lab will skip,
-/// runs `lab.sh up` with it, then shows the status.
-pub fn up_topology(
-    root: &Path,
-    t: &butter_testbed::topology::Topology,
-    timeout: Option<u64>,
-) -> Result<()> {
-    use butter_testbed::topology::render::netns as plan;
+/// The plan for a topology, its warnings printed and its subnets named (`s1 = lan-a, …`).
+pub fn plan(t: &butter_testbed::topology::Topology) -> Result<Plan> {
     let p = plan::render(t, plan::netem_available())?;
     for w in &p.warnings {
         eprintln!("warning: {w}");
@@ -98,8 +93,21 @@ pub fn up_topology(
         .iter()
         .map(|(i, name)| format!("s{i} = {name}"))
         .collect();
-    println!("topology {}: {}", t.name, names.join(", "));
-    let mut args = p.args.clone();
+    println!(
+        "# topology {} as lab subnets (nodes are labelled sN): {}",
+        t.name,
+        names.join(", ")
+    );
+    Ok(p)
+}
+
+/// Brings up a topology in the lab: the plan (see [`plan`]), `lab.sh up` with it, the status.
+pub fn up_topology(
+    root: &Path,
+    t: &butter_testbed::topology::Topology,
+    timeout: Option<u64>,
+) -> Result<()> {
+    let mut args = plan(t)?.args;
     extra_flags(&mut args, timeout);
     lab(root, &args)?;
     status(root)

@@ -4,7 +4,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
 use butter_testbed::topology::Topology;
-use butter_testbed::topology::render::{compose, k8s, netns};
+use butter_testbed::topology::render::{compose, k8s};
 
 use crate::Backend;
 
@@ -44,19 +44,7 @@ pub fn render(root: &Path, backend: Backend, t: &Topology, out: Option<&Path>) -
             }
         }
         Backend::Netns => {
-            let plan = netns::render(t, netns::netem_available())?;
-            for w in &plan.warnings {
-                eprintln!("warning: {w}");
-            }
-            let subnets: Vec<String> = plan
-                .subnets
-                .iter()
-                .map(|(i, name)| format!("s{i} = {name}"))
-                .collect();
-            println!(
-                "# sites as lab subnets (nodes are labelled sN): {}",
-                subnets.join(", ")
-            );
+            let plan = crate::netns::plan(t)?;
             println!("sudo {}", plan.command());
         }
         Backend::K8s => {

@@ -269,6 +269,16 @@ impl Engine {
         )])
     }
 
+    /// `docker inspect` of one container.
+    fn inspect(&self, id: &str) -> Result<bollard::models::ContainerInspectResponse> {
+        self.rt
+            .block_on(
+                self.docker
+                    .inspect_container(id, None::<InspectContainerOptions>),
+            )
+            .map_err(api(format!("inspect {id:.12}")))
+    }
+
     /// The engine's summaries of the project's containers, stopped ones included.
     fn summaries(&self) -> Result<Vec<bollard::models::ContainerSummary>> {
         self.rt
@@ -408,13 +418,7 @@ impl Engine {
 
     /// The host PID of the container's init process (for `nsenter`).
     pub fn pid(&self, id: &str) -> Result<u32> {
-        let c = self
-            .rt
-            .block_on(
-                self.docker
-                    .inspect_container(id, None::<InspectContainerOptions>),
-            )
-            .map_err(api(format!("inspect {id:.12}")))?;
+        let c = self.inspect(id)?;
         let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
         match u32::try_from(pid) {
             Ok(p) if p > 0 => Ok(p),
@@ -424,13 +428,7 @@ impl Engine {
 
     /// The container's endpoint on a network (pinned address, aliases), if attached.
     pub fn endpoint(&self, id: &str, network: &str) -> Result<Option<EndpointSettings>> {
-        let c = self
-            .rt
-            .block_on(
-                self.docker
-                    .inspect_container(id, None::<InspectContainerOptions>),
-            )
-            .map_err(api(format!("inspect {id:.12}")))?;
+        let c = self.inspect(id)?;
         Ok(c.network_settings
             .and_then(|n| n.networks)
             .and_then(|mut n| n.remove(&self.network(network))))
@@ -559,13 +557,7 @@ impl Engine {
 
     /// The first IPv4 address of a running container.
     pub fn ip(&self, id: &str) -> Result<Option<Ipv4Addr>> {
-        let c = self
-            .rt
-            .block_on(
-                self.docker
-                    .inspect_container(id, None::<InspectContainerOptions>),
-            )
-            .map_err(api(format!("inspect {id:.12}")))?;
+        let c = self.inspect(id)?;
         Ok(c.network_settings
             .and_then(|n| n.networks)
             .unwrap_or_default()
@@ -576,13 +568,7 @@ impl Engine {
 
     /// The container's health check state, from inspect (`State.Health`).
     pub fn health(&self, id: &str) -> Result<Health> {
-        let c = self
-            .rt
-            .block_on(
-                self.docker
-                    .inspect_container(id, None::<InspectContainerOptions>),
-            )
-            .map_err(api(format!("inspect {id:.12}")))?;
+        let c = self.inspect(id)?;
         let h = c.state.and_then(|s| s.health);
         let status = h
             .as_ref()

@@ -470,6 +470,15 @@ impl Topology {
         self.links.iter().find(|l| l.site == name)
     }
 
+    /// The names of the sites that have a gateway, in file order.
+    pub fn gateway_sites(&self) -> Vec<&str> {
+        self.sites
+            .iter()
+            .filter(|s| s.gateway)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
     /// Every node the topology runs, gateways included.
     pub fn total_nodes(&self) -> usize {
         self.sites

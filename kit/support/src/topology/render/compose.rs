@@ -63,14 +63,6 @@ fn labels(role: &str, site: &str, extra: &BTreeMap<String, String>) -> String {
 /// The compose file for `t`, or why compose cannot run it.
 pub fn render(t: &Topology) -> Result<String, Error> {
     refuse_nat_and_links(t, Backend::Compose)?;
-    if t.bootstrap == Policy::Public {
-        return Err(t.error(
-            &t.bootstrap_span,
-            "bootstrap policy \"public\" needs NAT sites, which compose cannot run; use \
-             \"gateways\" (or the netns backend)"
-                .into(),
-        ));
-    }
     let mut out = format!(
         "# Rendered by `butter-kit render --backend compose` from {} ({}){}.\n# Edit the topology, \
          not this file. Relative paths are relative to compose/ (--project-directory compose).\n",
@@ -83,12 +75,7 @@ pub fn render(t: &Topology) -> Result<String, Error> {
         }
     );
     out.push_str(HEAD);
-    let gateways: Vec<&str> = t
-        .sites
-        .iter()
-        .filter(|s| s.gateway)
-        .map(|s| s.name.as_str())
-        .collect();
+    let gateways = t.gateway_sites();
     for s in &t.sites {
         let _ = write!(
             out,

@@ -38,14 +38,6 @@ fn valid_label_value(v: &str) -> bool {
 /// (`../../../base` for an overlay in `k8s/overlays/<name>/`).
 pub fn render(t: &Topology, base: &str) -> Result<Overlay, Error> {
     refuse_nat_and_links(t, Backend::K8s)?;
-    if t.bootstrap == Policy::Public {
-        return Err(t.error(
-            &t.bootstrap_span,
-            "bootstrap policy \"public\" needs NAT sites, which Kubernetes cannot model; use \
-             \"gateways\" (or the netns backend)"
-                .into(),
-        ));
-    }
     for s in &t.sites {
         if let Some((k, v)) = s.labels.iter().find(|(_, v)| !valid_label_value(v)) {
             return Err(t.error(
@@ -60,12 +52,7 @@ pub fn render(t: &Topology, base: &str) -> Result<Overlay, Error> {
     }
     let mut overlay = Overlay::new();
     let mut resources = vec!["namespace.yaml".to_string()];
-    let gateways: Vec<&str> = t
-        .sites
-        .iter()
-        .filter(|s| s.gateway)
-        .map(|s| s.name.as_str())
-        .collect();
+    let gateways = t.gateway_sites();
     for s in &t.sites {
         let mut parts = vec![(false, s.nodes)];
         if s.gateway {

@@ -38,8 +38,9 @@ impl Backend {
     }
 }
 
-/// Refuses the features a backend without a NAT router or link shaping cannot model, naming
-/// the feature and the backend that has it.
+/// Refuses the features a backend without a NAT router or link shaping cannot model (NAT
+/// presets, the `public` policy that only makes sense with them, link shaping), naming the
+/// feature and the backend that has it.
 pub(crate) fn refuse_nat_and_links(t: &Topology, backend: Backend) -> Result<(), super::Error> {
     let why = match backend {
         Backend::Compose => "Docker networks have no NAT router between them",
@@ -56,6 +57,16 @@ pub(crate) fn refuse_nat_and_links(t: &Topology, backend: Backend) -> Result<(),
                 s.nat.as_str(),
                 backend.as_str(),
                 t.file
+            ),
+        ));
+    }
+    if t.bootstrap == super::Policy::Public {
+        return Err(t.error(
+            &t.bootstrap_span,
+            format!(
+                "bootstrap policy \"public\" bootstraps NATed sites through a public segment, \
+                 which the {} backend cannot model; use \"gateways\" (or the netns backend)",
+                backend.as_str()
             ),
         ));
     }
