@@ -37,7 +37,8 @@ struct Cli {
     /// Repository root (holds compose/, netns/ and dashboards/).
     #[arg(long, default_value = ".", global = true)]
     root: PathBuf,
-    /// Where the network runs: docker compose, or network namespaces on this host (root).
+    /// Where the network runs: docker compose, network namespaces on this host (root), or
+    /// Kubernetes (render only).
     #[arg(long, value_enum, default_value_t = Backend::Compose, global = true)]
     backend: Backend,
     #[command(subcommand)]
