@@ -212,27 +212,6 @@ pub fn ready_reason(addr: SocketAddr) -> std::result::Result<(), String> {
     }
 }
 
-/// Runs `f` on every element with at most `width` at once (scoped threads), keeping the order.
-pub fn concurrently<T: Sync, R: Send>(
-    items: &[T],
-    width: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let width = width.max(1);
-    let mut out = Vec::with_capacity(items.len());
-    for chunk in items.chunks(width) {
-        let part: Vec<R> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("worker panicked"))
-                .collect()
-        });
-        out.extend(part);
-    }
-    out
-}
-
 /// `GET /status`.
 pub fn status(addr: SocketAddr) -> Result<Status> {
     json(addr, "/status")

@@ -216,7 +216,7 @@ impl Testbed {
     pub fn observe(&self) -> Result<Vec<NodeView>> {
         let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
         // One request of each kind per node, 32 nodes at a time: 100+ containers stay fast.
-        Ok(api::concurrently(&running, 32, |c| {
+        Ok(concurrently(&running, 32, |c| {
             let health = self.engine.health(&c.id).ok();
             NodeView {
                 health,
@@ -276,7 +276,7 @@ impl Testbed {
             if nodes.is_empty() {
                 bail!("no node containers in project {}", self.project);
             }
-            let reasons = api::concurrently(&nodes, 32, |c| match c.http() {
+            let reasons = concurrently(&nodes, 32, |c| match c.http() {
                 Some(addr) => api::ready_reason(addr),
                 None => Err("no address on its LAN yet".into()),
             });
@@ -463,6 +463,23 @@ pub fn table(views: &[NodeView]) -> String {
          of (cold: fewer than r members); items: items it holds",
         n = views.len()
     );
+    out
+}
+
+/// Runs `f` on every element with at most `width` at once (scoped threads), keeping the order.
+fn concurrently<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let width = width.max(1);
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(width) {
+        let part: Vec<R> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        out.extend(part);
+    }
     out
 }
 
