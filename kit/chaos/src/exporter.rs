@@ -171,12 +171,9 @@ mod tests {
         e.observe(&json!({"event": "fault", "action": "kill", "targets": ["lan-a-1"], "ts_unix_ms": 1_700_000_001_000u64}));
         e.observe(&json!({"event": "heal", "ts_unix_ms": 1_700_000_002_000u64}));
         e.observe(&json!({"event": "sample", "ts_unix_ms": 1u64}));
-        let mut conn = TcpStream::connect(e.addr()).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        let r = butter_testbed::http::get(e.addr(), "/metrics", Duration::from_secs(2)).unwrap();
+        assert_eq!(r.status, 200);
+        let text = r.text();
         for line in [
             "butter_chaos_faults_total{action=\"kill\",lan=\"lan-a\",target=\"lan-a-1\"} 2",
             "butter_chaos_faults_total{action=\"kill\",lan=\"lan-b\",target=\"gw-b\"} 1",

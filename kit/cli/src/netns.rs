@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use butter_testbed::network;
-use butter_testbed::topology::render::netns::{self as plan, Plan};
+use butter_testbed::topology::render::netns::{self as lab_plan, Plan};
 
 /// The lab script under the repository root.
 fn script(root: &Path) -> PathBuf {
@@ -84,7 +84,7 @@ pub fn down(root: &Path) -> Result<()> {
 
 /// The plan for a topology, its warnings printed and its subnets named (`s1 = lan-a, …`).
 pub fn plan(t: &butter_testbed::topology::Topology) -> Result<Plan> {
-    let p = plan::render(t, plan::netem_available())?;
+    let p = lab_plan::render(t, lab_plan::netem_available())?;
     for w in &p.warnings {
         eprintln!("warning: {w}");
     }
@@ -101,7 +101,7 @@ pub fn plan(t: &butter_testbed::topology::Topology) -> Result<Plan> {
     Ok(p)
 }
 
-/// Brings up a topology in the lab: the plan (see [`plan`]), `lab.sh up` with it, the status.
+/// Brings up a topology in the lab: the plan (see [`plan()`]), `lab.sh up` with it, the status.
 pub fn up_topology(
     root: &Path,
     t: &butter_testbed::topology::Topology,

@@ -1,4 +1,4 @@
-//! Renderers: one [`Topology`](super::Topology) as what each backend runs.
+//! Renderers: one [`Topology`] as what each backend runs.
 //!
 //! - [`compose`]: a docker compose file (the default topology renders to the equivalent of
 //!   `compose/docker-compose.yml`); NAT presets and link shaping are refused (Docker networks
