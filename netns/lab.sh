@@ -66,6 +66,7 @@ NAT_SPECS=()
 FORWARDS=()
 BOOTSTRAP=none
 GATEWAYS=no
+SITE_NAMES=()
 BIN=
 START=yes
 WAIT_SECS=20
@@ -107,6 +108,8 @@ Options of up:
                          public (nat): every LAN host bootstraps from public host s0h1
   --gateways           host 1 of every LAN subnet is its gateway: it runs with
                          compose/node/gateway.toml (reachability public), as compose's gw-* do
+  --site-name sN=NAME  the site label (BUTTER_SITE) of subnet N's nodes instead of sN, e.g. the
+                         site names of a topology file; repeatable
   --topology T         routed (default: one router, no NAT) | nat (a public segment, one NAT
                          gateway per LAN)
   --public P           nat: public hosts on the public segment, subnet 0 (default 1 with nat)
@@ -196,7 +199,7 @@ lab_namespaces() {
 save_config() {
 	mkdir -p "$RUN_DIR"
 	# -g: the file is sourced inside a function, where a plain declare would make locals.
-	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS BIN \
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS SITE_NAMES BIN \
 		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS |
 		sed -E 's/^declare -(-?)([a-zA-Z]*) /declare -g\2 /' >"$RUN_DIR/lab.env"
 }
@@ -209,7 +212,7 @@ load_config() {
 
 # The topology part of the config: if it matches, `up` keeps the lab and only starts what is missing.
 config_fingerprint() {
-	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS BIN \
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS SITE_NAMES BIN \
 		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS | md5sum | cut -d' ' -f1
 }
 
@@ -374,7 +377,11 @@ expand_specs() {
 }
 
 validate_specs() {
-	local lines s h v
+	local lines s h v spec
+	for spec in "${SITE_NAMES[@]}"; do
+		[[ $spec =~ ^s([0-9]+)=[a-z][a-z0-9-]*$ ]] || die "--site-name takes sN=NAME (a-z 0-9 -): $spec"
+		is_uint "${BASH_REMATCH[1]}" 0 "$SUBNETS" || die "--site-name: no subnet in $spec"
+	done
 	lines=$(expand_specs "${LOSS_SPECS[@]}")
 	while read -r s h v; do [[ -z $v ]] || is_uint "$v" 0 100 || die "--loss takes a percentage: $v"; done <<<"$lines"
 	lines=$(expand_specs "${RATE_SPECS[@]}")
@@ -517,6 +524,18 @@ resolve_bin() {
 	BIN=$(realpath "$BIN")
 }
 
+# The site label of subnet S: its --site-name, else sS.
+site_name() {
+	local spec
+	for spec in "${SITE_NAMES[@]}"; do
+		if [[ $spec == "s$1="* ]]; then
+			echo "${spec#*=}"
+			return
+		fi
+	done
+	echo "s$1"
+}
+
 bootstrap_of() {
 	local s=$1 h=$2 o peers=()
 	case $BOOTSTRAP in
@@ -580,7 +599,7 @@ launch_node() {
 		BUTTER_LISTEN="$addr:$QUIC_PORT" \
 		BUTTER_HTTP="$addr:$HTTP_PORT" \
 		BUTTER_DATA_DIR="$dir/data" \
-		BUTTER_SITE="s$s" \
+		BUTTER_SITE="$(site_name "$s")" \
 		BUTTER_BOOTSTRAP="$(bootstrap_of "$s" "$h")" \
 		"${role[@]}" \
 		sh -c "$BARRIER_WRAPPER" "$barrier" "$BIN" run "${NODE_ARGS[@]}" \
@@ -744,6 +763,7 @@ cmd_up() {
 		--nat) NAT_SPECS+=("${2:?}"); shift 2 ;;
 		--forward) FORWARDS+=("${2:?}"); shift 2 ;;
 		--gateways) GATEWAYS=yes; shift ;;
+		--site-name) SITE_NAMES+=("${2:?}"); shift 2 ;;
 		--loss) LOSS_SPECS+=("${2:?}"); shift 2 ;;
 		--rate) RATE_SPECS+=("${2:?}"); shift 2 ;;
 		--delay) DELAY_SPECS+=("${2:?}"); shift 2 ;;

@@ -94,7 +94,7 @@ pub fn plan(t: &butter_testbed::topology::Topology) -> Result<Plan> {
         .map(|(i, name)| format!("s{i} = {name}"))
         .collect();
     println!(
-        "# topology {} as lab subnets (nodes are labelled sN): {}",
+        "# topology {}, its sites as lab subnets: {}",
         t.name,
         names.join(", ")
     );

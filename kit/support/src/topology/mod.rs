@@ -235,7 +235,7 @@ fn valid_rate(s: &str) -> bool {
     let unit = &s[digits.len()..];
     !digits.is_empty()
         && digits.chars().all(|c| c.is_ascii_digit())
-        && ["bit", "kbit", "mbit", "gbit", "bps", "kbps", "mbps", "gbps"].contains(&unit)
+        && ["bit", "kbit", "mbit", "gbit"].contains(&unit)
 }
 
 impl Topology {
@@ -369,8 +369,8 @@ impl Topology {
                 return Err(err(
                     Some(rate.span()),
                     format!(
-                        "rate = {:?}: a whole number and a unit (bit, kbit, mbit, gbit; or \
-                         bps…), e.g. \"10mbit\"",
+                        "rate = {:?}: a whole number and a unit (bit, kbit, mbit or gbit), \
+                         e.g. \"10mbit\"",
                         rate.get_ref()
                     ),
                 ));

@@ -7,8 +7,8 @@
 //! its host 1, whose QUIC port the NAT forwards (`--forward sN`). The lab builds every subnet
 //! alike, so the sites of a subnet kind must have the same nodes and gateway.
 //!
-//! The lab labels nodes with their subnet (`BUTTER_SITE=sN`); the [`Plan`] names which site each
-//! subnet is.
+//! Nodes carry their site's name as their site label (`--site-name sN=NAME`), as on compose and
+//! Kubernetes; the [`Plan`] also lists which site each subnet is, for people.
 
 use std::path::Path;
 
@@ -188,13 +188,38 @@ pub fn render(t: &Topology, netem: bool) -> Result<Plan, Error> {
                 .map(|(i, s)| (i + 1, s.name.clone())),
         );
     }
+    for (i, name) in &subnets {
+        push(&mut args, "--site-name", format!("s{i}={name}"));
+    }
     let mut warnings = Vec::new();
     for l in &t.links {
         let subnet = subnets
             .iter()
             .find(|(_, n)| *n == l.site)
             .map_or(0, |(i, _)| *i);
+        if subnet == 0 {
+            return Err(t.error(
+                &l.span,
+                format!(
+                    "[[link]] of {:?}: the netns lab shapes the LAN subnets, not the public \
+                     segment; shape the NATed sites instead",
+                    l.site
+                ),
+            ));
+        }
         if let Some(loss) = l.loss {
+            if loss.fract() != 0.0 {
+                return Err(t.error(
+                    &l.span,
+                    format!(
+                        "[[link]] of {:?}: loss = {loss}: the netns lab drops whole percentages; \
+                         use {} or {}",
+                        l.site,
+                        loss.floor(),
+                        loss.ceil()
+                    ),
+                ));
+            }
             push(&mut args, "--loss", format!("s{subnet}={loss}"));
         }
         if let Some(rate) = &l.rate {
@@ -220,9 +245,9 @@ pub fn render(t: &Topology, netem: bool) -> Result<Plan, Error> {
     })
 }
 
-/// Reads a plan back as `lab.sh` would build it: subnets and hosts from the flags, who is a
-/// gateway (`--gateways`: host 1 of each LAN subnet) and the bootstrap edges of `bootstrap_of`
-/// in `lab.sh`, named by the plan's subnet names.
+/// Reads a plan's flags back as `lab.sh` would build them: subnets and hosts, who is a gateway
+/// (`--gateways`: host 1 of each LAN subnet), the site labels (`--site-name`) and the bootstrap
+/// edges of `bootstrap_of` in `lab.sh`.
 pub fn shape(plan: &Plan) -> Shape {
     let flag = |k: &str| {
         plan.args
@@ -237,11 +262,14 @@ pub fn shape(plan: &Plan) -> Shape {
     let public = if nat { num("--public", 1) } else { 0 };
     let gateways = plan.args.iter().any(|a| a == "--gateways");
     let bootstrap = flag("--bootstrap").unwrap_or_else(|| "none".into());
+    // Site labels as lab.sh gives them: `--site-name sN=NAME`, else `sN`.
     let name = |i: usize| {
-        plan.subnets
-            .iter()
-            .find(|(n, _)| *n == i)
-            .map_or_else(|| format!("s{i}"), |(_, s)| s.clone())
+        let prefix = format!("s{i}=");
+        plan.args
+            .windows(2)
+            .filter(|w| w[0] == "--site-name")
+            .find_map(|w| w[1].strip_prefix(&prefix).map(String::from))
+            .unwrap_or_else(|| format!("s{i}"))
     };
     let mut shape = Shape::default();
     if public > 0 {

@@ -51,7 +51,8 @@ fn the_default_topology_renders_the_lab_up_flags() {
     let plan = netns::render(&load("default.toml"), true).unwrap();
     assert_eq!(
         plan.command(),
-        "netns/lab.sh up --subnets 3 --hosts 5 --gateways --bootstrap gateways"
+        "netns/lab.sh up --subnets 3 --hosts 5 --gateways --bootstrap gateways \
+         --site-name s1=lan-a --site-name s2=lan-b --site-name s3=lan-c"
     );
     assert_eq!(plan.subnets[2], (3, "lan-c".to_string()));
 }
@@ -63,7 +64,8 @@ fn nat_renders_for_netns_and_is_refused_by_compose_and_k8s_with_the_line() {
     assert_eq!(
         plan.command(),
         "netns/lab.sh up --topology nat --subnets 2 --hosts 4 --public 1 --nat s1=eim \
-         --forward s1 --nat s2=symmetric --forward s2 --gateways --bootstrap public"
+         --forward s1 --nat s2=symmetric --forward s2 --gateways --bootstrap public \
+         --site-name s0=public --site-name s1=home --site-name s2=office"
     );
     let shape = netns::shape(&plan);
     assert_eq!(shape.sites["public"], (1, 0));
@@ -122,6 +124,16 @@ fn links_become_lab_flags_and_a_missing_netem_is_a_warning() {
     assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
     assert!(plan.warnings[0].contains("netem"), "{:?}", plan.warnings);
     assert!(netns::render(&t, true).unwrap().warnings.is_empty());
+    // What lab.sh cannot take is refused at the link's line: a fraction of a percent, a link
+    // on the public segment.
+    let fraction = t.text.replace("loss = 2.0", "loss = 2.5");
+    let e = netns::render(&Topology::parse(&fraction, "f.toml").unwrap(), true).unwrap_err();
+    assert!(e.message.contains("whole percentages"), "{e}");
+    let public = "[bootstrap]\npolicy = \"public\"\n[[site]]\nname = \"p\"\nnodes = 1\ngateway = false\n\
+                  [[site]]\nname = \"q\"\nnodes = 2\nnat = \"symmetric\"\n[[link]]\nsite = \"p\"\nloss = 1.0\n";
+    let e = netns::render(&Topology::parse(public, "p.toml").unwrap(), true).unwrap_err();
+    assert_eq!(e.line, 11, "{e}");
+    assert!(e.message.contains("public segment"), "{e}");
     let e = compose::render(&t).unwrap_err();
     assert!(
         e.message.contains("link shaping") && e.message.contains("netns"),
