@@ -6,9 +6,9 @@ BENCH_OUT ?= bench-out
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 .PHONY: help build release test test-netns lint fmt bench bench-discovery bench-relay bench-sim up down status ci
-.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down
+.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down render
 
-# The compose testbed (compose/, driven by butter-kit in tests/compose). The image is FROM scratch
+# The compose testbed (compose/, driven by butter-kit in kit/cli). The image is FROM scratch
 # around a statically linked butter-node, so nothing is pulled from a registry.
 STATIC_TARGET ?= x86_64-unknown-linux-gnu
 STATIC_DIR ?= target/static
@@ -21,7 +21,7 @@ MONITORING ?=
 # disturbed by a network `make up` (or a chaos run) left on the same engine.
 TEST_PROJECT ?= butter-test
 TEST_SUBNET_PREFIX ?= 10.211
-KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-compose-tests --bin butter-kit --
+KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-kit --
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,8 +80,11 @@ image: static ## the butter-node:local image, FROM scratch (no registry needed)
 	strip --strip-all -o $(STATIC_DIR)/image/butter-node $(STATIC_BIN)
 	docker build --quiet -f compose/Dockerfile -t $(IMAGE) $(STATIC_DIR)/image
 
-up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (MONITORING=1: Prometheus + Grafana)
-	$(KIT) up --scale $(SCALE) $(if $(MONITORING),--monitoring)
+up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana)
+	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring)
+
+render: ## what BACKEND (compose, netns, k8s) would run for TOPOLOGY (default topologies/default.toml)
+	$(KIT) --backend $(or $(BACKEND),compose) render $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
 status: ## table of every node in the compose network (LAN, peers per LAN, groups)
 	$(KIT) status
@@ -100,9 +103,13 @@ bench-kit: image ## image size, start-to-serving time and the memory of the whol
 monitor: ## Debian's prometheus on the host at 127.0.0.1:9090 scraping the compose nodes
 	$(KIT) monitor
 
-lab-up: release ## the netns lab instead of Docker: 3 subnets × 4 nodes (root)
+lab-up: release ## the netns lab instead of Docker: 3 subnets × 4 nodes (root; TOPOLOGY=topologies/x.toml: that one)
+ifdef TOPOLOGY
+	BUTTER_NODE_BIN=$(TARGET_DIR)/release/butter-node $(KIT) --backend netns up --topology $(TOPOLOGY)
+else
 	netns/lab.sh up --subnets 3 --hosts 4 --bootstrap one-per-subnet --bin target/release/butter-node
 	netns/lab.sh status
+endif
 
 lab-status: ## table of every node in the netns lab
 	netns/lab.sh status
@@ -119,10 +126,11 @@ k8s-check: ## render every k8s/ overlay (kubectl kustomize) and validate it stri
 k8s-dashboards: ## copy dashboards/*.json into the k8s monitoring overlay
 	k8s/dashboards.sh
 
-# Chaos (tests/chaos, butter-chaos): faults through the Engine API and nftables, seeded and logged,
-# with a survival check; reports under chaos-out/<scenario>/. SEED=N replays a run.
+# Chaos (kit/chaos, `butter-kit chaos`; also the `butter-chaos` binary): faults through the Engine
+# API and nftables, seeded and logged, with a survival check; reports under chaos-out/<scenario>/.
+# SEED=N replays a run. The tier's test is tests/chaos.
 .PHONY: chaos test-chaos
-CHAOS := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-chaos --
+CHAOS := $(KIT) chaos
 CHAOS_SCENARIO ?= compose/chaos/default.toml
 CHAOS_OUT ?= chaos-out
 
@@ -136,7 +144,7 @@ CHAOS_TEST_SUBNET_PREFIX ?= 10.212
 
 test-chaos: image ## chaos tier: the smaller CI scenario (compose/chaos/ci.toml) and each fault once, then down
 	export BUTTER_COMPOSE_PROJECT=$(CHAOS_TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(CHAOS_TEST_SUBNET_PREFIX); \
-	  BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos --test chaos -- --test-threads=1 --nocapture; \
+	  BUTTER_CHAOS=1 BUTTER_IMAGE=$(IMAGE) $(CARGO) test --locked -p butter-chaos-tests --test chaos -- --test-threads=1 --nocapture; \
 	  status=$$?; $(KIT) down; exit $$status
 
 .PHONY: fuzz

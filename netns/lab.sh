@@ -65,6 +65,8 @@ PUBLIC=0
 NAT_SPECS=()
 FORWARDS=()
 BOOTSTRAP=none
+GATEWAYS=no
+SITE_NAMES=()
 BIN=
 START=yes
 WAIT_SECS=20
@@ -98,10 +100,16 @@ Commands:
 Options of up:
   --subnets S          number of subnets (default $SUBNETS, max $MAX_SUBNETS)
   --hosts H            hosts per subnet (default $HOSTS, max $MAX_HOSTS)
-  --bootstrap MODE     none | one-per-subnet | all | public (default $BOOTSTRAP)
+  --bootstrap MODE     none | one-per-subnet | all | gateways | public (default $BOOTSTRAP)
                          one-per-subnet: host 1 of subnet N bootstraps from host 1 of subnet N+1
                          all: every host bootstraps from host 1 of every other subnet
+                         gateways (routed, --gateways): every host bootstraps from its subnet's
+                           gateway (host 1), every gateway from every other gateway
                          public (nat): every LAN host bootstraps from public host s0h1
+  --gateways           host 1 of every LAN subnet is its gateway: it runs with
+                         compose/node/gateway.toml (reachability public), as compose's gw-* do
+  --site-name sN=NAME  the site label (BUTTER_SITE) of subnet N's nodes instead of sN, e.g. the
+                         site names of a topology file; repeatable
   --topology T         routed (default: one router, no NAT) | nat (a public segment, one NAT
                          gateway per LAN)
   --public P           nat: public hosts on the public segment, subnet 0 (default 1 with nat)
@@ -191,7 +199,7 @@ lab_namespaces() {
 save_config() {
 	mkdir -p "$RUN_DIR"
 	# -g: the file is sourced inside a function, where a plain declare would make locals.
-	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP BIN \
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS SITE_NAMES BIN \
 		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS |
 		sed -E 's/^declare -(-?)([a-zA-Z]*) /declare -g\2 /' >"$RUN_DIR/lab.env"
 }
@@ -204,7 +212,7 @@ load_config() {
 
 # The topology part of the config: if it matches, `up` keeps the lab and only starts what is missing.
 config_fingerprint() {
-	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP BIN \
+	declare -p SUBNETS HOSTS TOPOLOGY PUBLIC NAT_SPECS FORWARDS BOOTSTRAP GATEWAYS SITE_NAMES BIN \
 		LOSS_SPECS RATE_SPECS DELAY_SPECS NODE_ARGS | md5sum | cut -d' ' -f1
 }
 
@@ -369,7 +377,11 @@ expand_specs() {
 }
 
 validate_specs() {
-	local lines s h v
+	local lines s h v spec
+	for spec in "${SITE_NAMES[@]}"; do
+		[[ $spec =~ ^s([0-9]+)=[a-z][a-z0-9-]*$ ]] || die "--site-name takes sN=NAME (a-z 0-9 -): $spec"
+		is_uint "${BASH_REMATCH[1]}" 0 "$SUBNETS" || die "--site-name: no subnet in $spec"
+	done
 	lines=$(expand_specs "${LOSS_SPECS[@]}")
 	while read -r s h v; do [[ -z $v ]] || is_uint "$v" 0 100 || die "--loss takes a percentage: $v"; done <<<"$lines"
 	lines=$(expand_specs "${RATE_SPECS[@]}")
@@ -512,6 +524,18 @@ resolve_bin() {
 	BIN=$(realpath "$BIN")
 }
 
+# The site label of subnet S: its --site-name, else sS.
+site_name() {
+	local spec
+	for spec in "${SITE_NAMES[@]}"; do
+		if [[ $spec == "s$1="* ]]; then
+			echo "${spec#*=}"
+			return
+		fi
+	done
+	echo "s$1"
+}
+
 bootstrap_of() {
 	local s=$1 h=$2 o peers=()
 	case $BOOTSTRAP in
@@ -525,6 +549,15 @@ bootstrap_of() {
 		for ((o = 1; o <= SUBNETS; o++)); do
 			((o == s)) || peers+=("$(host_addr "$o" 1):$QUIC_PORT")
 		done
+		;;
+	gateways)
+		if ((h == 1)); then
+			for ((o = 1; o <= SUBNETS; o++)); do
+				((o == s)) || peers+=("$(host_addr "$o" 1):$QUIC_PORT")
+			done
+		else
+			peers+=("$(host_addr "$s" 1):$QUIC_PORT")
+		fi
 		;;
 	public)
 		if ((s > 0)); then peers+=("$(host_addr 0 1):$QUIC_PORT"); fi
@@ -550,8 +583,11 @@ readonly BARRIER_WRAPPER='flock -s "$0" true; exec "$@"'
 
 # Launch one node, blocked on the start barrier (a shared flock on a file `up` holds exclusively).
 launch_node() {
-	local s=$1 h=$2 barrier=$3 ns addr dir
+	local s=$1 h=$2 barrier=$3 ns addr dir role=()
 	ns=$(host_ns "$s" "$h")
+	if [[ $GATEWAYS == yes ]] && ((s > 0 && h == 1)); then
+		role=(BUTTER_CONFIG="$REPO_DIR/compose/node/gateway.toml")
+	fi
 	addr=$(host_addr "$s" "$h")
 	dir=$RUN_DIR/$ns
 	mkdir -p "$dir/data"
@@ -563,8 +599,9 @@ launch_node() {
 		BUTTER_LISTEN="$addr:$QUIC_PORT" \
 		BUTTER_HTTP="$addr:$HTTP_PORT" \
 		BUTTER_DATA_DIR="$dir/data" \
-		BUTTER_SITE="s$s" \
+		BUTTER_SITE="$(site_name "$s")" \
 		BUTTER_BOOTSTRAP="$(bootstrap_of "$s" "$h")" \
+		"${role[@]}" \
 		sh -c "$BARRIER_WRAPPER" "$barrier" "$BIN" run "${NODE_ARGS[@]}" \
 		>"$dir/node.log" 2>&1 </dev/null 8>&- 9>&- &
 	echo $! >"$dir/pid"
@@ -693,7 +730,8 @@ validate_topology() {
 	[[ $TOPOLOGY =~ ^(routed|nat)$ ]] || die "--topology must be routed or nat"
 	is_uint "$PUBLIC" 0 "$MAX_HOSTS" || die "--public must be 0..$MAX_HOSTS"
 	if [[ $TOPOLOGY == routed ]]; then
-		[[ $BOOTSTRAP =~ ^(none|one-per-subnet|all)$ ]] || die "--bootstrap must be none, one-per-subnet or all"
+		[[ $BOOTSTRAP =~ ^(none|one-per-subnet|all|gateways)$ ]] || die "--bootstrap must be none, one-per-subnet, all or gateways"
+		[[ $BOOTSTRAP != gateways || $GATEWAYS == yes ]] || die "--bootstrap gateways needs --gateways"
 		((PUBLIC == 0 && ${#NAT_SPECS[@]} == 0 && ${#FORWARDS[@]} == 0)) ||
 			die "--public, --nat and --forward need --topology nat"
 		return 0
@@ -724,6 +762,8 @@ cmd_up() {
 		--public) PUBLIC=${2:?}; public_set=yes; shift 2 ;;
 		--nat) NAT_SPECS+=("${2:?}"); shift 2 ;;
 		--forward) FORWARDS+=("${2:?}"); shift 2 ;;
+		--gateways) GATEWAYS=yes; shift ;;
+		--site-name) SITE_NAMES+=("${2:?}"); shift 2 ;;
 		--loss) LOSS_SPECS+=("${2:?}"); shift 2 ;;
 		--rate) RATE_SPECS+=("${2:?}"); shift 2 ;;
 		--delay) DELAY_SPECS+=("${2:?}"); shift 2 ;;

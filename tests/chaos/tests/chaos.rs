@@ -10,18 +10,18 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use butter_chaos::docker::{Container, Engine, State};
 use butter_chaos::faults::Chaos;
 use butter_chaos::log::FaultLog;
 use butter_chaos::run::{self, Options, wait_ready};
 use butter_chaos::scenario::Scenario;
-use butter_compose_tests::testbed::{Testbed, UpOptions};
-use butter_compose_tests::topology;
+use butter_testbed::engine::{Container, Engine, State};
+use butter_testbed::network;
+use butter_testbed::testbed::{Testbed, UpOptions};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 fn out_dir(name: &str) -> PathBuf {
-    topology::repo_root()
+    network::repo_root()
         .join("target")
         .join("chaos-test")
         .join(name)
@@ -36,11 +36,11 @@ fn network() -> Option<Engine> {
         );
         return None;
     }
-    let engine = Engine::connect(&topology::project())
+    let engine = Engine::connect(&network::project())
         .expect("BUTTER_CHAOS=1 but the Docker engine is unavailable");
     if engine.containers().expect("list containers").is_empty() {
         eprintln!("the compose network is down: bringing it up");
-        let bed = Testbed::open(&topology::repo_root()).expect("compose CLI");
+        let bed = Testbed::open(&network::repo_root()).expect("compose CLI");
         bed.up(&UpOptions::default())
             .expect("compose up (is the image built? `make image`)");
     }
@@ -78,7 +78,7 @@ fn each_fault_is_applied_logged_and_healed() {
     let chaos = Chaos::new(&engine, &log, dir.clone());
     let mut rng = StdRng::seed_from_u64(11);
     let before = engine.containers().unwrap();
-    let wan_ip: Ipv4Addr = find(&before, "gw-c").ips[topology::WAN];
+    let wan_ip: Ipv4Addr = find(&before, "gw-c").ips[network::WAN];
 
     let killed = chaos.kill("random-node", 2, &mut rng).unwrap();
     chaos.pause("gw-b", 1, &mut rng).unwrap();
@@ -92,7 +92,7 @@ fn each_fault_is_applied_logged_and_healed() {
     }
     assert_eq!(find(&cs, "gw-b").state, State::Paused);
     assert!(
-        !find(&cs, "gw-c").ips.contains_key(topology::WAN),
+        !find(&cs, "gw-c").ips.contains_key(network::WAN),
         "gw-c still on the WAN"
     );
     assert!(has_loss_table(&engine, find(&cs, "lan-a-1")));
@@ -102,7 +102,7 @@ fn each_fault_is_applied_logged_and_healed() {
     let cs = engine.containers().unwrap();
     assert!(cs.iter().all(Container::is_up), "all running after heal");
     assert_eq!(
-        find(&cs, "gw-c").ips.get(topology::WAN),
+        find(&cs, "gw-c").ips.get(network::WAN),
         Some(&wan_ip),
         "gw-c back on the WAN at its pinned address"
     );
@@ -135,7 +135,7 @@ fn each_fault_is_applied_logged_and_healed() {
 #[test]
 fn ci_scenario_loses_nothing() {
     let Some(_engine) = network() else { return };
-    let path = topology::repo_root()
+    let path = network::repo_root()
         .join("compose")
         .join("chaos")
         .join("ci.toml");
@@ -151,7 +151,7 @@ fn ci_scenario_loses_nothing() {
             .unwrap()
             .port(),
     ));
-    let prom = butter_compose_tests::prometheus::HostPrometheus::start_with_chaos(
+    let prom = butter_testbed::prometheus::HostPrometheus::start_with_chaos(
         &[],
         Duration::from_secs(1),
         0,
@@ -165,7 +165,7 @@ fn ci_scenario_loses_nothing() {
         items: None,
         out,
         up: false,
-        root: topology::repo_root(),
+        root: network::repo_root(),
         metrics: Some(chaos_metrics),
     })
     .unwrap();
@@ -178,7 +178,7 @@ fn ci_scenario_loses_nothing() {
         "butter-membership",
         "butter-transport",
     ] {
-        let path = topology::repo_root()
+        let path = network::repo_root()
             .join("dashboards")
             .join(format!("{file}.json"));
         let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -240,7 +240,7 @@ fn ci_scenario_loses_nothing() {
 #[test]
 fn mixed_fault_then_heal_loses_nothing() {
     let Some(_engine) = network() else { return };
-    let path = topology::repo_root()
+    let path = network::repo_root()
         .join("compose")
         .join("chaos")
         .join("mixed.toml");
@@ -251,7 +251,7 @@ fn mixed_fault_then_heal_loses_nothing() {
         items: None,
         out: out_dir("mixed"),
         up: false,
-        root: topology::repo_root(),
+        root: network::repo_root(),
         metrics: None,
     })
     .unwrap();

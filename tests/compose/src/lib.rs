@@ -1,46 +1,5 @@
-//! The docker compose testbed: its driver (`butter-kit`) and the pieces its acceptance tests use.
-//!
-//! # Layout
-//!
-//! - [`topology`]: what `compose/docker-compose.yml` builds (project, LANs, ports), in one place.
-//! - [`compose`]: runs `docker-compose` (1.29) or `docker compose` (v2) on that file.
-//! - [`engine`]: the Docker Engine API (bollard): the project's containers, their addresses,
-//!   kill/start, memory and image size.
-//! - [`api`]: the node's HTTP API (`/ready`, `/status`, `/peers`) over a tiny blocking client.
-//! - [`testbed`]: the running network as a whole: bring it up, wait until every node is ready,
-//!   observe every node, print the status table.
-//! - [`prometheus`]: Debian's `prometheus` run on the host against the containers (the
-//!   monitoring images cannot be pulled here), its query API, and `promtool check config`.
-//! - [`dashboards`]: the Grafana dashboards of `dashboards/`: panels, queries, template variables.
-//!
-//! # Concepts
-//!
-//! Containers are found through the Engine API by their compose labels
-//! (`com.docker.compose.project`, `…service`) and the kit's own (`butter.role`, `butter.lan`),
-//! never by parsing `docker ps`, so compose v1 and v2 naming (`butter_lan-a_1` vs
-//! `butter-lan-a-1`) do not matter. The host reaches every bridge network, so it talks to each
-//! node's HTTP port on the node's LAN address directly; nothing is published on host ports.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use butter_compose_tests::testbed::{Testbed, UpOptions};
-//!
-//! # fn main() -> anyhow::Result<()> {
-//! let bed = Testbed::open(std::path::Path::new("."))?;
-//! bed.up(&UpOptions::default())?;
-//! let views = bed.wait_ready(Duration::from_secs(90))?;
-//! println!("{}", butter_compose_tests::testbed::table(&views));
-//! bed.down()?;
-//! # Ok(()) }
-//! ```
-
-pub mod api;
-pub mod compose;
-pub mod dashboards;
-pub mod engine;
-pub mod host;
-pub mod prometheus;
-pub mod testbed;
-pub mod topology;
+//! The compose tier: `tests/compose.rs` brings up the docker compose testbed (3 LANs, a WAN,
+//! dual-homed gateways), checks multicast stays inside each LAN, every dashboard query against a
+//! real Prometheus, a killed node leaving its peers' tables, and `butter-kit` itself at scale.
+//! This crate holds only those tests; the driver is `kit/cli` (`butter-kit`), what it shares with
+//! the other tools is `kit/support` (`butter-testbed`). `make test-compose` runs it.

@@ -9,15 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use butter_compose_tests::api;
-use butter_compose_tests::dashboards::{self, Dashboard};
-use butter_compose_tests::engine::Role;
-use butter_compose_tests::prometheus::{self, HostPrometheus, Target};
-use butter_compose_tests::testbed::{self, NodeView, Testbed, UpOptions};
-use butter_compose_tests::topology;
+use butter_testbed::api;
+use butter_testbed::dashboards::{self, Dashboard};
+use butter_testbed::engine::Role;
+use butter_testbed::network;
+use butter_testbed::prometheus::{self, HostPrometheus, Target};
+use butter_testbed::testbed::{self, NodeView, Testbed, UpOptions};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// From every node answering /ready to Docker reporting every container healthy: one check
@@ -33,11 +34,11 @@ fn bed(test: &str) -> Result<Option<Testbed>> {
         eprintln!("SKIPPED {test}: {why}");
         Ok(None)
     };
-    let bed = match Testbed::open(&topology::repo_root()) {
+    let bed = match Testbed::open(&network::repo_root()) {
         Ok(b) => b,
         Err(e) => return skip(format!("{e:#}")),
     };
-    let image = topology::image();
+    let image = network::image();
     if bed.engine().image_size(&image)?.is_none() {
         return skip(format!(
             "image {image} missing (`make image` builds it offline)"
@@ -50,7 +51,7 @@ fn bed(test: &str) -> Result<Option<Testbed>> {
 fn network(bed: &Testbed) -> Result<Vec<NodeView>> {
     bed.up(&UpOptions::default())?;
     let views = bed.wait_ready(READY_TIMEOUT)?;
-    let expected = topology::LANS.len() * (topology::DEFAULT_SCALE + 1);
+    let expected = network::LANS.len() * (network::DEFAULT_SCALE + 1);
     ensure!(
         views.len() == expected,
         "expected {expected} nodes, found {}:\n{}",
@@ -140,7 +141,7 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
         .iter()
         .filter(|v| v.container.role == Role::Gateway)
         .count();
-    ensure!(gateways == topology::LANS.len(), "{gateways} gateways");
+    ensure!(gateways == network::LANS.len(), "{gateways} gateways");
 
     // Issue 6: Docker's own health check (`butter-node health`, i.e. /ready, every 2 s) turns
     // every node and gateway `healthy` soon after they answer /ready themselves.
@@ -174,7 +175,7 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
             v.container
                 .ips
                 .keys()
-                .all(|n| n == lan || (n == topology::WAN && v.container.role == Role::Gateway)),
+                .all(|n| n == lan || (n == network::WAN && v.container.role == Role::Gateway)),
             "{} is on networks {:?}: LAN nodes sit on their LAN only, gateways on LAN + WAN",
             v.container.label(),
             v.container.ips.keys().collect::<Vec<_>>()
@@ -222,7 +223,7 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
     // Gateways found each other over the WAN, as gateways: their records carry their LAN's site.
     for g in views.iter().filter(|v| v.container.role == Role::Gateway) {
         let sites: BTreeSet<&str> = g.peers.iter().flatten().map(|p| p.site.as_str()).collect();
-        for lan in topology::LANS {
+        for lan in network::LANS {
             ensure!(
                 sites.contains(lan),
                 "{} knows no host of {lan}: {sites:?}",
@@ -256,7 +257,7 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
         let mut missing = String::new();
         for v in views {
             let by_site = v.peers_by_site();
-            for lan in topology::LANS.iter().filter(|l| **l != v.container.lan) {
+            for lan in network::LANS.iter().filter(|l| **l != v.container.lan) {
                 if by_site.get(*lan).copied().unwrap_or(0) == 0 {
                     let _ = writeln!(missing, "{} knows no host of {lan}", v.container.label());
                 }
@@ -281,22 +282,22 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
 
 #[test]
 fn compose_file_is_valid_and_shipped_prometheus_config_passes_promtool() -> Result<()> {
-    let root = topology::repo_root();
+    let root = network::repo_root();
     match std::process::Command::new("promtool")
         .arg("--version")
         .output()
     {
         Ok(_) => {
-            let out = prometheus::promtool_check(&topology::prometheus_config(&root))?;
+            let out = prometheus::promtool_check(&network::prometheus_config(&root))?;
             eprintln!("{}", out.trim());
         }
         Err(_) => {
             eprintln!("SKIPPED promtool check: promtool missing (apt-get install prometheus)")
         }
     }
-    match butter_compose_tests::compose::Compose::detect(
-        &topology::compose_file(&root),
-        &topology::project(),
+    match butter_testbed::compose::Compose::detect(
+        &network::compose_file(&root),
+        &network::project(),
     ) {
         Ok(c) => {
             c.check()?;
@@ -400,7 +401,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
     p.wait_scraped(targets.len(), 8, Duration::from_secs(60))
         .with_context(|| p.log())?;
 
-    let boards = Dashboard::load_dir(&topology::dashboards_dir(&topology::repo_root()))?;
+    let boards = Dashboard::load_dir(&network::dashboards_dir(&network::repo_root()))?;
     let mut failures = String::new();
     let mut ran = 0;
     for b in &boards {
@@ -491,7 +492,7 @@ fn killed_node_leaves_its_lan_peers_tables_within_8_s() -> Result<()> {
         return Ok(());
     };
     network(&bed)?;
-    let lan = topology::LANS[1];
+    let lan = network::LANS[1];
     // Everyone in the LAN knows everyone before the kill.
     let views = until(&bed, Duration::from_secs(15), |views| {
         lan_meshed(views, lan)
@@ -551,7 +552,7 @@ fn killed_node_leaves_its_lan_peers_tables_within_8_s() -> Result<()> {
             .into_iter()
             .find(|c| c.id == victim.container.id)
             .context("victim container gone")?;
-        if let Some(a) = c.http().filter(|_| c.running) {
+        if let Some(a) = c.http().filter(|_| c.is_up()) {
             break a;
         }
         ensure!(
@@ -611,11 +612,11 @@ fn a_node_without_bootstrap_finds_its_lan_by_multicast_only() -> Result<()> {
         return Ok(());
     };
     let views = network(&bed)?;
-    let lan = topology::LANS[2];
+    let lan = network::LANS[2];
     let want = ids(&views, |v| v.container.lan == lan);
     let network = format!("{}_{lan}", bed.project());
     let id = bed.engine().create_scratch(
-        &topology::image(),
+        &network::image(),
         &[
             "BUTTER_NETWORK=butter-compose",
             &format!("BUTTER_SITE={lan}"),
@@ -629,7 +630,7 @@ fn a_node_without_bootstrap_finds_its_lan_by_multicast_only() -> Result<()> {
         .engine()
         .ip(&_scratch.id)?
         .context("scratch node has no address")?;
-    let addr = std::net::SocketAddr::from((ip, topology::HTTP_PORT));
+    let addr = std::net::SocketAddr::from((ip, network::HTTP_PORT));
     let start = Instant::now();
     loop {
         let peers = api::peers(addr).unwrap_or_default();
@@ -729,7 +730,7 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
         return Ok(());
     };
     network(&bed)?;
-    let (lan_a, lan_b) = (topology::LANS[0], topology::LANS[1]);
+    let (lan_a, lan_b) = (network::LANS[0], network::LANS[1]);
 
     // Each LAN node announces its own gateway as its relay (seen in its gateway's table), and
     // some lan-a node runs a relayed connection to a host of another LAN. Every lan-a node also
@@ -743,7 +744,7 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
             .filter(|v| v.container.role == Role::Node && v.container.lan == lan_a)
         {
             let by_site = v.peers_by_site();
-            for lan in topology::LANS.iter().filter(|l| **l != lan_a) {
+            for lan in network::LANS.iter().filter(|l| **l != lan_a) {
                 ensure!(
                     by_site.get(*lan).copied().unwrap_or(0) > 0,
                     "{} knows no host of {lan} yet",
@@ -851,11 +852,11 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
     let victims: Vec<String> = bed
         .nodes()?
         .into_iter()
-        .filter(|c| c.lan == lan_a && c.running)
+        .filter(|c| c.lan == lan_a && c.is_up())
         .map(|c| c.id)
         .collect();
     ensure!(
-        victims.len() == topology::DEFAULT_SCALE + 1,
+        victims.len() == network::DEFAULT_SCALE + 1,
         "{} running containers in {lan_a}",
         victims.len()
     );
@@ -952,6 +953,27 @@ impl Drop for DefaultScale<'_> {
     }
 }
 
+/// The `butter-kit` binary (crate `kit/cli`), built now as `make up` would run it, from this
+/// workspace's target directory.
+fn kit_binary() -> Result<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "-q", "--locked", "-p", "butter-kit"])
+        .current_dir(network::repo_root())
+        .status()
+        .context("building butter-kit")?;
+    ensure!(built.success(), "cargo build -p butter-kit failed: {built}");
+    // This test runs from <target>/debug/deps/; the binary is in <target>/debug/.
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary has no target directory")?;
+    let kit = dir.join("butter-kit");
+    ensure!(kit.is_file(), "{} missing after the build", kit.display());
+    Ok(kit)
+}
+
 /// The kit at scale (issue 19), as a user runs it: `butter-kit up --scale 20` (3 × 20 + 3 = 63
 /// containers) shows its progress (`ready N/M`) and ends with every node ready and the table;
 /// `butter-kit status` then lists every node, each ready, in one pass.
@@ -961,10 +983,11 @@ fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()
         return Ok(());
     };
     const SCALE: usize = 20;
-    let total = topology::LANS.len() * (SCALE + 1);
+    let total = network::LANS.len() * (SCALE + 1);
     let _restore = DefaultScale { bed: &bed };
-    let kit = env!("CARGO_BIN_EXE_butter-kit");
-    let root = topology::repo_root();
+    let kit = kit_binary()?;
+    let kit = kit.as_path();
+    let root = network::repo_root();
 
     let start = Instant::now();
     let up = std::process::Command::new(kit)
@@ -1049,5 +1072,91 @@ fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()
         up_took.as_secs_f64(),
         status_took.as_secs_f64()
     );
+    Ok(())
+}
+
+/// A topology file as a user brings it up (`make up TOPOLOGY=…` runs `butter-kit up
+/// --topology`): two sites with other names and uneven sizes come up with their gateways, every
+/// node ready, each gateway knowing a host of the other site; `butter-kit down` then removes
+/// every container, network and volume and the rendered file, and the default network comes
+/// back for the other tests.
+#[test]
+fn a_topology_file_comes_up_with_its_sites_and_down_leaves_nothing() -> Result<()> {
+    let Some(bed) = bed("topology_file")? else {
+        return Ok(());
+    };
+    let kit = kit_binary()?;
+    let root = network::repo_root();
+    let dir = std::env::temp_dir().join(format!("butter-topology-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("two-sites.toml");
+    std::fs::write(
+        &file,
+        "name = \"two-sites\"\n[bootstrap]\npolicy = \"gateways\"\n\
+         [[site]]\nname = \"north\"\nnodes = 3\n[[site]]\nname = \"south\"\nnodes = 2\n",
+    )?;
+    bed.down()?;
+    let run = |args: &[&str]| {
+        std::process::Command::new(&kit)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .context("running butter-kit")
+    };
+    let up = run(&["up", "--topology", &file.display().to_string()])?;
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    ensure!(
+        up.status.success(),
+        "butter-kit up --topology failed:\n{}\n{out}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    ensure!(out.contains("7 nodes ready in"), "{out}");
+    let rendered = testbed::rendered_file(&root, bed.project());
+    ensure!(
+        rendered.is_file(),
+        "no rendered file at {}",
+        rendered.display()
+    );
+    let topo = Testbed::open(&root)?;
+    let views = until(&topo, Duration::from_secs(60), |views| {
+        let count = |lan: &str, role: Role| {
+            views
+                .iter()
+                .filter(|v| v.container.lan == lan && v.container.role == role && v.ready)
+                .count()
+        };
+        ensure!(
+            (count("north", Role::Node), count("north", Role::Gateway)) == (3, 1)
+                && (count("south", Role::Node), count("south", Role::Gateway)) == (2, 1),
+            "not 3 + 1 north and 2 + 1 south nodes ready"
+        );
+        for v in views.iter().filter(|v| v.container.role == Role::Gateway) {
+            let other = if v.container.lan == "north" {
+                "south"
+            } else {
+                "north"
+            };
+            ensure!(
+                v.peers_by_site().get(other).copied().unwrap_or(0) > 0,
+                "{} knows no host of {other}",
+                v.container.label()
+            );
+        }
+        Ok(())
+    })?;
+    eprintln!("{}", testbed::table(&views));
+    let down = run(&["down"])?;
+    ensure!(
+        down.status.success(),
+        "butter-kit down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    ensure!(!rendered.exists(), "down left {}", rendered.display());
+    let left = bed.engine().leftovers()?;
+    ensure!(left.is_empty(), "left after down: {left:?}");
+    ensure!(bed.nodes()?.is_empty(), "containers left after down");
+    let _ = std::fs::remove_dir_all(&dir);
+    network(&bed)?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`lab`]: drives `netns/lab.sh` (up, hosts, kill, restart, loss, down) under a file lock.
-//! - [`node_api`]: the node's HTTP API (`/peers`, `/status`, `/ready`) as typed calls.
-//! - [`http`]: a minimal blocking HTTP GET over `TcpStream`.
+//! - [`node_api`]: the node's HTTP API (`/peers`, `/status`, `/ready`) as typed calls, through
+//!   `butter-testbed` (the one client and the records shared with the other tiers).
 //! - [`observe`]: questions over one poll of every table (who lags, who knows a foreign host).
 //! - [`stats`]: percentiles and the benchmark summary table.
 //! - [`relay_api`]: home relay, path to a peer and `echo` calls (the relay scenarios).
@@ -34,7 +34,6 @@
 //! # }
 //! ```
 
-pub mod http;
 pub mod lab;
 pub mod node_api;
 pub mod observe;

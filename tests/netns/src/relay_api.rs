@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use serde_json::Value;
 
-use crate::http;
+use butter_testbed::http;
+use butter_testbed::metrics::Page;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -61,7 +62,7 @@ pub fn path_to(addr: SocketAddr, id: &str) -> Result<String> {
 /// the HTTP round trip took, or the error.
 pub fn echo(addr: SocketAddr, id: &str, body: &[u8]) -> Result<(String, Duration)> {
     let start = Instant::now();
-    let r = http::send(
+    let r = http::request(
         addr,
         "POST",
         &format!("/peers/{id}/call/echo"),
@@ -97,13 +98,15 @@ pub fn echo_until(addr: SocketAddr, id: &str, within: Duration) -> Result<String
     }
 }
 
-/// Sums a counter (all label sets matching `prefix`) in the node's `/metrics`.
-pub fn counter(addr: SocketAddr, prefix: &str) -> Result<f64> {
+/// Sums a counter over the label sets that carry every `labels` pair in the node's `/metrics`
+/// (0 when there is none).
+pub fn counter(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     let r = http::get(addr, "/metrics", TIMEOUT)?;
-    let text = String::from_utf8_lossy(&r.body);
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum())
+    let page = Page::parse(&r.text());
+    let has_all = |l: &std::collections::BTreeMap<String, String>| {
+        labels
+            .iter()
+            .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+    };
+    Ok(page.sum_where(name, has_all).unwrap_or(0.0))
 }

@@ -34,12 +34,7 @@ fn describe(lab: &Lab, poll: &Poll, hosts: &[usize]) -> String {
             Some(peers) => {
                 for p in peers {
                     let name = lab.host_of(p).map_or("?", |j| lab.hosts()[j].name.as_str());
-                    let _ = write!(
-                        out,
-                        "{name}[{}/{}] ",
-                        p.source.as_deref().unwrap_or("-"),
-                        p.state.as_deref().unwrap_or("-")
-                    );
+                    let _ = write!(out, "{name}[{}/{}] ", p.source, p.state);
                 }
             }
         }

@@ -11,9 +11,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use butter_netns_tests::http;
 use butter_netns_tests::lab::{Config, Environment, Lab};
 use butter_netns_tests::relay_api;
+use butter_testbed::http;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -122,7 +122,8 @@ fn behind_a_symmetric_nat_the_call_stays_relayed() -> Result<()> {
         .map(|i| {
             relay_api::counter(
                 lab.hosts()[*i].http,
-                "butter_holepunch_total{outcome=\"failed\"}",
+                "butter_holepunch_total",
+                &[("outcome", "failed")],
             )
         })
         .sum::<Result<f64>>()?;
@@ -145,7 +146,7 @@ fn an_item_stored_behind_a_nat_survives_the_loss_of_its_whole_lan() -> Result<()
     }
     let content: Vec<u8> = b"stored behind a NAT, kept across it ".repeat(400);
     let writer = lab.hosts()[lan_a[0]].http;
-    let r = http::send(writer, "PUT", "/items", &content, TIMEOUT)?;
+    let r = http::request(writer, "PUT", "/items", &content, TIMEOUT)?;
     ensure!(
         r.status == 200 || r.status == 201,
         "PUT: {} {}",

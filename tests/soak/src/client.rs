@@ -16,7 +16,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::http::request;
+use butter_testbed::http::request;
 
 /// The content of item `index`: a readable header, then bytes derived from the seed.
 pub fn content(seed: u64, index: u64, size: usize) -> Vec<u8> {
@@ -170,7 +170,9 @@ fn delete(s: &Shared, item: &Acked) -> bool {
             continue;
         }
         let path = format!("/items/{}", item.id);
-        if let Ok((200, _)) = request(s.http[i], "DELETE", &path, &[], Duration::from_secs(5)) {
+        if request(s.http[i], "DELETE", &path, &[], Duration::from_secs(5))
+            .is_ok_and(|r| r.status == 200)
+        {
             return true;
         }
     }
@@ -197,8 +199,8 @@ pub fn start(shared: Arc<Shared>, w: Workload) -> Vec<JoinHandle<()>> {
                     &body,
                     Duration::from_secs(10),
                 );
-                let id = reply.ok().filter(|(c, _)| *c == 201).and_then(|(_, b)| {
-                    serde_json::from_slice::<serde_json::Value>(&b)
+                let id = reply.ok().filter(|r| r.status == 201).and_then(|r| {
+                    serde_json::from_slice::<serde_json::Value>(&r.body)
                         .ok()
                         .and_then(|v| v["id"].as_str().map(String::from))
                 });
@@ -312,8 +314,8 @@ pub fn fetch(node: SocketAddr, item: &Acked, w: Workload) -> Fetch {
         &[],
         Duration::from_secs(30),
     ) {
-        Ok((200, body)) if body == content(w.seed, item.index, w.item_size) => Fetch::Ok,
-        Ok((200, _)) => Fetch::Wrong,
+        Ok(r) if r.status == 200 && r.body == content(w.seed, item.index, w.item_size) => Fetch::Ok,
+        Ok(r) if r.status == 200 => Fetch::Wrong,
         Ok(_) => Fetch::Failed,
         Err(_) => Fetch::Cut,
     }

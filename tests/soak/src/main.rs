@@ -15,7 +15,6 @@
 
 mod client;
 mod cluster;
-mod http;
 mod report;
 
 use std::path::PathBuf;
@@ -25,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use butter_testbed::http;
+use butter_testbed::metrics::Page;
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -158,8 +159,7 @@ impl Soak {
     fn promote_booted(&mut self) {
         let http = &self.shared.http;
         let (ready, waiting): (Vec<usize>, Vec<usize>) = self.booting.iter().partition(|&&i| {
-            http::request(http[i], "GET", "/ready", &[], Duration::from_millis(500))
-                .is_ok_and(|(c, _)| c == 200)
+            http::get(http[i], "/ready", Duration::from_millis(500)).is_ok_and(|r| r.status == 200)
         });
         for i in ready {
             self.mark(i, true);
@@ -192,11 +192,11 @@ impl Soak {
         for n in &self.cluster.nodes {
             let up = n.is_up() && !self.booting.contains(&n.index);
             let page = up
-                .then(|| http::request(n.http, "GET", "/metrics", &[], Duration::from_secs(2)))
+                .then(|| http::get(n.http, "/metrics", Duration::from_secs(2)))
                 .and_then(Result::ok)
-                .filter(|(c, _)| *c == 200)
-                .map(|(_, b)| String::from_utf8_lossy(&b).into_owned());
-            let m = |name: &str| page.as_deref().and_then(|p| http::metric(p, name));
+                .filter(|r| r.status == 200)
+                .map(|r| Page::parse(&r.text()));
+            let m = |name: &str| page.as_ref().and_then(|p| p.sum(name));
             let rss = n.pid().filter(|_| up).and_then(cluster::rss_kib);
             self.samples[n.index].push(Sample {
                 t_min,

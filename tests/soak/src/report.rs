@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use plotters::prelude::*;
+use butter_testbed::plot::{self, Chart, Line};
 use serde::Serialize;
 
 /// One node at one sampling instant.
@@ -259,39 +259,13 @@ impl Series {
     }
 }
 
-/// Plots every node's RSS or heap (MiB) over time; restarts show as drops.
+/// Plots every node's RSS or heap (MiB) over time; restarts show as drops (a new line per
+/// process).
 pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>], which: Series) -> Result<()> {
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting: {e}");
-    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let t_max = series
-        .iter()
-        .flat_map(|s| s.last())
-        .map(|s| s.t_min)
-        .fold(0.1f64, f64::max);
-    let y_max = series
-        .iter()
-        .flatten()
-        .filter_map(|s| which.of(s))
-        .max()
-        .map_or(1.0, |k| k as f64 / 1024.0 * 1.1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("minutes")
-        .y_desc(which.label())
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = Chart::new(title, "minutes", which.label());
+    chart.size = (1000, 560);
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        // One line per process: a restart starts a new line.
-        let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
+        let color = plot::palette(i);
         let mut inc = usize::MAX;
         for p in s {
             let Some(r) = which.of(p) else {
@@ -299,20 +273,20 @@ pub fn plot_rss(path: &Path, title: &str, series: &[Vec<Sample>], which: Series)
                 continue;
             };
             if p.incarnation != inc {
-                segments.push(Vec::new());
+                chart.lines.push(Line {
+                    label: None,
+                    color,
+                    width: 1,
+                    points: Vec::new(),
+                });
                 inc = p.incarnation;
             }
-            if let Some(seg) = segments.last_mut() {
-                seg.push((p.t_min, r as f64 / 1024.0));
+            if let Some(line) = chart.lines.last_mut() {
+                line.points.push((p.t_min, r as f64 / 1024.0));
             }
         }
-        for seg in segments {
-            chart
-                .draw_series(LineSeries::new(seg, color.stroke_width(1)))
-                .map_err(|e| err(&e))?;
-        }
     }
-    root.present().map_err(|e| err(&e))?;
+    chart.write_svg(path)?;
     Ok(())
 }
 

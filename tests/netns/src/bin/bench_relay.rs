@@ -139,8 +139,9 @@ fn one_run(env: &Environment, o: &Options, pair: &str, row: &mut Row) -> Result<
         }
     }
     for h in [ha, hb] {
-        row.punch_ok += relay_api::counter(h, "butter_holepunch_total{outcome=\"success\"}")?;
-        row.punch_failed += relay_api::counter(h, "butter_holepunch_total{outcome=\"failed\"}")?;
+        row.punch_ok += relay_api::counter(h, "butter_holepunch_total", &[("outcome", "success")])?;
+        row.punch_failed +=
+            relay_api::counter(h, "butter_holepunch_total", &[("outcome", "failed")])?;
     }
     if let Some(l) = stats::load_average() {
         row.load.push(l);

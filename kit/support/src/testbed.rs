@@ -1,0 +1,500 @@
+//! The compose network as a whole: bring it up, wait until every node is ready (and Docker
+//! reports it healthy), observe every node's view, print the status table, take it down.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::api::{self, Peer, Status};
+use crate::compose::Compose;
+use crate::engine::{Container, Engine, Health, Role};
+use crate::network;
+
+/// How to bring the network up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Nodes per LAN (gateways not counted).
+    pub scale: usize,
+    /// Also start the `monitoring` profile (Prometheus, Grafana): needs a registry.
+    pub monitoring: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            scale: network::DEFAULT_SCALE,
+            monitoring: false,
+        }
+    }
+}
+
+/// One node as seen at one instant.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The container.
+    pub container: Container,
+    /// `/ready` answered 200.
+    pub ready: bool,
+    /// Docker's health check state (`butter-node health`, i.e. `/ready`), if inspect answered.
+    pub health: Option<Health>,
+    /// `/status`, if it answered.
+    pub status: Option<Status>,
+    /// `/peers`, if it answered.
+    pub peers: Option<Vec<Peer>>,
+}
+
+impl NodeView {
+    /// Known hosts by site label.
+    pub fn peers_by_site(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for p in self.peers.iter().flatten() {
+            *m.entry(p.site.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    /// The node's peer id, if `/status` answered.
+    pub fn id(&self) -> Option<&str> {
+        self.status.as_ref().map(|s| s.id.as_str())
+    }
+}
+
+/// The running (or not yet running) compose network.
+#[derive(Debug)]
+pub struct Testbed {
+    root: PathBuf,
+    project: String,
+    compose: Compose,
+    engine: Engine,
+}
+
+impl Testbed {
+    /// Connects to the engine and finds a compose CLI for the repository at `root`. The compose
+    /// file is the one a topology was rendered to for this project by
+    /// [`Testbed::up_topology`], while that network is up, else `compose/docker-compose.yml`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let project = network::project();
+        let rendered = rendered_file(root, &project);
+        let compose = if rendered.is_file() {
+            Compose::detect(&rendered, &project)?.in_directory(&root.join("compose"))
+        } else {
+            Compose::detect(&network::compose_file(root), &project)?
+        };
+        let engine = Engine::connect(&project).context("Docker engine unavailable")?;
+        Ok(Testbed {
+            root: root.to_path_buf(),
+            project,
+            compose,
+            engine,
+        })
+    }
+
+    /// The repository root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The compose project name.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The compose CLI.
+    pub fn compose(&self) -> &Compose {
+        &self.compose
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// `compose up -d` with the given scale; idempotent (running containers are left alone).
+    pub fn up(&self, opts: &UpOptions) -> Result<()> {
+        let rendered = rendered_file(&self.root, &self.project);
+        if rendered.is_file() {
+            bail!(
+                "project {} runs a network rendered from a topology ({}): `make down` first",
+                self.project,
+                rendered.display()
+            );
+        }
+        let env = self.prepare(network::LANS.len(), opts.scale)?;
+        self.compose
+            .up(Some(opts.scale), &profiles(opts.monitoring), &env)
+    }
+
+    /// Renders `topology` to a compose file for this project (kept under
+    /// `target/butter-kit/<project>/` until [`Testbed::down`]), then `compose up -d` on it.
+    /// Returns the testbed bound to that file.
+    pub fn up_topology(
+        root: &Path,
+        topology: &crate::topology::Topology,
+        monitoring: bool,
+    ) -> Result<Self> {
+        let text = crate::topology::render::compose::render(topology)?;
+        let project = network::project();
+        let rendered = rendered_file(root, &project);
+        let running = Testbed::open(root)?;
+        if !rendered.is_file() && !running.nodes()?.is_empty() {
+            bail!(
+                "project {project} already runs the default network: `make down` first, then \
+                 bring up the topology"
+            );
+        }
+        if let Some(dir) = rendered.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&rendered, text)
+            .with_context(|| format!("writing {}", rendered.display()))?;
+        let bed = Testbed::open(root)?;
+        let widest = topology.sites.iter().map(|s| s.nodes).max().unwrap_or(1);
+        let env = bed.prepare(topology.sites.len(), widest)?;
+        bed.compose.up(None, &profiles(monitoring), &env)?;
+        Ok(bed)
+    }
+
+    /// Checks the image, makes room in the neighbour table and picks the health-check interval
+    /// for `lans` LANs of up to `scale` nodes: the environment for the compose CLI.
+    fn prepare(&self, lans: usize, scale: usize) -> Result<Vec<(&'static str, String)>> {
+        let image = network::image();
+        if self.engine.image_size(&image)?.is_none() {
+            bail!("image {image} is missing: `make image` builds it (no registry needed)");
+        }
+        let need = crate::host::neighbour_entries(lans, scale);
+        if let Some(changed) = crate::host::ensure_neighbour_capacity(need)? {
+            eprintln!("{changed}");
+        }
+        Ok(health_interval(lans * (scale + 1))
+            .map(|s| vec![("BUTTER_HEALTH_INTERVAL", format!("{s}s"))])
+            .unwrap_or_default())
+    }
+
+    /// `compose down -v`, then removes the anonymous volumes the containers had (compose 1.29
+    /// can leave those of recreated replicas behind) and checks that no network or named volume
+    /// of the project is left.
+    pub fn down(&self) -> Result<()> {
+        let volumes = self.engine.project_volumes()?;
+        // Right after many containers go, the engine can still count their endpoints on a
+        // network ("has active endpoints"): try again a few times before giving up.
+        let mut tries = 0;
+        while let Err(e) = self.compose.down() {
+            tries += 1;
+            if tries == 4 {
+                return Err(e.context(
+                    "the engine kept the project's networks; `docker network ls` lists them, \
+                     `docker network rm` removes them once their endpoints are gone",
+                ));
+            }
+            eprintln!("down: {e:#}; trying again in 3 s");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        for v in volumes {
+            self.engine.remove_volume(&v)?;
+        }
+        let left = self.engine.leftovers()?;
+        if !left.is_empty() {
+            bail!("left after down: {}", left.join(", "));
+        }
+        let rendered = rendered_file(&self.root, &self.project);
+        if rendered.is_file() {
+            std::fs::remove_file(&rendered)
+                .with_context(|| format!("removing {}", rendered.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The project's Butter containers (LAN nodes and gateways), running or not.
+    pub fn nodes(&self) -> Result<Vec<Container>> {
+        Ok(self.engine.containers()?)
+    }
+
+    /// Every running Butter node's readiness, Docker health, status and peers, now.
+    pub fn observe(&self) -> Result<Vec<NodeView>> {
+        let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
+        // One request of each kind per node, 32 nodes at a time: 100+ containers stay fast.
+        Ok(concurrently(&running, 32, |c| {
+            let health = self.engine.health(&c.id).ok();
+            NodeView {
+                health,
+                ..observe(c.clone())
+            }
+        }))
+    }
+
+    /// Waits until Docker reports every running Butter node `healthy` (its health check, i.e.
+    /// `butter-node health` on `/ready`, passed); returns their views.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<Vec<NodeView>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
+            if nodes.is_empty() {
+                bail!("no running node containers in project {}", self.project);
+            }
+            let mut not_healthy = Vec::new();
+            for c in &nodes {
+                let h = self.engine.health(&c.id)?;
+                if !h.is_healthy() {
+                    not_healthy.push(format!(
+                        "{} {} (last check: {})",
+                        c.label(),
+                        h.status,
+                        h.last_output.as_deref().unwrap_or("none yet")
+                    ));
+                }
+            }
+            if not_healthy.is_empty() {
+                return self.observe();
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "not healthy after {:?}:\n{}",
+                    timeout,
+                    not_healthy.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits until every running Butter node answers `/ready`; returns their views.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<NodeView>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes()?;
+            let stopped: Vec<String> = nodes
+                .iter()
+                .filter(|c| !c.is_up())
+                .map(Container::label)
+                .collect();
+            if !stopped.is_empty() {
+                bail!("containers not running: {}", stopped.join(", "));
+            }
+            if nodes.is_empty() {
+                bail!("no node containers in project {}", self.project);
+            }
+            let reasons = concurrently(&nodes, 32, |c| match c.http() {
+                Some(addr) => api::ready_reason(addr),
+                None => Err("no address on its LAN yet".into()),
+            });
+            let not_ready: Vec<(String, String)> = nodes
+                .iter()
+                .zip(reasons)
+                .filter_map(|(c, r)| r.err().map(|why| (c.label(), why)))
+                .collect();
+            if not_ready.is_empty() {
+                eprintln!("ready {0}/{0}", nodes.len());
+                return self.observe();
+            }
+            eprint!("\rready {}/{} ", nodes.len() - not_ready.len(), nodes.len());
+            if Instant::now() >= deadline {
+                let mut table = String::new();
+                for (name, why) in &not_ready {
+                    let _ = writeln!(table, "  {name:<14} {why}");
+                }
+                bail!(
+                    "\n{} of {} nodes not ready after {:?} (raise --timeout, or see their logs: \
+                     docker logs <name>):\n{table}",
+                    not_ready.len(),
+                    nodes.len(),
+                    timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// URLs of the monitoring services if their containers run.
+    pub fn monitoring_urls(&self) -> Result<Vec<String>> {
+        let running: Vec<String> = self
+            .engine
+            .all_containers()?
+            .into_iter()
+            .filter(|c| c.is_up() && c.role == Role::Other)
+            .map(|c| c.service)
+            .collect();
+        let port = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+        let mut out = Vec::new();
+        if running.iter().any(|s| s == "prometheus") {
+            out.push(format!(
+                "Prometheus: http://localhost:{}",
+                port("PROMETHEUS_PORT", "9090")
+            ));
+        }
+        if running.iter().any(|s| s == "grafana") {
+            out.push(format!(
+                "Grafana:    http://localhost:{} (anonymous viewer)",
+                port("GRAFANA_PORT", "3000")
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Where a topology rendered for `project` is kept while its network is up.
+pub fn rendered_file(root: &Path, project: &str) -> PathBuf {
+    root.join("target")
+        .join("butter-kit")
+        .join(project)
+        .join("docker-compose.yml")
+}
+
+fn profiles(monitoring: bool) -> Vec<&'static str> {
+    if monitoring {
+        vec!["monitoring"]
+    } else {
+        vec![]
+    }
+}
+
+/// The Docker health-check interval (seconds) for a network of `containers`, unless the user
+/// chose one (`BUTTER_HEALTH_INTERVAL`) or the compose file's 5 s is fine: every check is an
+/// exec (runc, a shim, a process) in the container, and past ~64 containers checks every 5 s
+/// cost a 2-core machine more than the nodes do. At most ~6 checks a second in all.
+pub fn health_interval(containers: usize) -> Option<u64> {
+    if std::env::var_os("BUTTER_HEALTH_INTERVAL").is_some() || containers <= 64 {
+        return None;
+    }
+    Some((containers as u64).div_ceil(6).max(5))
+}
+
+/// Reads one node's API (not its Docker health: [`Testbed::observe`] adds that).
+pub fn observe(container: Container) -> NodeView {
+    let addr = container.http();
+    NodeView {
+        ready: addr.is_some_and(api::ready),
+        health: None,
+        status: addr.and_then(|a| api::status(a).ok()),
+        peers: addr.and_then(|a| api::peers(a).ok()),
+        container,
+    }
+}
+
+/// The status table: node, LAN, role, address, ready, Docker health, known hosts per LAN, hosts
+/// reached over a relayed path, groups held.
+pub fn table(views: &[NodeView]) -> String {
+    // The network's own sites first (its containers' LANs, in order), then any other site label
+    // a node reports.
+    let mut sites: Vec<String> = Vec::new();
+    for v in views {
+        if !v.container.lan.is_empty() && !sites.contains(&v.container.lan) {
+            sites.push(v.container.lan.clone());
+        }
+    }
+    for v in views {
+        for s in v.peers_by_site().into_keys() {
+            if !sites.contains(&s) {
+                sites.push(s);
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{:<10} {:<6} {:<8} {:<15} {:<5} {:<9} {:<10}",
+        "node", "lan", "role", "address", "ready", "health", "id"
+    );
+    for s in &sites {
+        let _ = write!(out, " {s:>6}");
+    }
+    let _ = writeln!(
+        out,
+        " {:>7} {:>6} {:>4} {:>5}",
+        "relayed", "groups", "cold", "items"
+    );
+    for v in views {
+        let c = &v.container;
+        let addr = c
+            .lan_ip()
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let id = v.id().map_or("-", |id| &id[..id.len().min(10)]);
+        let _ = write!(
+            out,
+            "{:<10} {:<6} {:<8} {:<15} {:<5} {:<9} {:<10}",
+            c.label(),
+            c.lan,
+            c.role.as_str(),
+            addr,
+            if v.ready { "yes" } else { "no" },
+            v.health.as_ref().map_or("?", |h| h.status.as_str()),
+            id
+        );
+        let by_site = v.peers_by_site();
+        for s in &sites {
+            let n = if v.peers.is_some() {
+                by_site.get(s).copied().unwrap_or(0).to_string()
+            } else {
+                "?".to_string()
+            };
+            let _ = write!(out, " {n:>6}");
+        }
+        let relayed = v.peers.as_ref().map_or_else(
+            || "?".to_string(),
+            |peers| {
+                peers
+                    .iter()
+                    .filter(|p| p.path == "relayed")
+                    .count()
+                    .to_string()
+            },
+        );
+        let _ = write!(out, " {relayed:>7}");
+        let (groups, cold) = v
+            .status
+            .as_ref()
+            .and_then(|s| s.groups)
+            .map_or((0, 0), |g| (g.total(), g.cold));
+        let items = v.status.as_ref().and_then(|s| s.items).unwrap_or(0);
+        let _ = writeln!(out, " {groups:>6} {cold:>4} {items:>5}");
+    }
+    let ready = views.iter().filter(|v| v.ready).count();
+    let healthy = views
+        .iter()
+        .filter(|v| v.health.as_ref().is_some_and(Health::is_healthy))
+        .count();
+    let _ = writeln!(
+        out,
+        "{ready}/{n} ready, {healthy}/{n} healthy; health: Docker's health check \
+         (`butter-node health` on /ready); per-LAN columns: the node's known hosts by site \
+         label; relayed: hosts it reaches over a relayed path; groups: PCG groups it is a member \
+         of (cold: fewer than r members); items: items it holds",
+        n = views.len()
+    );
+    out
+}
+
+/// Runs `f` on every element with at most `width` at once (scoped threads), keeping the order.
+fn concurrently<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let width = width.max(1);
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(width) {
+        let part: Vec<R> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker panicked"))
+                .collect()
+        });
+        out.extend(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_slow_down_past_64_containers() {
+        if std::env::var_os("BUTTER_HEALTH_INTERVAL").is_some() {
+            return; // the user's choice wins; nothing to check here
+        }
+        assert_eq!(health_interval(15), None);
+        assert_eq!(health_interval(63), None);
+        assert_eq!(health_interval(123), Some(21));
+        assert_eq!(health_interval(303), Some(51));
+    }
+}
