@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use butter_testbed::engine::Container;
+use butter_testbed::fanout::concurrently;
 use butter_testbed::http;
 
 /// Timeout of one observation request (`/status`, `/items`, `/items/{id}/group`).
@@ -155,29 +156,18 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
         .filter_map(Container::http)
         .collect();
     // Each running node: its peer id and the items it lists.
-    let views: Vec<Option<(String, BTreeSet<String>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = up
-            .iter()
-            .map(|&addr| {
-                s.spawn(move || {
-                    let st: Status = http::get(addr, "/status", OBSERVE_TIMEOUT)
-                        .ok()
-                        .filter(|r| r.status == 200)?
-                        .json()
-                        .ok()?;
-                    let items: Vec<String> = http::get(addr, "/items", OBSERVE_TIMEOUT)
-                        .ok()
-                        .filter(|r| r.status == 200)?
-                        .json()
-                        .ok()?;
-                    Some((st.id, items.into_iter().collect()))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().ok().flatten())
-            .collect()
+    let views: Vec<Option<(String, BTreeSet<String>)>> = concurrently(&up, up.len(), |&addr| {
+        let st: Status = http::get(addr, "/status", OBSERVE_TIMEOUT)
+            .ok()
+            .filter(|r| r.status == 200)?
+            .json()
+            .ok()?;
+        let items: Vec<String> = http::get(addr, "/items", OBSERVE_TIMEOUT)
+            .ok()
+            .filter(|r| r.status == 200)?
+            .json()
+            .ok()?;
+        Some((st.id, items.into_iter().collect()))
     });
     let live_ids: BTreeSet<&str> = views.iter().flatten().map(|(id, _)| id.as_str()).collect();
     // Holders of each item (indices into `up`), and which holder to ask (spread by item index).
@@ -224,33 +214,24 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
             .map(|g| count(&g))
     };
     let mut replicas = vec![0usize; ids.len()];
-    let answers: Vec<(usize, usize)> = std::thread::scope(|s| {
-        let handles: Vec<_> = asks
+    let asks: Vec<(usize, Vec<usize>)> = asks.into_iter().collect();
+    let answers: Vec<(usize, usize)> = concurrently(&asks, asks.len(), |(node, items)| {
+        items
             .iter()
-            .map(|(&node, items)| {
-                let holders = &holders;
-                let ask = &ask;
-                s.spawn(move || {
-                    items
-                        .iter()
-                        .map(|&item| {
-                            // The chosen holder first, then the others: a node may list an item
-                            // it keeps outside the group (404 from /group, or an orphan's view).
-                            let n = std::iter::once(node)
-                                .chain(holders[item].iter().copied().filter(|&h| h != node))
-                                .find_map(|h| ask(h, item))
-                                .unwrap_or(0);
-                            (item, n)
-                        })
-                        .collect::<Vec<_>>()
-                })
+            .map(|&item| {
+                // The chosen holder first, then the others: a node may list an item it keeps
+                // outside the group (404 from /group, or an orphan's view).
+                let n = std::iter::once(*node)
+                    .chain(holders[item].iter().copied().filter(|h| h != node))
+                    .find_map(|h| ask(h, item))
+                    .unwrap_or(0);
+                (item, n)
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     for (item, n) in answers {
         replicas[item] = n;
     }
@@ -355,28 +336,8 @@ pub fn retrieve_all(containers: &[Container], items: &[Item], obs: &Observation)
     };
     // A few threads: retrievals search the network, and the nodes share two cores.
     const THREADS: usize = 6;
-    let mut out: Vec<Option<ItemCheck>> = vec![None; items.len()];
-    let done: Vec<(usize, ItemCheck)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let one = &one;
-                s.spawn(move || {
-                    (t..items.len())
-                        .step_by(THREADS)
-                        .map(|i| (i, one(i)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    for (i, c) in done {
-        out[i] = Some(c);
-    }
-    out.into_iter().flatten().collect()
+    let indices: Vec<usize> = (0..items.len()).collect();
+    concurrently(&indices, THREADS, |&i| one(i))
 }
 
 /// The ids of `items`, in order.

@@ -12,6 +12,7 @@
 //!   addresses and health, kill/pause/restart/disconnect, memory and image size.
 //! - [`network`]: what `compose/docker-compose.yml` builds (project, LANs, ports), in one place.
 //! - [`compose`]: runs `docker-compose` (1.29) or `docker compose` (v2) on that file.
+//! - [`fanout`]: the one bounded fan-out (a blocking call per node, a few at a time).
 //! - [`testbed`]: the running network as a whole: bring it up, wait until every node is ready,
 //!   observe every node, print the status table.
 //! - [`prometheus`]: Debian's `prometheus` run on the host against the containers (the
@@ -47,6 +48,7 @@ pub mod api;
 pub mod compose;
 pub mod dashboards;
 pub mod engine;
+pub mod fanout;
 pub mod host;
 pub mod http;
 pub mod metrics;

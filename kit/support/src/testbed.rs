@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::api::{self, Peer, Status};
 use crate::compose::Compose;
 use crate::engine::{Container, Engine, Health, Role};
+use crate::fanout::concurrently;
 use crate::network;
 
 /// How to bring the network up.
@@ -463,23 +464,6 @@ pub fn table(views: &[NodeView]) -> String {
          of (cold: fewer than r members); items: items it holds",
         n = views.len()
     );
-    out
-}
-
-/// Runs `f` on every element with at most `width` at once (scoped threads), keeping the order.
-fn concurrently<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let width = width.max(1);
-    let mut out = Vec::with_capacity(items.len());
-    for chunk in items.chunks(width) {
-        let part: Vec<R> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("worker panicked"))
-                .collect()
-        });
-        out.extend(part);
-    }
     out
 }
 
