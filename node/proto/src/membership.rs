@@ -71,9 +71,10 @@ pub struct Config {
     pub exchange_min: Duration,
     /// Longest peer-exchange interval. Default 30 s.
     pub exchange_max: Duration,
-    /// How long a host the diversity rule refused is not dialled again (its beacons and sample
-    /// entries are ignored meanwhile). Default 60 s: at capacity, without it every exchange would
-    /// redial the same refused hosts.
+    /// How long a host a full table evicted or refused is not dialled again while the table stays
+    /// full (its beacons and sample entries are ignored meanwhile; a table with room takes it at
+    /// once). Default 60 s: at capacity, without it every exchange would redial the same refused
+    /// hosts.
     pub reject_memory: Duration,
 }
 
