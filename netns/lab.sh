@@ -93,6 +93,9 @@ Commands:
   kill HOST [SIGNAL]               send SIGNAL (default KILL) to one node
   restart [--wait S]               stop all nodes, wipe their data, start them all at one instant
   loss HOST|sN|all PCT             set packet loss on host links now (0 removes it)
+  partition sN                     cut subnet N from the others (the router, or its NAT gateway,
+                                     forwards nothing to or from it; admin traffic still passes)
+  unpartition                      undo every partition
   dropped HOST                     packets the loss rules of HOST's link dropped so far
   traffic sN                       "MULTICAST UNICAST" UDP datagrams sent into subnet N since \`up\`
   peers HOST                       print the node's /peers JSON
@@ -403,6 +406,39 @@ apply_link_conditions() {
 	else
 		log "warning: this kernel has no netem; --delay ignored"
 	fi
+}
+
+# A partition cuts subnet S from the rest where it meets the rest: on the router (routed) or on
+# its NAT gateway's WAN side (nat). Traffic inside the subnet goes on, as does admin traffic (the
+# root namespace observing nodes). Every partition lives in one table per namespace, so
+# `unpartition` is one `delete table` each.
+readonly PARTITION_TABLE=bt_partition
+partition_subnet() {
+	local s=$1 ns rules
+	if [[ $TOPOLOGY == nat ]]; then
+		((s >= 1)) || die "the public segment cannot be partitioned; partition a LAN (s1..s$SUBNETS)"
+		ns=$(gateway_ns "$s")
+		rules='iifname "wan" drop; oifname "wan" drop;'
+	else
+		ns=$ROUTER
+		rules="iifname \"s$s\" oifname != \"admin\" drop; oifname \"s$s\" iifname != \"admin\" drop;"
+	fi
+	ip netns exec "$ns" nft -f - <<EOF
+table inet $PARTITION_TABLE {
+	chain forward {
+		type filter hook forward priority -10; policy accept;
+		$rules
+	}
+}
+EOF
+}
+
+unpartition_all() {
+	local ns
+	for ns in $(lab_namespaces); do
+		[[ $ns == "$ROUTER" || $ns == "${PREFIX}gw"* ]] || continue
+		ip netns exec "$ns" nft "delete table inet $PARTITION_TABLE" 2>/dev/null || true
+	done
 }
 
 # nat: the public segment (switch 0), with the root namespace's admin port on it.
@@ -931,6 +967,17 @@ main() {
 		is_uint "$2" 0 100 || die "loss takes a percentage: $2"
 		targets=$(spec_hosts "$1")
 		while read -r s h; do set_loss "$s" "$h" "$2"; done <<<"$targets"
+		;;
+	partition)
+		load_config
+		[[ $# -eq 1 && $1 =~ ^s([0-9]+)$ ]] || die "usage: partition sN"
+		s=${BASH_REMATCH[1]}
+		is_uint "$s" 1 "$SUBNETS" || die "no LAN subnet $1 (s1..s$SUBNETS)"
+		partition_subnet "$s"
+		;;
+	unpartition)
+		load_config
+		unpartition_all
 		;;
 	dropped)
 		load_config

@@ -1,33 +1,30 @@
 //! The fault actions, shared by the one-shot commands and the scenario runner: each one resolves
-//! its targets (seeded), acts through the Engine API or nftables, and writes one `fault` line to
-//! the log.
+//! its targets (seeded), acts through the testbed's [`Backend`] (the Engine API and nftables on
+//! compose, `netns/lab.sh` in the netns lab), and writes one `fault` line to the log.
 //!
-//! A partition (`partition lan-b`) disconnects the LAN's gateway from the WAN network: that models
-//! a WAN cut (the LAN keeps working inside, nothing crosses to the other LANs, because in the
-//! testbed the gateway is the LAN's only way out). The gateway's WAN endpoint (pinned address,
-//! aliases) is saved to `partitions.json` beside the log so `heal`, even from another process,
-//! reconnects it as it was.
+//! A partition (`partition lan-b`) cuts a site from the others: on compose its gateway leaves
+//! the WAN network, in the netns lab the router (or the site's NAT gateway) stops forwarding to
+//! and from it. That models a WAN cut: the site keeps working inside, nothing crosses to the
+//! other sites. Compose keeps the gateway's WAN endpoint in `partitions.json` beside the log so
+//! `heal`, even from another process, reconnects it as it was.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use butter_testbed::engine::EndpointSettings;
-use butter_testbed::network::{self, LANS, WAN};
 use rand::Rng;
 use serde_json::json;
 
+use crate::backend::Backend;
 use crate::log::FaultLog;
-use crate::loss;
 use crate::target::{self, Target};
-use butter_testbed::engine::{Container, Engine, Role, State};
+use butter_testbed::engine::{Container, State};
 
-/// Runs fault actions against one compose project.
+/// Runs fault actions against one testbed.
 #[derive(Debug)]
 pub struct Chaos<'a> {
-    engine: &'a Engine,
+    backend: &'a dyn Backend,
     log: &'a FaultLog,
-    partitions: PathBuf,
+    state_dir: PathBuf,
 }
 
 /// What a `heal` did.
@@ -37,9 +34,9 @@ pub struct Healed {
     pub unpaused: Vec<String>,
     /// Containers started.
     pub started: Vec<String>,
-    /// Gateways reconnected to the WAN.
+    /// Gateways reconnected to the WAN (compose) or sites whose partition was lifted (netns).
     pub reconnected: Vec<String>,
-    /// Containers whose loss rules were removed (every running one is cleared).
+    /// Nodes (compose) or sites (netns) whose loss rules were removed.
     pub loss_cleared: Vec<String>,
     /// What could not be undone.
     pub errors: Vec<String>,
@@ -55,17 +52,25 @@ impl Healed {
     }
 }
 
-fn labels(v: &[&Container]) -> Vec<String> {
-    v.iter().map(|c| c.label()).collect()
+fn labels(v: &[Container]) -> Vec<String> {
+    v.iter().map(Container::label).collect()
+}
+
+/// The sites of `nodes`, sorted (seeded choices among them replay).
+pub fn sites(nodes: &[Container]) -> Vec<String> {
+    let mut s: Vec<String> = nodes.iter().map(|c| c.lan.clone()).collect();
+    s.sort();
+    s.dedup();
+    s
 }
 
 impl<'a> Chaos<'a> {
-    /// Faults go through `engine`, are logged to `log`; partition state lives in `state_dir`.
-    pub fn new(engine: &'a Engine, log: &'a FaultLog, state_dir: PathBuf) -> Self {
+    /// Faults go to `backend`, are logged to `log`; partition state lives in `state_dir`.
+    pub fn new(backend: &'a dyn Backend, log: &'a FaultLog, state_dir: PathBuf) -> Self {
         Chaos {
-            engine,
+            backend,
             log,
-            partitions: state_dir.join("partitions.json"),
+            state_dir,
         }
     }
 
@@ -84,7 +89,7 @@ impl<'a> Chaos<'a> {
         eligible: impl Fn(&Container) -> bool,
         rng: &mut R,
     ) -> Result<Vec<Container>> {
-        let pool = self.engine.containers()?;
+        let pool = self.backend.nodes()?;
         let t = Target::parse(target)?;
         Ok(target::choose(&t, &pool, count, eligible, rng)?
             .into_iter()
@@ -96,17 +101,17 @@ impl<'a> Chaos<'a> {
         &self,
         action: &str,
         victims: &[Container],
-        f: impl Fn(&Container) -> Result<(), butter_testbed::engine::Error>,
+        f: impl Fn(&Container) -> Result<()>,
     ) -> Result<Vec<String>> {
         for c in victims {
             f(c).with_context(|| format!("{action} {}", c.label()))?;
         }
-        let names = labels(&victims.iter().collect::<Vec<_>>());
+        let names = labels(victims);
         self.fault(action, &names, json!({}));
         Ok(names)
     }
 
-    /// SIGKILLs `count` containers (random ones among the running).
+    /// SIGKILLs `count` nodes (random ones among the running).
     pub fn kill<R: Rng + ?Sized>(
         &self,
         target: &str,
@@ -114,10 +119,10 @@ impl<'a> Chaos<'a> {
         rng: &mut R,
     ) -> Result<Vec<String>> {
         let v = self.pick(target, count, Container::is_up, rng)?;
-        self.each("kill", &v, |c| self.engine.kill(&c.id))
+        self.each("kill", &v, |c| self.backend.kill(c))
     }
 
-    /// Pauses `count` containers.
+    /// Pauses `count` nodes.
     pub fn pause<R: Rng + ?Sized>(
         &self,
         target: &str,
@@ -125,16 +130,16 @@ impl<'a> Chaos<'a> {
         rng: &mut R,
     ) -> Result<Vec<String>> {
         let v = self.pick(target, count, Container::is_up, rng)?;
-        self.each("pause", &v, |c| self.engine.pause(&c.id))
+        self.each("pause", &v, |c| self.backend.pause(c))
     }
 
-    /// Unpauses a container (`random`: one of the paused).
+    /// Unpauses a node (`random`: one of the paused).
     pub fn unpause<R: Rng + ?Sized>(&self, target: &str, rng: &mut R) -> Result<Vec<String>> {
         let v = self.pick(target, 1, |c| c.state == State::Paused, rng)?;
-        self.each("unpause", &v, |c| self.engine.unpause(&c.id))
+        self.each("unpause", &v, |c| self.backend.unpause(c))
     }
 
-    /// Restarts `count` containers (SIGTERM, 5 s grace, start).
+    /// Restarts `count` nodes (SIGTERM, 5 s grace, start).
     pub fn restart<R: Rng + ?Sized>(
         &self,
         target: &str,
@@ -142,72 +147,49 @@ impl<'a> Chaos<'a> {
         rng: &mut R,
     ) -> Result<Vec<String>> {
         let v = self.pick(target, count, Container::is_up, rng)?;
-        self.each("restart", &v, |c| self.engine.restart(&c.id))
+        self.each("restart", &v, |c| self.backend.restart(c))
     }
 
-    /// SIGKILLs every running or paused container of `lan` (`random`: a seeded LAN).
+    /// SIGKILLs every running or paused node of site `lan` (`random`: a seeded site).
     pub fn kill_lan<R: Rng + ?Sized>(&self, lan: &str, rng: &mut R) -> Result<Vec<String>> {
-        let lan = target::choose_lan(lan, &LANS, rng)?;
-        let v: Vec<Container> = self
-            .engine
-            .containers()?
+        let nodes = self.backend.nodes()?;
+        let all = sites(&nodes);
+        let lan = target::choose_lan(
+            lan,
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+            rng,
+        )?;
+        let v: Vec<Container> = nodes
             .into_iter()
             .filter(|c| c.lan == lan && matches!(c.state, State::Running | State::Paused))
             .collect();
         if v.is_empty() {
-            bail!("no running container in {lan}");
+            bail!("no running node in {lan}");
         }
         for c in &v {
-            self.engine
-                .kill(&c.id)
+            self.backend
+                .kill(c)
                 .with_context(|| format!("kill {}", c.label()))?;
         }
-        let names = labels(&v.iter().collect::<Vec<_>>());
+        let names = labels(&v);
         self.fault("kill-lan", &names, json!({ "lan": lan }));
         Ok(names)
     }
 
-    fn saved(&self) -> BTreeMap<String, EndpointSettings> {
-        std::fs::read(&self.partitions)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    fn save(&self, m: &BTreeMap<String, EndpointSettings>) -> Result<()> {
-        if let Some(dir) = self.partitions.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&self.partitions, serde_json::to_vec_pretty(m)?)
-            .with_context(|| format!("cannot write {}", self.partitions.display()))
-    }
-
-    /// Cuts `lan` from the WAN: its gateway leaves the WAN network (a WAN cut).
+    /// Cuts site `lan` from the others (a WAN cut).
     pub fn partition<R: Rng + ?Sized>(&self, lan: &str, rng: &mut R) -> Result<Vec<String>> {
-        let lan = target::choose_lan(lan, &LANS, rng)?;
-        let gw_service = network::gateway_of(&lan);
-        let gw = self
-            .engine
-            .containers()?
-            .into_iter()
-            .find(|c| c.role == Role::Gateway && c.service == gw_service)
-            .with_context(|| format!("no gateway {gw_service}"))?;
-        let Some(ep) = self.engine.endpoint(&gw.id, WAN)? else {
-            bail!(
-                "{} is not on the {WAN} network (already partitioned?)",
-                gw.label()
-            );
-        };
-        let mut saved = self.saved();
-        saved.insert(gw.name.clone(), ep);
-        self.save(&saved)?;
-        self.engine.detach(WAN, &gw.id)?;
-        let names = vec![gw.label()];
-        self.fault("partition", &names, json!({ "lan": lan, "network": WAN }));
+        let all = sites(&self.backend.nodes()?);
+        let lan = target::choose_lan(
+            lan,
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+            rng,
+        )?;
+        let names = self.backend.partition(&lan, &self.state_dir)?;
+        self.fault("partition", &names, json!({ "lan": lan }));
         Ok(names)
     }
 
-    /// Drops `pct` % of the UDP of `count` containers.
+    /// Drops `pct` % of the UDP of `count` nodes.
     pub fn loss<R: Rng + ?Sized>(
         &self,
         target: &str,
@@ -217,60 +199,41 @@ impl<'a> Chaos<'a> {
     ) -> Result<Vec<String>> {
         let v = self.pick(target, count, Container::is_up, rng)?;
         for c in &v {
-            let pid = self.engine.pid(&c.id)?;
-            loss::apply(pid, pct).with_context(|| format!("loss on {}", c.label()))?;
+            self.backend
+                .loss(c, pct)
+                .with_context(|| format!("loss on {}", c.label()))?;
         }
-        let names = labels(&v.iter().collect::<Vec<_>>());
+        let names = labels(&v);
         self.fault("loss", &names, json!({ "pct": pct }));
         Ok(names)
     }
 
-    /// Undoes everything: unpause, start the stopped, reconnect partitioned gateways, remove
-    /// every loss table. Keeps going past errors and reports them.
+    /// Undoes everything: unpause, start the stopped, lift partitions, remove the driver's loss
+    /// rules. Keeps going past errors and reports them.
     pub fn heal(&self) -> Result<Healed> {
         let mut h = Healed::default();
-        let mut saved = self.saved();
-        for c in self.engine.containers()? {
-            let r = match c.state {
-                State::Paused => self
-                    .engine
-                    .unpause(&c.id)
-                    .map(|()| h.unpaused.push(c.label())),
-                State::Stopped => self.engine.start(&c.id).map(|()| h.started.push(c.label())),
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                h.errors.push(format!("{}: {e:#}", c.label()));
-            }
-            if c.role == Role::Gateway && !c.networks.contains(WAN) {
-                let ep = saved.remove(&c.name);
-                match self.engine.attach(WAN, &c.id, &c.service, ep.as_ref()) {
-                    Ok(()) => h.reconnected.push(c.label()),
-                    Err(e) => h.errors.push(format!("{}: {e:#}", c.label())),
-                }
+        let nodes = self.backend.nodes()?;
+        for c in nodes.iter().filter(|c| c.state == State::Paused) {
+            match self.backend.unpause(c) {
+                Ok(()) => h.unpaused.push(c.label()),
+                Err(e) => h.errors.push(format!("{}: {e:#}", c.label())),
             }
         }
-        if self.partitions.exists() {
-            self.save(&saved)?;
+        let stopped: Vec<Container> = nodes
+            .into_iter()
+            .filter(|c| c.state == State::Stopped)
+            .collect();
+        if !stopped.is_empty() {
+            match self.backend.start(&stopped) {
+                Ok(()) => h.started.extend(labels(&stopped)),
+                Err(e) => h.errors.push(format!("start: {e:#}")),
+            }
         }
-        // Every container runs now (or failed above): clear loss rules wherever they may be.
-        // Without nsenter/nft no rule can have been installed from this host.
-        let tools = loss::available();
-        for c in self.engine.containers()? {
-            if !c.is_up() || !tools {
-                continue;
-            }
-            match self
-                .engine
-                .pid(&c.id)
-                .map_err(anyhow::Error::from)
-                .and_then(loss::clear)
-            {
-                Ok(()) => h.loss_cleared.push(c.label()),
-                Err(e) => h
-                    .errors
-                    .push(format!("{}: clearing loss: {e:#}", c.label())),
-            }
+        if let Err(e) = self.backend.reconnect(&self.state_dir, &mut h) {
+            h.errors.push(format!("reconnect: {e:#}"));
+        }
+        if let Err(e) = self.backend.clear_loss(&mut h) {
+            h.errors.push(format!("clearing loss: {e:#}"));
         }
         self.log.write("heal", serde_json::to_value(&h)?);
         Ok(h)

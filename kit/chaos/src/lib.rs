@@ -4,6 +4,9 @@
 //!
 //! - [`scenario`]: the TOML scenario format (steps, waits, survival parameters).
 //! - [`target`]: which containers a step hits; seeded random choices.
+//! - [`backend`]: where faults go: the compose project ([`butter_testbed::engine::Engine`]) or
+//!   the netns lab ([`netns::Lab`]), both presenting their nodes as the same records.
+//! - [`netns`]: the netns lab's nodes and faults, through `netns/lab.sh`.
 //!
 //! The Docker Engine API, the node API client and the plotter are `butter-testbed`'s
 //! (`kit/support`), shared with `butter-kit` and the test tiers.
@@ -52,11 +55,13 @@
 //! # }
 //! ```
 
+pub mod backend;
 pub mod cli;
 pub mod exporter;
 pub mod faults;
 pub mod log;
 pub mod loss;
+pub mod netns;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -1,4 +1,5 @@
-//! `butter-chaos run`: the scenario runner with the survival check around it.
+//! `butter-chaos run` and `butter-kit run`: the scenario runner with the survival check around
+//! it, on any [`Backend`] (compose: [`run`]; any: [`run_on`]).
 //!
 //! 1. Heal anything a previous run left broken, wait until every node is `/ready`.
 //! 2. Store M seeded items through the nodes in turn; wait until every one is at r.
@@ -6,6 +7,9 @@
 //! 4. Run the steps; `wait-r` measures the time from the last fault until every item is at r.
 //! 5. Heal, wait until ready and until every item is at r (up to `settle_secs`), then retrieve
 //!    every item through other nodes and write the report.
+//!
+//! Ctrl-C (SIGINT) or SIGTERM during steps 2-5 stops the run at the next check, heals what it
+//! broke and returns [`Interrupted`]; a second Ctrl-C exits at once.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -19,6 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 
+use crate::backend::Backend;
 use crate::faults::Chaos;
 use crate::log::{FaultLog, unix_ms};
 use crate::report::{Items, Recovery, Report};
@@ -26,6 +31,7 @@ use crate::scenario::{Scenario, Step};
 use crate::survival::{self, Observation};
 use butter_testbed::engine::{Container, Engine, Role};
 use butter_testbed::http;
+use std::sync::atomic::AtomicBool as Flag;
 
 /// Salt of the fault-choice stream (see `survival`'s item stream).
 const CHOICE_STREAM: u64 = 0x6661_756c_7473;
@@ -61,8 +67,19 @@ struct Sampler {
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Sampler {
-    fn spawn(engine: Arc<Engine>, ids: Arc<Vec<String>>, r: usize, log: Arc<FaultLog>) -> Self {
+    fn spawn(
+        backend: Arc<dyn Backend>,
+        ids: Arc<Vec<String>>,
+        r: usize,
+        log: Arc<FaultLog>,
+    ) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let last = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
@@ -72,7 +89,7 @@ impl Sampler {
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
                     let t = log.t();
-                    if let Ok(cs) = engine.containers() {
+                    if let Ok(cs) = backend.nodes() {
                         let obs = survival::observe(&cs, &ids, r, t);
                         if let Ok(mut s) = samples.lock() {
                             s.push(obs.sample.clone());
@@ -133,11 +150,43 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Waits until every Butter container runs and answers `/ready`.
-pub fn wait_ready(engine: &Engine, timeout: Duration) -> Result<Vec<Container>> {
+/// The run was stopped by Ctrl-C or SIGTERM (after healing what it broke).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: healed what the run broke and stopped")]
+pub struct Interrupted;
+
+/// A flag raised by the first Ctrl-C (SIGINT) or SIGTERM; a second one ends the process at
+/// once (exit 1), for a heal that hangs.
+pub fn interrupt_flag() -> Result<Arc<Flag>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(Flag::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // The order matters: the conditional exit sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())
+            .context("installing the Ctrl-C handler")?;
+        signal_hook::flag::register(sig, flag.clone()).context("installing the Ctrl-C handler")?;
+    }
+    Ok(flag)
+}
+
+/// Fails with [`Interrupted`] once `flag` is raised.
+fn check(flag: &Flag) -> Result<()> {
+    if flag.load(Ordering::Relaxed) {
+        return Err(Interrupted.into());
+    }
+    Ok(())
+}
+
+/// Waits until every Butter node runs and answers `/ready`.
+pub fn wait_ready(backend: &dyn Backend, timeout: Duration) -> Result<Vec<Container>> {
+    wait_ready_or(backend, timeout, &Flag::new(false))
+}
+
+fn wait_ready_or(backend: &dyn Backend, timeout: Duration, stop: &Flag) -> Result<Vec<Container>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let cs = engine.containers()?;
+        check(stop)?;
+        let cs = backend.nodes()?;
         let not: Vec<String> = cs
             .iter()
             .filter(|c| {
@@ -155,8 +204,8 @@ pub fn wait_ready(engine: &Engine, timeout: Duration) -> Result<Vec<Container>> 
         if Instant::now() >= deadline {
             if cs.is_empty() {
                 bail!(
-                    "no Butter containers in project {}: `make up` first (or pass --up)",
-                    engine.project()
+                    "no Butter nodes on the {} backend: bring the network up first",
+                    backend.name()
                 );
             }
             bail!("not ready after {timeout:?}: {}", not.join(", "));
@@ -172,6 +221,7 @@ fn wait_at_r(
     timeout: Duration,
     total: usize,
     what: &str,
+    stop: &Flag,
 ) -> (Option<f64>, Option<Observation>) {
     let pb = spinner(format!("{what}: waiting for every item to be at r"));
     let deadline = Instant::now() + timeout;
@@ -189,7 +239,7 @@ fn wait_at_r(
             }
             last = Some(obs);
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
             pb.finish_and_clear();
             return (None, last);
         }
@@ -197,8 +247,38 @@ fn wait_at_r(
     }
 }
 
-/// Runs a scenario and returns its report (already written to disk).
+/// What an experiment adds to a scenario run: its checks and the Ctrl-C flag.
+#[derive(Debug, Clone, Default)]
+pub struct RunOn {
+    /// Items that may be lost for the run to pass (an experiment's `checks.max_lost`; 0).
+    pub max_lost: usize,
+    /// Every back-at-r figure (each `wait-r` without its own target, and the final heal) must
+    /// be within this many seconds.
+    pub back_at_r_secs: Option<f64>,
+    /// Raised by Ctrl-C ([`interrupt_flag`]); `None` installs the handler.
+    pub interrupt: Option<Arc<Flag>>,
+}
+
+/// Runs a scenario on the compose project (`--up`: brings the default network up first) and
+/// returns its report (already written to disk).
 pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
+    let project = butter_testbed::network::project();
+    let engine = Engine::connect(&project).context("Docker engine unavailable")?;
+    if opts.up && engine.containers()?.is_empty() {
+        println!("no {project} containers: bringing the compose network up");
+        let bed = butter_testbed::testbed::Testbed::open(&opts.root)?;
+        bed.up(&butter_testbed::testbed::UpOptions::default())?;
+    }
+    run_on(opts, Arc::new(engine), RunOn::default())
+}
+
+/// Runs a scenario on `backend` and returns its report (already written to disk). On an error
+/// or Ctrl-C after the first fault it heals before returning.
+pub fn run_on(opts: Options, backend: Arc<dyn Backend>, extra: RunOn) -> Result<(Report, PathBuf)> {
+    let stop = match extra.interrupt.clone() {
+        Some(f) => f,
+        None => interrupt_flag()?,
+    };
     let sc = &opts.scenario;
     let mut survival_cfg = sc.survival.clone();
     if let Some(n) = opts.items {
@@ -241,21 +321,56 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         json!({ "scenario": name, "seed": seed, "items": survival_cfg.items, "item_bytes": survival_cfg.item_bytes, "r": r }),
     );
 
-    let project = butter_testbed::network::project();
-    let engine = Arc::new(Engine::connect(&project).context("Docker engine unavailable")?);
-    if opts.up && engine.containers()?.is_empty() {
-        println!("no {project} containers: bringing the compose network up");
-        let bed = butter_testbed::testbed::Testbed::open(&opts.root)?;
-        bed.up(&butter_testbed::testbed::UpOptions::default())?;
-        log.write("up", json!({}));
-    }
+    log.write("backend", json!({ "backend": backend.name() }));
     // The state dir for partitions is shared with one-shot commands: `out/`.
-    let chaos = Chaos::new(&engine, &log, opts.out.clone());
+    let chaos = Chaos::new(&*backend, &log, opts.out.clone());
     let healed = chaos.heal()?;
     if !healed.is_noop() {
         println!("healed what an earlier run left: {healed:?}");
     }
-    let nodes = wait_ready(&engine, READY_TIMEOUT)?;
+    let result = faults_and_check(
+        &opts,
+        &backend,
+        &chaos,
+        &log,
+        &stop,
+        &extra,
+        (name, seed, started_unix_ms, &dir),
+    );
+    if let Err(e) = &result {
+        // Whatever stopped the run (Ctrl-C, a fault that failed), leave the network whole.
+        let why = if e.is::<Interrupted>() {
+            "interrupted"
+        } else {
+            "failed"
+        };
+        eprintln!("butter-chaos: the run {why} ({e:#}); healing what it broke");
+        log.write("stopped", json!({ "why": why, "error": format!("{e:#}") }));
+        match chaos.heal() {
+            Ok(h) => eprintln!("healed: {h:?}"),
+            Err(he) => eprintln!("heal failed: {he:#}"),
+        }
+    }
+    result.map(|r| (r, dir))
+}
+
+/// Steps 1-5 of the module docs, after the first heal.
+fn faults_and_check(
+    opts: &Options,
+    backend: &Arc<dyn Backend>,
+    chaos: &Chaos<'_>,
+    log: &Arc<FaultLog>,
+    stop: &Flag,
+    extra: &RunOn,
+    (name, seed, started_unix_ms, dir): (String, u64, u64, &std::path::Path),
+) -> Result<Report> {
+    let sc = &opts.scenario;
+    let mut survival_cfg = sc.survival.clone();
+    if let Some(n) = opts.items {
+        survival_cfg.items = n;
+    }
+    let r = survival_cfg.r;
+    let nodes = wait_ready_or(&**backend, READY_TIMEOUT, stop)?;
     println!(
         "{} nodes ready ({} gateways)",
         nodes.len(),
@@ -265,7 +380,10 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
     // Store.
     let contents = survival::contents(seed, survival_cfg.items, survival_cfg.item_bytes);
     let pb = bar(contents.len(), "store");
-    let items = survival::store(&nodes, contents, |n| pb.set_position(n as u64))?;
+    let items = survival::store(&nodes, contents, |n| {
+        pb.set_position(n as u64);
+        !stop.load(Ordering::Relaxed)
+    })?;
     pb.finish_and_clear();
     let stored_t = log.t();
     log.write("stored", json!({ "items": items.len() }));
@@ -276,7 +394,7 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         nodes.len()
     );
     let ids = Arc::new(survival::ids(&items));
-    let sampler = Sampler::spawn(engine.clone(), ids.clone(), r, log.clone());
+    let sampler = Sampler::spawn(backend.clone(), ids.clone(), r, log.clone());
     let total = items.len();
     let (initial, _) = wait_at_r(
         &sampler,
@@ -284,7 +402,9 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         survival_cfg.settle(),
         total,
         "initial replication",
+        stop,
     );
+    check(stop)?;
     log.write("replicated", json!({ "secs": initial }));
     match initial {
         Some(s) => println!("every item at r = {r} {s:.1} s after the last store"),
@@ -300,6 +420,7 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
     let mut pending: Vec<String> = Vec::new();
     let mut last_fault_t = log.t();
     for (i, step) in sc.steps.iter().enumerate() {
+        check(stop)?;
         let t = log.t();
         let hit = match step {
             Step::Kill { target, count } => chaos.kill(target, *count, &mut rng)?,
@@ -318,7 +439,10 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
             }
             Step::Sleep { secs } => {
                 let pb = spinner(format!("step {}: sleep {secs} s", i + 1));
-                std::thread::sleep(Duration::from_secs_f64(*secs));
+                let until = Instant::now() + Duration::from_secs_f64(*secs);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+                }
                 pb.finish_and_clear();
                 continue;
             }
@@ -332,7 +456,9 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
                     Duration::from_secs_f64(*timeout_secs),
                     total,
                     &format!("step {}", i + 1),
+                    stop,
                 );
+                check(stop)?;
                 let after = if pending.is_empty() {
                     "(no fault)".to_string()
                 } else {
@@ -343,7 +469,7 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
                     fault_t_secs: last_fault_t,
                     back_at_r_secs: took,
                     timeout_secs: *timeout_secs,
-                    target_secs: *target_secs,
+                    target_secs: target_secs.or(extra.back_at_r_secs),
                     at_r_when_done: obs.as_ref().map_or(0, |o| o.sample.at_r),
                     unavailable_when_done: obs.as_ref().map_or(0, |o| o.sample.lost),
                 };
@@ -377,8 +503,16 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
     let heal_t = log.t();
     let h = chaos.heal()?;
     println!("[{heal_t:6.1}s] final heal: {h:?}");
-    wait_ready(&engine, READY_TIMEOUT)?;
-    let (settled, _) = wait_at_r(&sampler, heal_t, survival_cfg.settle(), total, "after heal");
+    wait_ready_or(&**backend, READY_TIMEOUT, stop)?;
+    let (settled, _) = wait_at_r(
+        &sampler,
+        heal_t,
+        survival_cfg.settle(),
+        total,
+        "after heal",
+        stop,
+    );
+    check(stop)?;
     let final_obs = sampler.latest_since(heal_t);
     let rec = Recovery {
         after: if pending.is_empty() {
@@ -389,21 +523,21 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         fault_t_secs: heal_t,
         back_at_r_secs: settled,
         timeout_secs: survival_cfg.settle_secs,
-        target_secs: None,
+        target_secs: extra.back_at_r_secs,
         at_r_when_done: final_obs.as_ref().map_or(0, |o| o.sample.at_r),
         unavailable_when_done: final_obs.as_ref().map_or(0, |o| o.sample.lost),
     };
     log.write("recovered", serde_json::to_value(&rec)?);
     recoveries.push(rec);
 
-    let containers = engine.containers()?;
+    let containers = backend.nodes()?;
     let now: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
     let then: BTreeSet<&str> = nodes.iter().map(|c| c.id.as_str()).collect();
     if now != then {
         bail!(
-            "the compose network was recreated during the run (containers replaced, their data \
-             volumes with them, e.g. by `make up` with a new image): the results are void; \
-             run again"
+            "the {} network was recreated during the run (nodes replaced, their data with \
+             them, e.g. by `make up` with a new image): the results are void; run again",
+            backend.name()
         );
     }
     let obs = survival::observe(&containers, &ids, r, log.t());
@@ -466,7 +600,9 @@ pub fn run(opts: Options) -> Result<(Report, PathBuf)> {
         events,
         samples,
         problems,
+        backend: backend.name().to_string(),
+        max_lost: extra.max_lost,
     };
-    report.write(&dir)?;
-    Ok((report, dir))
+    report.write(dir)?;
+    Ok(report)
 }

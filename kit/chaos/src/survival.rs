@@ -65,11 +65,12 @@ pub fn contents(seed: u64, n: usize, size: usize) -> Vec<Vec<u8>> {
 }
 
 /// Stores every content through the up nodes in turn (item i through node i mod n, retrying on
-/// the next node on failure) and checks the returned id is the content's sha-256.
+/// the next node on failure) and checks the returned id is the content's sha-256. `progress`
+/// hears how many are stored and answers whether to go on (false: stop with an error).
 pub fn store(
     nodes: &[Container],
     contents: Vec<Vec<u8>>,
-    mut progress: impl FnMut(usize),
+    mut progress: impl FnMut(usize) -> bool,
 ) -> Result<Vec<Item>> {
     let up: Vec<(&Container, SocketAddr)> = nodes
         .iter()
@@ -114,13 +115,15 @@ pub fn store(
             content,
             stored_via,
         });
-        progress(i + 1);
+        if !progress(i + 1) {
+            return Err(crate::run::Interrupted.into());
+        }
     }
     Ok(out)
 }
 
 /// Replica health of every item at one instant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// Seconds since the run started, when the observation began.
     pub t_secs: f64,
@@ -260,7 +263,7 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
 }
 
 /// The verdict on one item after the heal.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemCheck {
     /// Item id.
     pub id: String,
@@ -375,7 +378,7 @@ mod tests {
 
     #[test]
     fn store_needs_a_node() {
-        let err = store(&[], vec![vec![1]], |_| {}).unwrap_err();
+        let err = store(&[], vec![vec![1]], |_| true).unwrap_err();
         assert!(format!("{err}").contains("no running node"));
     }
 }
