@@ -7,6 +7,8 @@
 //! - [`backend`]: where faults go: the compose project ([`butter_testbed::engine::Engine`]) or
 //!   the netns lab ([`netns::Lab`]), both presenting their nodes as the same records.
 //! - [`netns`]: the netns lab's nodes and faults, through `netns/lab.sh`.
+//! - [`experiment`]: experiment files (`experiments/*.toml`): a topology, a workload, a fault
+//!   schedule and checks, validated against the topology with file:line errors.
 //!
 //! The Docker Engine API, the node API client and the plotter are `butter-testbed`'s
 //! (`kit/support`), shared with `butter-kit` and the test tiers.
@@ -57,6 +59,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod experiment;
 pub mod exporter;
 pub mod faults;
 pub mod log;

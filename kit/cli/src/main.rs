@@ -9,6 +9,8 @@
 //! butter-kit bench [--scale N] [--runs R]    image size, start-to-serving time, network memory
 //! butter-kit monitor [--port P]              Debian's prometheus on the host, scraping the nodes
 //! butter-kit render [--topology F] [--out D] what the backend would run for a topology
+//! butter-kit run EXPERIMENT [--seed S]       an experiment (experiments/*.toml) on the backend
+//! butter-kit compare REPORT…                 reports' back-at-r figures side by side
 //! ```
 //!
 //! `--backend compose` (the default) drives the docker compose testbed; `--backend netns` the
@@ -16,6 +18,7 @@
 //! `render --topology F` take a topology file (`topologies/*.toml`).
 
 mod bench;
+mod experiment;
 mod netns;
 mod render;
 
@@ -47,7 +50,7 @@ struct Cli {
 
 /// Where the network runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
+pub(crate) enum Backend {
     /// The docker compose testbed (`compose/docker-compose.yml`).
     Compose,
     /// The netns lab (`netns/lab.sh`; root).
@@ -57,7 +60,7 @@ enum Backend {
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Compose => "compose",
             Backend::Netns => "netns",
@@ -120,6 +123,40 @@ enum Cmd {
         /// printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Run an experiment (experiments/*.toml: topology, workload, faults, checks) on the
+    /// compose or netns backend: bring its topology up if it is not, store the items, inject
+    /// the faults, check every item, print the summary table and write report.json,
+    /// summary.txt, faults.jsonl and health.svg to OUT/<backend>/<experiment>/; then take down
+    /// what it brought up. Ctrl-C heals what the run broke first. Exit 0 pass, 1 items lost
+    /// (beyond checks.max_lost) or wrong bytes, 2 a bad experiment file, 3 a back-at-r figure
+    /// over checks.back_at_r_secs, 4 the run could not complete, 130 interrupted.
+    Run {
+        /// The experiment file (see experiments/README.md).
+        experiment: PathBuf,
+        /// Seed of the items and of every random target (overrides the file's; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the workload's number of items.
+        #[arg(long)]
+        items: Option<usize>,
+        /// Where reports go (OUT/<backend>/<experiment>/).
+        #[arg(long, default_value = "experiments-out")]
+        out: PathBuf,
+        /// Leave the network up afterwards (a network that was up before is always left up).
+        #[arg(long)]
+        keep: bool,
+        /// Seconds to wait for every node's readiness after bringing the topology up.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Print the back-at-r figures, items lost and verdicts of several runs side by side (one
+    /// column per report, e.g. the parity experiment on netns and on compose). Exit 1 if any
+    /// report failed.
+    Compare {
+        /// report.json files, or the directories `run` wrote them to.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
     },
     /// Run Debian's prometheus on the host against the running nodes until interrupted.
     Monitor {
@@ -216,6 +253,28 @@ fn run(cli: Cli) -> Result<i32> {
             compose_only(backend, "bench")?;
             bench::bench(&root, scale, runs, settle, &root.join(bin), keep)
         }
+        Cmd::Run {
+            experiment,
+            seed,
+            items,
+            out,
+            keep,
+            timeout,
+        } => {
+            return experiment::run(
+                &root,
+                backend,
+                experiment::RunArgs {
+                    experiment,
+                    seed,
+                    items,
+                    out: root.join(out),
+                    keep,
+                    timeout,
+                },
+            );
+        }
+        Cmd::Compare { reports } => return experiment::compare(&reports),
         Cmd::Monitor { port } => {
             compose_only(backend, "monitor")?;
             monitor(&root, port)
