@@ -437,7 +437,8 @@ unpartition_all() {
 	local ns
 	for ns in $(lab_namespaces); do
 		[[ $ns == "$ROUTER" || $ns == "${PREFIX}gw"* ]] || continue
-		ip netns exec "$ns" nft "delete table inet $PARTITION_TABLE" 2>/dev/null || true
+		# Names what was lifted (stdout), so a heal can tell whether there was anything.
+		if ip netns exec "$ns" nft "delete table inet $PARTITION_TABLE" 2>/dev/null; then echo "$ns"; fi
 	done
 }
 

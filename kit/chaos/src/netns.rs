@@ -102,8 +102,9 @@ impl Lab {
         &self.subnets
     }
 
-    /// Runs `lab.sh ARGS…` in its own process group, its output captured (shown on failure).
-    fn lab(&self, args: &[&str]) -> Result<()> {
+    /// Runs `lab.sh ARGS…` in its own process group, its output captured (stderr shown on
+    /// failure); returns its stdout.
+    fn lab_out(&self, args: &[&str]) -> Result<String> {
         let script = self.root.join("netns").join("lab.sh");
         let out = Command::new(&script)
             .args(args)
@@ -119,7 +120,11 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn lab(&self, args: &[&str]) -> Result<()> {
+        self.lab_out(args).map(drop)
     }
 
     fn subnet_of(&self, site: &str) -> Result<&Subnet> {
@@ -260,10 +265,11 @@ impl Backend for Lab {
     }
 
     /// Lifts every partition (the lab's tables say which are in place, so this works from
-    /// another process too).
+    /// another process too): the namespaces whose partition table went (`bt-router`, `bt-gw2`).
     fn reconnect(&self, _state_dir: &Path, h: &mut Healed) -> Result<()> {
-        self.lab(&["unpartition"])?;
-        h.reconnected.push("every site".into());
+        let lifted = self.lab_out(&["unpartition"])?;
+        h.reconnected
+            .extend(lifted.split_whitespace().map(String::from));
         Ok(())
     }
 

@@ -152,7 +152,7 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 
 /// The run was stopped by Ctrl-C or SIGTERM (after healing what it broke).
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted: healed what the run broke and stopped")]
+#[error("interrupted (Ctrl-C or SIGTERM)")]
 pub struct Interrupted;
 
 /// A flag raised by the first Ctrl-C (SIGINT) or SIGTERM; a second one ends the process at
@@ -344,7 +344,7 @@ pub fn run_on(opts: Options, backend: Arc<dyn Backend>, extra: RunOn) -> Result<
         } else {
             "failed"
         };
-        eprintln!("butter-chaos: the run {why} ({e:#}); healing what it broke");
+        eprintln!("butter-chaos: {e:#}; healing what the run broke");
         log.write("stopped", json!({ "why": why, "error": format!("{e:#}") }));
         match chaos.heal() {
             Ok(h) => eprintln!("healed: {h:?}"),

@@ -180,7 +180,7 @@ pub fn run(root: &Path, backend: Backend, args: RunArgs) -> Result<i32> {
             })
         }
         Err(err) if err.is::<Interrupted>() => {
-            eprintln!("butter-kit run: {err:#}");
+            eprintln!("butter-kit run: {err:#}; healed what the run broke, then stopped");
             Ok(EXIT_INTERRUPTED)
         }
         Err(err) => {
@@ -210,7 +210,9 @@ pub fn compare_table(reports: &[Report]) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let col = 14;
-    let _ = write!(s, "{:<40}", "");
+    // "back at r after " and a fault list cut to 28 characters.
+    let first = 46;
+    let _ = write!(s, "{:<first$}", "");
     for r in reports {
         let _ = write!(s, "{:>col$}", r.backend);
     }
@@ -226,11 +228,10 @@ pub fn compare_table(reports: &[Report]) -> String {
             .find_map(|r| r.recoveries.get(i))
             .map(|x| x.after.clone())
             .unwrap_or_default();
-        if label.len() > 27 {
-            label.truncate(24);
-            label.push_str("...");
+        if label.chars().count() > 28 {
+            label = label.chars().take(25).collect::<String>() + "...";
         }
-        let _ = write!(s, "{:<40}", format!("back at r after {label}"));
+        let _ = write!(s, "{:<first$}", format!("back at r after {label}"));
         for r in reports {
             let v = r
                 .recoveries
@@ -241,7 +242,7 @@ pub fn compare_table(reports: &[Report]) -> String {
         let _ = writeln!(s);
     }
     let mut row = |name: &str, f: &dyn Fn(&Report) -> String| {
-        let _ = write!(s, "{name:<40}");
+        let _ = write!(s, "{name:<first$}");
         for r in reports {
             let _ = write!(s, "{:>col$}", f(r));
         }

@@ -1,6 +1,7 @@
 //! The netns backend: `netns/lab.sh` (root) builds the network in namespaces on this host; the
 //! kit hands it the flags and streams its output.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,9 +24,12 @@ pub fn lab(root: &Path, args: &[String]) -> Result<()> {
         );
     }
     println!("+ netns/lab.sh {}", args.join(" "));
+    // Its own process group: the nodes it starts inherit it, and a Ctrl-C meant for the kit
+    // (a `run` heals and takes the lab down itself) must not stop them behind its back.
     let status = Command::new(&script)
         .args(args)
         .current_dir(root)
+        .process_group(0)
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
