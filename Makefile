@@ -160,3 +160,24 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECS (default 600) s, one at a time (n
 soak: ## SOAK_NODES (30) butter-node processes on loopback for SOAK_MINS (30) minutes with churn and a client: items lost, RSS, live heap and its drift, connections, tasks (SEED=N replays)
 	$(CARGO) build --release --locked -p butter-node -p butter-soak
 	$(TARGET_DIR)/release/butter-soak --nodes $(or $(SOAK_NODES),30) --minutes $(or $(SOAK_MINS),30) --out soak-out $(if $(SEED),--seed $(SEED))
+
+# Experiments (experiments/*.toml, `butter-kit run`): the parity experiment on the netns lab and
+# on compose (its own project and subnets, like the test tiers), then both reports side by side.
+.PHONY: parity
+PARITY_EXPERIMENT ?= experiments/parity.toml
+PARITY_OUT ?= experiments-out
+PARITY_PROJECT ?= butter-parity
+PARITY_SUBNET_PREFIX ?= 10.213
+PARITY_NAME := $(basename $(notdir $(PARITY_EXPERIMENT)))
+
+parity: image ## the parity experiment on netns (root) then compose: 0 lost on both, back-at-r after each fault side by side (SEED=N)
+	$(CARGO) build -q --locked -p butter-kit
+	status=0; \
+	BUTTER_NODE_BIN=$(abspath $(STATIC_BIN)) $(TARGET_DIR)/debug/butter-kit --backend netns \
+	  run $(PARITY_EXPERIMENT) --out $(PARITY_OUT) $(if $(SEED),--seed $(SEED)) || status=1; \
+	BUTTER_COMPOSE_PROJECT=$(PARITY_PROJECT) BUTTER_SUBNET_PREFIX=$(PARITY_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE) \
+	  $(TARGET_DIR)/debug/butter-kit --backend compose \
+	  run $(PARITY_EXPERIMENT) --out $(PARITY_OUT) $(if $(SEED),--seed $(SEED)) || status=1; \
+	echo; echo "parity: $(PARITY_NAME) on netns and compose"; \
+	$(TARGET_DIR)/debug/butter-kit compare $(PARITY_OUT)/netns/$(PARITY_NAME) $(PARITY_OUT)/compose/$(PARITY_NAME) || status=1; \
+	exit $$status
