@@ -6,7 +6,7 @@ BENCH_OUT ?= bench-out
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 .PHONY: help build release test test-netns lint fmt bench bench-discovery bench-relay bench-sim up down status ci
-.PHONY: static image test-compose bench-kit monitor lab-up lab-status lab-down render
+.PHONY: static image image-source test-compose bench-kit monitor lab-up lab-status lab-down render
 
 # The compose testbed (compose/, driven by butter-kit in kit/cli). The image is FROM scratch
 # around a statically linked butter-node, so nothing is pulled from a registry.
@@ -79,6 +79,11 @@ image: static ## the butter-node:local image, FROM scratch (no registry needed)
 	rm -rf $(STATIC_DIR)/image && mkdir -p $(STATIC_DIR)/image/data
 	strip --strip-all -o $(STATIC_DIR)/image/butter-node $(STATIC_BIN)
 	docker build --quiet -f compose/Dockerfile -t $(IMAGE) $(STATIC_DIR)/image
+
+# From source inside Docker, for a machine with registry access and no Rust toolchain: pulls the
+# rust image (compose/Dockerfile.source). Not used by CI; `make image` stays the default.
+image-source: ## the butter-node:local image built from source in Docker (pulls rust:1.95-bookworm; needs a registry)
+	docker build -f compose/Dockerfile.source -t $(IMAGE) .
 
 up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana)
 	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring)
