@@ -3,9 +3,10 @@
 //! the reports of several runs side by side.
 //!
 //! `run` checks the file (and that the backend can build its topology) before it touches
-//! anything, brings the topology up if it is not, runs the chaos runner on the backend, prints
-//! the summary table and leaves `report.json`, `summary.txt`, `faults.jsonl` and `health.svg`
-//! in `OUT/<backend>/<experiment>/`, then takes down what it brought up (unless `--keep`).
+//! anything, brings the topology up unless a network of that backend is up already (then it
+//! runs on that one and leaves it up), runs the chaos runner on the backend, prints the summary
+//! table and leaves `report.json`, `summary.txt`, `faults.jsonl` and `health.svg` in
+//! `OUT/<backend>/<experiment>/`, then takes down what it brought up (unless `--keep`).
 //! Ctrl-C heals what the run broke, then takes the network down as above.
 
 use std::path::{Path, PathBuf};
@@ -135,7 +136,20 @@ pub fn run(root: &Path, backend: Backend, args: RunArgs) -> Result<i32> {
     );
     let stop = run::interrupt_flag()?;
     let was_up = running(root, backend)?;
-    let outcome = up(root, backend, &e, args.timeout).and_then(|()| {
+    let brought_up = if was_up {
+        // Bringing it up again could replace it (compose refuses another topology in the
+        // project, the lab rebuilds on other flags): run on it as it is, and leave it up.
+        println!(
+            "a {} network is up already: the run uses it as it is (it must be the experiment's \
+             topology, {}) and leaves it up",
+            backend.name(),
+            e.topology_path.display()
+        );
+        Ok(())
+    } else {
+        up(root, backend, &e, args.timeout)
+    };
+    let outcome = brought_up.and_then(|()| {
         let faults: Arc<dyn FaultBackend> = match backend {
             Backend::Compose => {
                 Arc::new(Engine::connect(&network::project()).context("Docker engine unavailable")?)

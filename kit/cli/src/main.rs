@@ -127,7 +127,7 @@ enum Cmd {
     /// Run an experiment (experiments/*.toml: topology, workload, faults, checks) on the
     /// compose or netns backend: bring its topology up if it is not, store the items, inject
     /// the faults, check every item, print the summary table and write report.json,
-    /// summary.txt, faults.jsonl and health.svg to OUT/<backend>/<experiment>/; then take down
+    /// summary.txt, faults.jsonl and health.svg to OUT/BACKEND/EXPERIMENT/; then take down
     /// what it brought up. Ctrl-C heals what the run broke first. Exit 0 pass, 1 items lost
     /// (beyond checks.max_lost) or wrong bytes, 2 a bad experiment file, 3 a back-at-r figure
     /// over checks.back_at_r_secs, 4 the run could not complete, 130 interrupted.
@@ -140,7 +140,7 @@ enum Cmd {
         /// Override the workload's number of items.
         #[arg(long)]
         items: Option<usize>,
-        /// Where reports go (OUT/<backend>/<experiment>/).
+        /// Where reports go (OUT/BACKEND/EXPERIMENT/).
         #[arg(long, default_value = "experiments-out")]
         out: PathBuf,
         /// Leave the network up afterwards (a network that was up before is always left up).
