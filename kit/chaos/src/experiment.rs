@@ -63,6 +63,7 @@ struct WorkloadRepr {
     item_bytes: Option<Spanned<i64>>,
     r: Option<Spanned<i64>>,
     settle_secs: Option<Spanned<f64>>,
+    reads_per_sec: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,7 +98,13 @@ pub struct Workload {
     pub r: usize,
     /// After the final heal: how long to wait for every item to be back at r.
     pub settle_secs: f64,
+    /// Reads of random items through random running nodes, per second, from the first fault
+    /// until the check (0: none; at most [`MAX_READS_PER_SEC`]).
+    pub reads_per_sec: f64,
 }
+
+/// Most reads per second an experiment may ask for (one client thread, one read at a time).
+pub const MAX_READS_PER_SEC: f64 = 50.0;
 
 /// What decides pass or fail (besides wrong bytes, which always fail).
 #[derive(Debug, Clone, PartialEq)]
@@ -232,12 +239,26 @@ impl Experiment {
                 item_bytes: defaults.item_bytes,
                 r: defaults.r,
                 settle_secs: defaults.settle_secs,
+                reads_per_sec: 0.0,
             },
             Some(w) => Workload {
                 items: count(&w.items, "items", 1, defaults.items)?,
                 item_bytes: count(&w.item_bytes, "item_bytes", 1, defaults.item_bytes)?,
                 r: count(&w.r, "r", 1, defaults.r)?,
                 settle_secs: secs(&w.settle_secs, "settle_secs", defaults.settle_secs, true)?,
+                reads_per_sec: match &w.reads_per_sec {
+                    None => 0.0,
+                    Some(v) if (0.0..=MAX_READS_PER_SEC).contains(v.get_ref()) => *v.get_ref(),
+                    Some(v) => {
+                        return Err(err(
+                            Some(v.span()),
+                            format!(
+                                "reads_per_sec = {}: must be 0 (no reads) to {MAX_READS_PER_SEC}",
+                                v.get_ref()
+                            ),
+                        ));
+                    }
+                },
             },
         };
         if let Some(r) = repr.workload.as_ref().and_then(|w| w.r.as_ref())

@@ -18,6 +18,7 @@
 //! - [`log`]: the JSON-lines fault log with timestamps.
 //! - [`exporter`]: faults as Prometheus series (`/metrics` while a scenario runs) for the
 //!   dashboards' "Chaos faults" annotation.
+//! - [`reads`]: reads at a steady rate while the faults go on (availability, latency).
 //! - [`survival`]: store seeded items, observe replica health, retrieve and verify every item.
 //! - [`report`]: the summary table, `report.json` and the `health.svg` plot.
 //! - [`run`]: the scenario runner tying it together.
@@ -65,6 +66,7 @@ pub mod faults;
 pub mod log;
 pub mod loss;
 pub mod netns;
+pub mod reads;
 pub mod report;
 pub mod run;
 pub mod scenario;

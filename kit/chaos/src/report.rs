@@ -94,6 +94,9 @@ pub struct Report {
     /// Items that may be lost for the run to pass (an experiment's `checks.max_lost`).
     #[serde(default)]
     pub max_lost: usize,
+    /// The reads made while the faults went on, if the workload asked for them.
+    #[serde(default)]
+    pub reads: Option<crate::reads::Reads>,
 }
 
 /// Exit status: items lost or served wrong.
@@ -104,7 +107,8 @@ pub const EXIT_UNDER_R: i32 = 2;
 impl Report {
     /// 0, [`EXIT_LOST`] or [`EXIT_UNDER_R`].
     pub fn exit_code(&self) -> i32 {
-        if self.items.lost > self.max_lost || self.items.wrong_content > 0 {
+        let wrong_reads = self.reads.as_ref().map_or(0, |r| r.wrong_bytes);
+        if self.items.lost > self.max_lost || self.items.wrong_content > 0 || wrong_reads > 0 {
             EXIT_LOST
         } else if self.items.under_r > 0 || self.recoveries.iter().any(Recovery::missed) {
             EXIT_UNDER_R
@@ -151,6 +155,24 @@ impl Report {
                 .map(|(l, n)| format!("{l} {n}"))
                 .collect();
             row(&mut s, "lost by LAN stored in", v.join(", "));
+        }
+        if let Some(r) = &self.reads {
+            row(
+                &mut s,
+                "reads during the run",
+                format!(
+                    "{} at {}/s: {:.1} % ok ({} on another node), {} failed, {} wrong bytes; \
+                     p50 {:.0} ms, p99 {:.0} ms",
+                    r.attempted,
+                    r.rate,
+                    r.ok_percent(),
+                    r.retried,
+                    r.failed,
+                    r.wrong_bytes,
+                    r.p50_ms,
+                    r.p99_ms
+                ),
+            );
         }
         row(
             &mut s,
@@ -320,6 +342,7 @@ mod tests {
             problems: vec![],
             backend: "compose".into(),
             max_lost: 0,
+            reads: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! 3. A sampler thread observes replica health about once a second from here on.
 //! 4. Run the steps; `wait-r` measures the time from the last fault until every item is at r.
 //! 5. Heal, wait until ready and until every item is at r (up to `settle_secs`), then retrieve
-//!    every item through other nodes and write the report.
+//!    every item through other nodes and write the report. Groups can still change right after
+//!    that (returning nodes), so the check looks for an observation with every item at r for up
+//!    to 30 s before it counts an item as under r.
 //!
 //! Ctrl-C (SIGINT) or SIGTERM during steps 2-5 stops the run at the next check, heals what it
 //! broke and returns [`Interrupted`]; a second Ctrl-C exits at once.
@@ -39,6 +41,9 @@ const CHOICE_STREAM: u64 = 0x6661_756c_7473;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Sampling period of replica health.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// At the check: how long to look again for an observation with every item at r before an item
+/// counts as under r after the heal.
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// How to run a scenario.
 #[derive(Debug, Clone)]
@@ -257,6 +262,8 @@ pub struct RunOn {
     pub back_at_r_secs: Option<f64>,
     /// Raised by Ctrl-C ([`interrupt_flag`]); `None` installs the handler.
     pub interrupt: Option<Arc<Flag>>,
+    /// Reads per second while the faults go on ([`crate::reads`]); 0: none.
+    pub reads_per_sec: f64,
 }
 
 /// Runs a scenario on the compose project (`--up`: brings the default network up first) and
@@ -414,6 +421,16 @@ fn faults_and_check(
         ),
     }
 
+    let reader = (extra.reads_per_sec > 0.0).then(|| {
+        crate::reads::Reader::spawn(
+            backend.clone(),
+            ids.clone(),
+            extra.reads_per_sec,
+            seed,
+            log.clone(),
+        )
+    });
+
     // Steps.
     let mut rng = StdRng::seed_from_u64(seed ^ CHOICE_STREAM);
     let mut recoveries = Vec::new();
@@ -530,6 +547,10 @@ fn faults_and_check(
     log.write("recovered", serde_json::to_value(&rec)?);
     recoveries.push(rec);
 
+    let reads = reader.map(crate::reads::Reader::finish);
+    if let Some(r) = &reads {
+        log.write("reads", serde_json::to_value(r)?);
+    }
     let containers = backend.nodes()?;
     let now: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
     let then: BTreeSet<&str> = nodes.iter().map(|c| c.id.as_str()).collect();
@@ -540,7 +561,16 @@ fn faults_and_check(
             backend.name()
         );
     }
-    let obs = survival::observe(&containers, &ids, r, log.t());
+    // Returning nodes can keep groups changing for a while after the first observation with
+    // every item at r (a member trimmed, another joining): an item counts as under r after the
+    // heal only if no observation within RECHECK shows every item at r.
+    let mut obs = survival::observe(&containers, &ids, r, log.t());
+    let recheck_until = Instant::now() + RECHECK;
+    while obs.sample.at_r < total && Instant::now() < recheck_until {
+        check(stop)?;
+        std::thread::sleep(SAMPLE_EVERY);
+        obs = survival::observe(&containers, &ids, r, log.t());
+    }
     let pb = bar(total, "retrieve");
     pb.set_position(0);
     let checks = survival::retrieve_all(&containers, &items, &obs);
@@ -602,6 +632,7 @@ fn faults_and_check(
         problems,
         backend: backend.name().to_string(),
         max_lost: extra.max_lost,
+        reads,
     };
     report.write(dir)?;
     Ok(report)

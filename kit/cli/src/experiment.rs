@@ -171,6 +171,7 @@ pub fn run(root: &Path, backend: Backend, args: RunArgs) -> Result<i32> {
                 max_lost: e.checks.max_lost,
                 back_at_r_secs: e.checks.back_at_r_secs,
                 interrupt: Some(stop.clone()),
+                reads_per_sec: e.workload.reads_per_sec,
             },
         )
     });
@@ -268,6 +269,17 @@ pub fn compare_table(reports: &[Report]) -> String {
     row("items stored", &|r| r.items.stored.to_string());
     row("items lost", &|r| r.items.lost.to_string());
     row("wrong bytes served", &|r| r.items.wrong_content.to_string());
+    row("reads ok during the run", &|r| {
+        r.reads
+            .as_ref()
+            .map_or_else(|| "-".into(), |x| format!("{}/{}", x.ok, x.attempted))
+    });
+    row("read latency p50 / p99", &|r| {
+        r.reads.as_ref().map_or_else(
+            || "-".into(),
+            |x| format!("{:.0}/{:.0} ms", x.p50_ms, x.p99_ms),
+        )
+    });
     row("seed", &|r| r.seed.to_string());
     row("verdict", &|r| {
         match r.exit_code() {

@@ -31,6 +31,7 @@ fn the_shipped_experiments_parse() {
     assert_eq!(e.topology.sites.len(), 3);
     assert_eq!(e.workload.items, 30);
     assert_eq!(e.checks.max_lost, 0);
+    assert_eq!(e.workload.reads_per_sec, 5.0);
     let names: Vec<&str> = e.faults.iter().map(Step::name).collect();
     assert_eq!(
         names,
@@ -109,6 +110,11 @@ fn mistakes_name_the_line_and_what_to_change() {
         "items = 0: must be at least 1",
     );
     fails("[workload]\nr = 40\n", 2, "at most that");
+    fails(
+        "[workload]\nreads_per_sec = 500\n",
+        2,
+        "must be 0 (no reads) to 50",
+    );
     fails(
         "[[fault]]\ndo = \"loss\"\ntarget = \"gw-a\"\npct = 0\n",
         4,
