@@ -55,6 +55,10 @@ pub struct Reads {
     pub max_ms: f64,
     /// Each failed read: seconds since the start and why (at most 100 kept).
     pub failures: Vec<(f64, String)>,
+    /// Each node that did not answer a read another node then answered: seconds since the
+    /// start and why (at most 100 kept).
+    #[serde(default)]
+    pub retry_causes: Vec<(f64, String)>,
 }
 
 impl Reads {
@@ -163,6 +167,10 @@ impl Reader {
                     }
                     if done {
                         break;
+                    }
+                    if k + 1 < asked.len() && reads.retry_causes.len() < 100 {
+                        let t = (log.t() * 10.0).round() / 10.0;
+                        reads.retry_causes.push((t, last.clone()));
                     }
                 }
                 if !done {
