@@ -395,6 +395,33 @@ impl Store for NodeStore {
         Ok(())
     }
 
+    fn replace(&mut self, item: Item) -> Result<(), StoreError> {
+        let d = match &mut self.backend {
+            Backend::Memory(m) => return m.replace(item),
+            Backend::Disk(d) => d,
+        };
+        let items = d.items();
+        let mut st = d.lock();
+        let id = item.id();
+        let old = st.index.get(&id).copied().unwrap_or(0);
+        let len = item.len() as u64;
+        st.capacity.release(old);
+        if let Err(e) = st.capacity.reserve(len) {
+            let _ = st.capacity.reserve(old);
+            return Err(e);
+        }
+        // The rename replaces the old file whole, and the group's saved view stays where it is.
+        if let Err(e) = write_atomic(&items, &id.to_string(), item.content()) {
+            st.capacity.release(len);
+            let _ = st.capacity.reserve(old);
+            return Err(StoreError::Backend(format!("writing item: {e}")));
+        }
+        st.index.insert(id, len);
+        st.generation += 1;
+        st.cache.put(item);
+        Ok(())
+    }
+
     fn get(&self, id: &ItemId) -> Option<Item> {
         match &self.backend {
             Backend::Memory(m) => m.get(id),

@@ -12,6 +12,7 @@
 //! - [`peers`]: the bounded known-host table and its diversity rule.
 //! - [`beacon`]: LAN discovery beacons (encoding and the announce schedule).
 //! - [`swim`]: SWIM-style liveness (direct and indirect probes, suspicion).
+//! - [`owned`]: owned items, named by (owner key, name), signed records replaced by sequence.
 //! - [`pcg`], [`rbfs`]: Peer Content Groups and random breadth-first search.
 //! - [`node`]: the machines composed into one core ([`node::DataCore`] so far).
 //!
@@ -33,6 +34,7 @@ pub mod id;
 pub mod item;
 pub mod membership;
 pub mod node;
+pub mod owned;
 pub mod pcg;
 pub mod peers;
 pub mod rbfs;
