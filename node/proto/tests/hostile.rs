@@ -185,13 +185,15 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         peer_id(),
         any::<bool>(),
         proptest::option::of(view()),
+        proptest::option::of((any::<u64>(), any::<[u8; 8]>())),
     )
-        .prop_map(|(item, version, author, holding, view)| GroupBeat {
+        .prop_map(|(item, version, author, holding, view, owned)| GroupBeat {
             item,
             version,
             author,
             holding,
             view,
+            owned: owned.map(|(seq, tag)| butter_proto::owned::Version { seq, tag }),
         });
     let challenge = (item_id(), any::<u64>()).prop_map(|(item, nonce)| Challenge { item, nonce });
     let proof = (item_id(), any::<u64>(), any::<[u8; 32]>())
@@ -242,6 +244,7 @@ fn pcg_message() -> impl Strategy<Value = pcg::Message> {
         item_id().prop_map(|item| pcg::Message::Delete { item }),
         view().prop_map(pcg::Message::Rival),
         proptest::collection::vec(view(), 0..4).prop_map(pcg::Message::Rendezvous),
+        (item_id(), bytes()).prop_map(|(item, record)| pcg::Message::Update { item, record }),
     ]
 }
 
