@@ -16,6 +16,8 @@ use std::time::Duration;
 use butter_proto::PeerId;
 use butter_proto::item::{Assembler, ItemId, Store};
 use butter_proto::node::data as core;
+pub use butter_proto::node::data::Placement;
+use butter_proto::owned::{self, OwnerId, Record};
 use butter_proto::pcg::{self, GroupInfo};
 use butter_proto::rbfs::{self, QueryId};
 use butter_proto::wire::Request;
@@ -92,6 +94,18 @@ pub enum DataError {
         "this node is not in the group of item {0}; send the delete to a member (GET /items/{0}/group on a holder lists them)"
     )]
     NotMember(ItemId),
+    /// The owned item was deleted by its owner (a signed tombstone is all the network keeps).
+    #[error(
+        "{owner}/{name} was deleted by its owner (tombstone seq {seq}); put a value with a higher seq to use the name again"
+    )]
+    Deleted {
+        /// The owner.
+        owner: OwnerId,
+        /// The name.
+        name: String,
+        /// The tombstone's sequence number.
+        seq: u64,
+    },
     /// The holder's blocks did not assemble into the item.
     #[error("item {0} could not be fetched: {1}")]
     Fetch(ItemId, String),
@@ -209,6 +223,42 @@ impl Node {
         let id = self.inner.core.with(|c, now| c.put(now, content))?;
         info!(item = %id.short(), "item stored");
         Ok(id)
+    }
+
+    /// Stores an owner's signed record of an owned item (a new value, or a tombstone to delete it)
+    /// in the item's group, where it replaces every older record: at once on a member
+    /// ([`Placement::Stored`]); from any other node through a holder found by search, or in a new
+    /// group when nobody holds the item ([`Placement::Searching`]: under way, logged and counted
+    /// when done). Fails with [`pcg::PutError::Owned`] when this node holds a record of the item
+    /// at the same or a higher seq.
+    pub fn put_owned(&self, record: &Record) -> Result<Placement, DataError> {
+        self.data()?;
+        let placed = self.inner.core.with(|c, now| c.put_owned(now, record))?;
+        info!(item = %placed.id().short(), owner = ?record.owner(), name = record.name(), seq = record.seq(), tombstone = record.is_tombstone(), searching = matches!(placed, Placement::Searching(_)), "owned record put");
+        Ok(placed)
+    }
+
+    /// Finds the owned item `(owner, name)` (locally, through its group, else by search) and
+    /// returns its verified record with how it was found. A record signed by the owner is all a
+    /// reader checks: it is the newest one the answering holder has, which after an update may
+    /// lag behind for a heartbeat or two on a holder that was away. A tombstone is
+    /// [`DataError::Deleted`].
+    pub async fn get_owned(
+        &self,
+        owner: OwnerId,
+        name: &str,
+    ) -> Result<(Record, Retrieved), DataError> {
+        let id = owned::slot(&owner, name);
+        let found = self.get(id).await?;
+        let record = Record::decode(&found.content).map_err(|_| DataError::NotFound(id))?;
+        if record.is_tombstone() {
+            return Err(DataError::Deleted {
+                owner,
+                name: name.to_owned(),
+                seq: record.seq(),
+            });
+        }
+        Ok((record, found))
     }
 
     /// Deletes `id` from the network: this node drops it and tells the other members of its group,
@@ -468,6 +518,25 @@ pub(crate) fn record(node: &Node, e: core::Event) {
     match e {
         core::Event::Pcg(e) => record_pcg(node, &e),
         core::Event::Rbfs(e) => answer_search(node, e),
+        core::Event::OwnedPlaced {
+            item,
+            holder,
+            stale_against,
+        } => match (holder, stale_against) {
+            (Some(h), Some(seq)) => {
+                info!(item = %item.short(), holder = %h.short(), held_seq = seq, "owned put from outside the group was stale: the group holds this seq or newer");
+                node.metrics()
+                    .owned_refused
+                    .with_label_values(&["stale"])
+                    .inc();
+            }
+            (Some(h), None) => {
+                info!(item = %item.short(), holder = %h.short(), "owned record sent to the group through a holder");
+            }
+            (None, _) => {
+                info!(item = %item.short(), "nobody held the owned item: placed it in a new group here");
+            }
+        },
         core::Event::Banned { peer, .. } => {
             warn!(peer = %peer.short(), "peer lied about data repeatedly: the data core treats it as dead (its groups replace it)");
             node.metrics()
@@ -578,6 +647,19 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
             if *from != node.id() {
                 node.inner.transport.strike(from, "wrong_data");
             }
+        }
+        pcg::Event::Updated {
+            item,
+            seq,
+            tombstone,
+        } => {
+            debug!(item = %item.short(), seq, tombstone, "owned item updated");
+            let kind = if *tombstone { "tombstone" } else { "value" };
+            m.owned_updates.with_label_values(&[kind]).inc();
+        }
+        pcg::Event::OwnedRefused { item, from, reason } => {
+            info!(item = %item.short(), from = %from.short(), reason, "refused an owned record");
+            m.owned_refused.with_label_values(&[reason]).inc();
         }
         pcg::Event::Refounded(item) => {
             warn!(item = %item.short(), "left out of the item's group and shown by no member that it holds the item: founded the group anew around our copy");

@@ -520,6 +520,43 @@ mod tests {
     }
 
     #[test]
+    fn an_owned_record_is_replaced_in_place_and_survives_reopen_with_its_view() {
+        use butter_proto::owned::{OwnerKey, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let key = OwnerKey::from_seed([8; 32]);
+        let v1 = Item::owned(&Record::sign(&key, "n", 1, Some(vec![1; 100])).unwrap());
+        let v2 = Item::owned(&Record::sign(&key, "n", 2, Some(vec![2; 10])).unwrap());
+        let (mut s, _) = NodeStore::open(dir.path(), 400, 1 << 10).unwrap();
+        s.insert(v1.clone()).unwrap();
+        let view = View {
+            item: v1.id(),
+            version: 3,
+            author: butter_proto::PeerId([1; 32]),
+            members: vec![butter_proto::PeerId([1; 32])],
+        };
+        s.views().unwrap().save(&view);
+        s.replace(v2.clone()).unwrap();
+        assert_eq!(
+            s.usage().used,
+            v2.len() as u64,
+            "capacity follows the new copy"
+        );
+        // Too large for what is left once the old copy goes: refused, nothing changed.
+        let big = Item::owned(&Record::sign(&key, "n", 3, Some(vec![3; 500])).unwrap());
+        assert!(matches!(s.replace(big), Err(StoreError::Full { .. })));
+        assert_eq!(s.get(&v2.id()).unwrap(), v2);
+        drop(s);
+        let (s, loaded) = NodeStore::open(dir.path(), 400, 1 << 10).unwrap();
+        assert_eq!(loaded.items, 1);
+        assert_eq!(
+            s.get(&v2.id()).unwrap(),
+            v2,
+            "the record verifies by signature"
+        );
+        assert_eq!(s.load_views(), vec![view], "the group's saved view stays");
+    }
+
+    #[test]
     fn content_in_memory_stays_within_the_cache_budget() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = NodeStore::open(dir.path(), 1 << 30, 10_000).unwrap();
