@@ -72,6 +72,17 @@
 //!   leave for the other's view, and every copy goes).
 //! - **Deleting** is for members only ([`Config::accept_deletes`]); deleted items are refused for
 //!   [`Config::tombstone_ttl`].
+//! - **Owned items** ([`crate::owned`]) keep the group machinery and change what is held: the
+//!   owner's newest signed record. [`Node::put_owned`] stores a record and sends it to the
+//!   co-members ([`Message::Update`]), who take it only if it is newer (by seq, then by
+//!   signature) and pass it on once; every heartbeat entry carries the sender's owned version
+//!   ([`GroupBeat::owned`]) so a holder of an older record — back from a partition, on the losing
+//!   side of a split, restarted from disk — is sent the newer one by the first holder of it that
+//!   hears from it. Possession proofs are compared only between holders of one version, so an
+//!   update on its way is never taken for a lie. A tombstone (a record without value) travels the
+//!   same way, so a returning holder cannot resurrect a deleted value; the group keeps it for
+//!   [`Config::owned_tombstone_ttl`], then its first member ends it. An unsigned
+//!   [`Message::Delete`] never removes an owned value.
 //! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
 //!   [`GroupState::Hot`] (> r).
 //! - **Graceful shutdown**: [`Node::begin_shutdown`] hands every group this node holds to a
