@@ -108,7 +108,8 @@ pub struct Metrics {
     pub rbfs_messages: IntCounterVec,
     /// PCG events (repairs, trims, failed proofs, corrupt data) by kind.
     pub pcg_events: IntCounterVec,
-    /// Owned records this node took in place of an older one, by kind (`value`, `tombstone`).
+    /// Owned records stored (put here, or taken in place of an older one), by kind (`value`,
+    /// `tombstone`).
     pub owned_updates: IntCounterVec,
     /// Owned records (or unsigned deletes of owned items) this node refused, by reason.
     pub owned_refused: IntCounterVec,
@@ -373,7 +374,7 @@ impl Metrics {
         let owned_updates = must(IntCounterVec::new(
             Opts::new(
                 "butter_owned_updates_total",
-                "Owned records taken in place of an older one (value or tombstone)",
+                "Owned records stored: put here, or taken from a peer in place of an older one (value or tombstone)",
             ),
             &["kind"],
         ));

@@ -1131,8 +1131,10 @@ impl<S: Store> Node<S> {
     }
 
     /// A record pushed by `from` ([`Message::Update`]): taken by a holder or a member of the
-    /// item's group when it verifies and is newer than the copy held, then passed on to the
-    /// co-members (each passes it on only if it was newer to it too, so it stops after one round).
+    /// item's group when it verifies and is newer than the copy held. One that came from outside
+    /// our view (a put from a node outside the group, through search) is passed on to the
+    /// co-members; a co-member's own put already reached them all, and heartbeats carry the
+    /// version to anyone it missed.
     fn on_update(&mut self, from: PeerId, item: ItemId, record: Vec<u8>) {
         if self.tombstones.contains_key(&item)
             || (!self.groups.contains_key(&item) && !self.store.contains(&item))
@@ -1168,9 +1170,11 @@ impl<S: Store> Node<S> {
         if !had {
             self.events.push_back(Event::Holding(item));
         }
-        if let Some(g) = self.groups.get(&item) {
+        if let Some(g) = self.groups.get(&item)
+            && !g.view.contains(&from)
+        {
             for m in g.view.members.clone() {
-                if m != self.me && m != from {
+                if m != self.me {
                     self.send(
                         m,
                         Message::Update {
@@ -1594,6 +1598,9 @@ impl<S: Store> Node<S> {
             return;
         }
         let ttl = self.config.owned_tombstone_ttl;
+        // Entries of copies dropped on other paths (a corrupt copy, an orphan's) go here.
+        let store = &self.store;
+        self.owned.retain(|id, _| store.contains(id));
         let mut expired = Vec::new();
         for (item, (_, tombstone)) in &self.owned {
             let Some(g) = self.groups.get_mut(item) else {
@@ -4361,6 +4368,48 @@ mod tests {
         net.nodes[b].handle_message(now, from, Message::Delete { item: id }, &h);
         assert_eq!(refused(&events(&mut net), "unsigned_delete"), 1);
         assert_eq!(net.seqs(&id).len(), 3);
+    }
+
+    #[test]
+    fn maintenance_messages_do_not_grow_with_owned_items_or_their_updates() {
+        // T13 with owned items: heartbeats per node stay flat from 40 to 400 items, and a round
+        // of updates costs one message per co-member per update, not a rise in heartbeats.
+        let count = |items: usize| {
+            let mut net = Net::new(12, 3, Config::default());
+            let key = owner();
+            for k in 0..items {
+                let r = Record::sign(&key, &format!("n{k}"), 1, Some(vec![k as u8; 32])).unwrap();
+                net.put_owned(k % 12, &r).unwrap();
+            }
+            net.run_for(Duration::from_secs(10));
+            let (beats, updates) = (net.sent["heartbeat"], net.sent.get("update").copied());
+            for k in 0..items {
+                let r = Record::sign(&key, &format!("n{k}"), 2, Some(vec![9; 32])).unwrap();
+                let id = r.slot();
+                let at = net.holders(&id)[0];
+                net.put_owned(at, &r).unwrap();
+            }
+            net.run_for(Duration::from_secs(20));
+            let updates = net.sent["update"] - updates.unwrap_or(0);
+            for k in 0..items {
+                let id = owned::slot(&key.id(), &format!("n{k}"));
+                assert!(net.seqs(&id).iter().all(|(_, s, _)| *s == 2));
+            }
+            (net.sent["heartbeat"] - beats, updates)
+        };
+        let (few, few_updates) = count(40);
+        let (many, many_updates) = count(400);
+        assert!(
+            many <= few * 12 / 10,
+            "heartbeats grew with owned items: {few} vs {many}"
+        );
+        // r - 1 = 2 messages per update (the member that took the put to its co-members), and a
+        // few more for groups whose views were still settling.
+        assert!(
+            many_updates <= 400 * 2 * 11 / 10,
+            "an update costs one message per co-member: {many_updates}"
+        );
+        assert!(few_updates <= 40 * 2 * 11 / 10, "{few_updates}");
     }
 
     #[test]
