@@ -137,6 +137,14 @@ impl OwnerKey {
         OwnerId(out)
     }
 
+    /// Signs `message` (for structures built on owned items, such as
+    /// [`crate::signed_log`]; records sign themselves with [`Record::sign`]).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let mut out = [0u8; SIGNATURE_LEN];
+        out.copy_from_slice(self.pair.sign(message).as_ref());
+        out
+    }
+
     /// The key file's text: a header line and the seed in hex.
     pub fn to_file(&self) -> String {
         let mut s = String::from(KEY_FILE_HEADER);
