@@ -20,6 +20,7 @@ pub use butter_proto::node::data::Placement;
 use butter_proto::owned::{self, OwnerId, Record};
 use butter_proto::pcg::{self, GroupInfo};
 use butter_proto::rbfs::{self, QueryId};
+use butter_proto::signed_log;
 use butter_proto::wire::Request;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,9 @@ pub enum DataError {
         /// The tombstone's sequence number.
         seq: u64,
     },
+    /// A log could not be appended to or did not verify.
+    #[error("log: {0}")]
+    Log(#[from] signed_log::LogError),
     /// The holder's blocks did not assemble into the item.
     #[error("item {0} could not be fetched: {1}")]
     Fetch(ItemId, String),
@@ -261,6 +265,57 @@ impl Node {
         Ok((record, found))
     }
 
+    /// Appends `payload` to the owner's log `log` ([`butter_proto::signed_log`]): the entry,
+    /// signed and chained to `head` (the writer's last head; `None` for the first entry), is
+    /// stored as an item, then the head is put as the owned item `(owner, log)` with `seq =
+    /// index + 1`. Returns the new head, to pass to the next append. A writer that lost its head
+    /// reads it back with [`read_log`](Self::read_log).
+    pub fn append_log(
+        &self,
+        key: &owned::OwnerKey,
+        log: &str,
+        head: Option<signed_log::Head>,
+        payload: Vec<u8>,
+    ) -> Result<signed_log::Head, DataError> {
+        let (entry, record) = signed_log::append(key, log, head, payload)?;
+        self.put(entry.encode())?;
+        self.put_owned(&record)?;
+        Ok(signed_log::head_of(&record)?)
+    }
+
+    /// Reads the owner's log `log`: its head (an owned item), then every entry back to the
+    /// first, each verified (hash link, owner's signature, log name, index). At most
+    /// `max_entries`; oldest first.
+    pub async fn read_log(
+        &self,
+        owner: OwnerId,
+        log: &str,
+        max_entries: u64,
+    ) -> Result<(signed_log::Head, Vec<signed_log::Entry>), DataError> {
+        let (record, _) = self.get_owned(owner, log).await?;
+        let head = signed_log::head_of(&record)?;
+        if head.index >= max_entries {
+            return Err(signed_log::LogError::TooLong(head.index.saturating_add(1)).into());
+        }
+        // Fetch the chain newest first (each entry names the one before it), then verify it.
+        let mut fetched = HashMap::new();
+        let mut want = Some(head.entry);
+        while let Some(id) = want {
+            let found = self.get(id).await?;
+            want = signed_log::Entry::decode(&found.content)
+                .map_err(|e| DataError::Fetch(id, e.to_string()))?
+                .prev();
+            fetched.insert(id, found.content);
+            if fetched.len() as u64 > head.index + 1 {
+                break;
+            }
+        }
+        let entries = signed_log::verify(&owner, log, head, max_entries, |id| {
+            fetched.get(id).cloned()
+        })?;
+        Ok((head, entries))
+    }
+
     /// Deletes `id` from the network: this node drops it and tells the other members of its group,
     /// which drop it too and refuse it for a while (`pcg::Config::tombstone_ttl`, 10 min), also to
     /// members that were away and come back holding it. Fails with [`DataError::NotMember`] on a
@@ -374,6 +429,14 @@ impl Node {
             return Vec::new();
         }
         self.inner.core.read(|c, _| c.store().ids())
+    }
+
+    /// The version of the owned record this node holds for `id`, and whether it is a tombstone.
+    pub fn owned_version(&self, id: &ItemId) -> Option<(owned::Version, bool)> {
+        self.inner.data.as_ref()?;
+        self.inner
+            .core
+            .read(|c, _| c.data().pcg().owned_version(id))
     }
 
     /// Groups this node is in, by state: `[cold, goldilocks, hot]`.
