@@ -47,14 +47,20 @@ pub enum KeyFileError {
     Random,
 }
 
-/// Makes a new owner key from the operating system's randomness and writes it to `path`
-/// (created, readable by its owner only; an existing file is refused).
-pub fn generate(path: &Path) -> Result<OwnerKey, KeyFileError> {
+/// A new owner key from the operating system's randomness, in memory only (a key that is never
+/// written can never be used again once the process ends: for tests and throw-away owners).
+pub fn fresh() -> Result<OwnerKey, KeyFileError> {
     let mut seed = [0u8; 32];
     SystemRandom::new()
         .fill(&mut seed)
         .map_err(|_| KeyFileError::Random)?;
-    let key = OwnerKey::from_seed(seed);
+    Ok(OwnerKey::from_seed(seed))
+}
+
+/// Makes a new owner key from the operating system's randomness and writes it to `path`
+/// (created, readable by its owner only; an existing file is refused).
+pub fn generate(path: &Path) -> Result<OwnerKey, KeyFileError> {
+    let key = fresh()?;
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
