@@ -107,6 +107,11 @@ pub enum DataError {
         /// The tombstone's sequence number.
         seq: u64,
     },
+    /// The item is owned: only its owner deletes it, with a signed tombstone.
+    #[error(
+        "item {0} is an owned item: only its owner deletes it, with a signed tombstone (butter-node delete --key KEY --name NAME)"
+    )]
+    Owned(ItemId),
     /// A log could not be appended to or did not verify.
     #[error("log: {0}")]
     Log(#[from] signed_log::LogError),
@@ -323,6 +328,9 @@ impl Node {
     pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
         self.data()?;
         self.inner.core.with(|c, now| {
+            if c.data().pcg().owned_version(&id).is_some() {
+                return Err(DataError::Owned(id));
+            }
             if !c.data().pcg().config().accept_deletes {
                 return Err(DataError::DeletesOff);
             }

@@ -167,7 +167,11 @@ async fn delete_item(State(node): State<Node>, Path(id): Path<String>) -> Respon
     };
     match node.delete(id) {
         Ok(()) => Json(serde_json::json!({ "deleted": id.to_string() })).into_response(),
-        Err(e @ (butter::data::DataError::NotMember(_) | butter::data::DataError::DeletesOff)) => (
+        Err(
+            e @ (butter::data::DataError::NotMember(_)
+            | butter::data::DataError::DeletesOff
+            | butter::data::DataError::Owned(_)),
+        ) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({ "error": e.to_string() })),
         )

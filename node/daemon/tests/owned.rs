@@ -163,6 +163,10 @@ fn owned_items_update_in_place_and_only_their_owner_deletes_them() {
     assert_eq!(code, 400);
 
     // Deleting needs the owner's tombstone: an anonymous DELETE of the item id is refused.
+    let (code, body) = request(http[0], "DELETE", &format!("/items/{id}"), &[]).unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("only its owner deletes it"), "{body}");
     let (ok, _, err) = cli(&[
         "delete",
         "--http",
