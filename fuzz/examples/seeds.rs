@@ -7,6 +7,7 @@ use std::path::Path;
 use butter_fuzz::{fixture_item_config, large_item, me, peer, small_item};
 use butter_proto::beacon::Beacon;
 use butter_proto::item::{Challenge, ItemId, Proof};
+use butter_proto::owned;
 use butter_proto::pcg::{self, GroupBeat, Heartbeat, View};
 use butter_proto::rbfs::{self, Bloom, Query, QueryId};
 use butter_proto::wire::{
@@ -113,6 +114,13 @@ fn main() {
         members: vec![peer(0), peer(1), me()],
     };
     let manifest = large.manifest(&fixture_item_config()).expect("multi-block");
+    let owner = owned::OwnerKey::from_seed([5; 32]);
+    let owned_record = owned::Record::sign(&owner, "profile", 3, Some(b"hello".to_vec()))
+        .expect("a valid record");
+    let tombstone = owned::Record::sign(&owner, "profile", 4, None).expect("a valid tombstone");
+    write("owned_record", "value", &owned_record.encode());
+    write("owned_record", "tombstone", &tombstone.encode());
+    write("owned_record", "key-file", owner.to_file().as_bytes());
     let pcg_msgs = [
         pcg::Message::Heartbeat(Heartbeat {
             reply: false,
@@ -122,6 +130,7 @@ fn main() {
                 author: peer(1),
                 holding: true,
                 view: Some(view.clone()),
+                owned: None,
             }],
             challenges: vec![Challenge {
                 item: small.id(),
@@ -159,6 +168,10 @@ fn main() {
         pcg::Message::Delete { item: small.id() },
         pcg::Message::Rival(view.clone()),
         pcg::Message::Rendezvous(vec![view.clone()]),
+        pcg::Message::Update {
+            item: owned_record.slot(),
+            record: owned_record.encode(),
+        },
     ];
     let mut sequence = Vec::new();
     for (i, m) in pcg_msgs.iter().enumerate() {

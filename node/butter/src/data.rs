@@ -16,8 +16,11 @@ use std::time::Duration;
 use butter_proto::PeerId;
 use butter_proto::item::{Assembler, ItemId, Store};
 use butter_proto::node::data as core;
+pub use butter_proto::node::data::Placement;
+use butter_proto::owned::{self, OwnerId, Record};
 use butter_proto::pcg::{self, GroupInfo};
 use butter_proto::rbfs::{self, QueryId};
+use butter_proto::signed_log;
 use butter_proto::wire::Request;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -92,6 +95,26 @@ pub enum DataError {
         "this node is not in the group of item {0}; send the delete to a member (GET /items/{0}/group on a holder lists them)"
     )]
     NotMember(ItemId),
+    /// The owned item was deleted by its owner (a signed tombstone is all the network keeps).
+    #[error(
+        "{owner}/{name} was deleted by its owner (tombstone seq {seq}); put a value with a higher seq to use the name again"
+    )]
+    Deleted {
+        /// The owner.
+        owner: OwnerId,
+        /// The name.
+        name: String,
+        /// The tombstone's sequence number.
+        seq: u64,
+    },
+    /// The item is owned: only its owner deletes it, with a signed tombstone.
+    #[error(
+        "item {0} is an owned item: only its owner deletes it, with a signed tombstone (butter-node delete --key KEY --name NAME)"
+    )]
+    Owned(ItemId),
+    /// A log could not be appended to or did not verify.
+    #[error("log: {0}")]
+    Log(#[from] signed_log::LogError),
     /// The holder's blocks did not assemble into the item.
     #[error("item {0} could not be fetched: {1}")]
     Fetch(ItemId, String),
@@ -211,6 +234,93 @@ impl Node {
         Ok(id)
     }
 
+    /// Stores an owner's signed record of an owned item (a new value, or a tombstone to delete it)
+    /// in the item's group, where it replaces every older record: at once on a member
+    /// ([`Placement::Stored`]); from any other node through a holder found by search, or in a new
+    /// group when nobody holds the item ([`Placement::Searching`]: under way, logged and counted
+    /// when done). Fails with [`pcg::PutError::Owned`] when this node holds a record of the item
+    /// at the same or a higher seq.
+    pub fn put_owned(&self, record: &Record) -> Result<Placement, DataError> {
+        self.data()?;
+        let placed = self.inner.core.with(|c, now| c.put_owned(now, record))?;
+        info!(item = %placed.id().short(), owner = ?record.owner(), name = record.name(), seq = record.seq(), tombstone = record.is_tombstone(), searching = matches!(placed, Placement::Searching(_)), "owned record put");
+        Ok(placed)
+    }
+
+    /// Finds the owned item `(owner, name)` (locally, through its group, else by search) and
+    /// returns its verified record with how it was found. A record signed by the owner is all a
+    /// reader checks: it is the newest one the answering holder has, which after an update may
+    /// lag behind for a heartbeat or two on a holder that was away. A tombstone is
+    /// [`DataError::Deleted`].
+    pub async fn get_owned(
+        &self,
+        owner: OwnerId,
+        name: &str,
+    ) -> Result<(Record, Retrieved), DataError> {
+        let id = owned::slot(&owner, name);
+        let found = self.get(id).await?;
+        let record = Record::decode(&found.content).map_err(|_| DataError::NotFound(id))?;
+        if record.is_tombstone() {
+            return Err(DataError::Deleted {
+                owner,
+                name: name.to_owned(),
+                seq: record.seq(),
+            });
+        }
+        Ok((record, found))
+    }
+
+    /// Appends `payload` to the owner's log `log` ([`butter_proto::signed_log`]): the entry,
+    /// signed and chained to `head` (the writer's last head; `None` for the first entry), is
+    /// stored as an item, then the head is put as the owned item `(owner, log)` with `seq =
+    /// index + 1`. Returns the new head, to pass to the next append. A writer that lost its head
+    /// reads it back with [`read_log`](Self::read_log).
+    pub fn append_log(
+        &self,
+        key: &owned::OwnerKey,
+        log: &str,
+        head: Option<signed_log::Head>,
+        payload: Vec<u8>,
+    ) -> Result<signed_log::Head, DataError> {
+        let (entry, record) = signed_log::append(key, log, head, payload)?;
+        self.put(entry.encode())?;
+        self.put_owned(&record)?;
+        Ok(signed_log::head_of(&record)?)
+    }
+
+    /// Reads the owner's log `log`: its head (an owned item), then every entry back to the
+    /// first, each verified (hash link, owner's signature, log name, index). At most
+    /// `max_entries`; oldest first.
+    pub async fn read_log(
+        &self,
+        owner: OwnerId,
+        log: &str,
+        max_entries: u64,
+    ) -> Result<(signed_log::Head, Vec<signed_log::Entry>), DataError> {
+        let (record, _) = self.get_owned(owner, log).await?;
+        let head = signed_log::head_of(&record)?;
+        if head.index >= max_entries {
+            return Err(signed_log::LogError::TooLong(head.index.saturating_add(1)).into());
+        }
+        // Fetch the chain newest first (each entry names the one before it), then verify it.
+        let mut fetched = HashMap::new();
+        let mut want = Some(head.entry);
+        while let Some(id) = want {
+            let found = self.get(id).await?;
+            want = signed_log::Entry::decode(&found.content)
+                .map_err(|e| DataError::Fetch(id, e.to_string()))?
+                .prev();
+            fetched.insert(id, found.content);
+            if fetched.len() as u64 > head.index + 1 {
+                break;
+            }
+        }
+        let entries = signed_log::verify(&owner, log, head, max_entries, |id| {
+            fetched.get(id).cloned()
+        })?;
+        Ok((head, entries))
+    }
+
     /// Deletes `id` from the network: this node drops it and tells the other members of its group,
     /// which drop it too and refuse it for a while (`pcg::Config::tombstone_ttl`, 10 min), also to
     /// members that were away and come back holding it. Fails with [`DataError::NotMember`] on a
@@ -218,6 +328,9 @@ impl Node {
     pub fn delete(&self, id: ItemId) -> Result<(), DataError> {
         self.data()?;
         self.inner.core.with(|c, now| {
+            if c.data().pcg().owned_version(&id).is_some() {
+                return Err(DataError::Owned(id));
+            }
             if !c.data().pcg().config().accept_deletes {
                 return Err(DataError::DeletesOff);
             }
@@ -324,6 +437,14 @@ impl Node {
             return Vec::new();
         }
         self.inner.core.read(|c, _| c.store().ids())
+    }
+
+    /// The version of the owned record this node holds for `id`, and whether it is a tombstone.
+    pub fn owned_version(&self, id: &ItemId) -> Option<(owned::Version, bool)> {
+        self.inner.data.as_ref()?;
+        self.inner
+            .core
+            .read(|c, _| c.data().pcg().owned_version(id))
     }
 
     /// Groups this node is in, by state: `[cold, goldilocks, hot]`.
@@ -468,6 +589,25 @@ pub(crate) fn record(node: &Node, e: core::Event) {
     match e {
         core::Event::Pcg(e) => record_pcg(node, &e),
         core::Event::Rbfs(e) => answer_search(node, e),
+        core::Event::OwnedPlaced {
+            item,
+            holder,
+            stale_against,
+        } => match (holder, stale_against) {
+            (Some(h), Some(seq)) => {
+                info!(item = %item.short(), holder = %h.short(), held_seq = seq, "owned put from outside the group was stale: the group holds this seq or newer");
+                node.metrics()
+                    .owned_refused
+                    .with_label_values(&["stale"])
+                    .inc();
+            }
+            (Some(h), None) => {
+                info!(item = %item.short(), holder = %h.short(), "owned record sent to the group through a holder");
+            }
+            (None, _) => {
+                info!(item = %item.short(), "nobody held the owned item: placed it in a new group here");
+            }
+        },
         core::Event::Banned { peer, .. } => {
             warn!(peer = %peer.short(), "peer lied about data repeatedly: the data core treats it as dead (its groups replace it)");
             node.metrics()
@@ -578,6 +718,19 @@ fn record_pcg(node: &Node, e: &pcg::Event) {
             if *from != node.id() {
                 node.inner.transport.strike(from, "wrong_data");
             }
+        }
+        pcg::Event::Updated {
+            item,
+            seq,
+            tombstone,
+        } => {
+            debug!(item = %item.short(), seq, tombstone, "owned item updated");
+            let kind = if *tombstone { "tombstone" } else { "value" };
+            m.owned_updates.with_label_values(&[kind]).inc();
+        }
+        pcg::Event::OwnedRefused { item, from, reason } => {
+            info!(item = %item.short(), from = %from.short(), reason, "refused an owned record");
+            m.owned_refused.with_label_values(&[reason]).inc();
         }
         pcg::Event::Refounded(item) => {
             warn!(item = %item.short(), "left out of the item's group and shown by no member that it holds the item: founded the group anew around our copy");

@@ -9,6 +9,7 @@
 //! - [`transport`]: the QUIC endpoint, connection pool, framed request/response streams.
 //! - [`behaviour`]: named request handlers applications register.
 //! - [`node`]: [`Node`] and [`NodeBuilder`], which tie it all together.
+//! - [`owner`]: owner key files for owned items ([`owned`]: signed, updatable, owner-deleted).
 //! - [`config`]: plain-data configuration with defaults and validation.
 //! - [`metrics`]: Prometheus series recorded from node events.
 //!
@@ -41,6 +42,7 @@ mod membership;
 pub mod metrics;
 pub mod node;
 pub mod overlay;
+pub mod owner;
 pub mod relay;
 pub mod store;
 pub mod tls;
@@ -49,6 +51,7 @@ pub mod transport;
 pub use butter_proto::PeerId;
 /// An item's id: the SHA-256 of its content (what `Node::put` returns and `Node::get` takes).
 pub use butter_proto::item::ItemId;
+pub use butter_proto::owned;
 /// An item's group as a node sees it (`Node::group`), and the state of a group.
 pub use butter_proto::pcg::{GroupInfo, GroupState};
 pub use config::Config;

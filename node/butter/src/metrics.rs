@@ -108,6 +108,11 @@ pub struct Metrics {
     pub rbfs_messages: IntCounterVec,
     /// PCG events (repairs, trims, failed proofs, corrupt data) by kind.
     pub pcg_events: IntCounterVec,
+    /// Owned records stored (put here, or taken in place of an older one), by kind (`value`,
+    /// `tombstone`).
+    pub owned_updates: IntCounterVec,
+    /// Owned records (or unsigned deletes of owned items) this node refused, by reason.
+    pub owned_refused: IntCounterVec,
     /// Groups this node is in, by state.
     pub groups: IntGaugeVec,
     /// Items held.
@@ -366,6 +371,20 @@ impl Metrics {
             ),
             &["kind"],
         ));
+        let owned_updates = must(IntCounterVec::new(
+            Opts::new(
+                "butter_owned_updates_total",
+                "Owned records stored: put here, or taken from a peer in place of an older one (value or tombstone)",
+            ),
+            &["kind"],
+        ));
+        let owned_refused = must(IntCounterVec::new(
+            Opts::new(
+                "butter_owned_refused_total",
+                "Owned records refused (stale, bad_signature, malformed, too_large) and unsigned deletes of owned items (unsigned_delete)",
+            ),
+            &["reason"],
+        ));
         let groups = must(IntGaugeVec::new(
             Opts::new(
                 "butter_groups",
@@ -441,6 +460,8 @@ impl Metrics {
             Box::new(pcg_messages.clone()),
             Box::new(rbfs_messages.clone()),
             Box::new(pcg_events.clone()),
+            Box::new(owned_updates.clone()),
+            Box::new(owned_refused.clone()),
             Box::new(groups.clone()),
             Box::new(items_stored.clone()),
             Box::new(stored_bytes.clone()),
@@ -478,6 +499,8 @@ impl Metrics {
             pcg_messages,
             rbfs_messages,
             pcg_events,
+            owned_updates,
+            owned_refused,
             groups,
             items_stored,
             stored_bytes,

@@ -395,6 +395,33 @@ impl Store for NodeStore {
         Ok(())
     }
 
+    fn replace(&mut self, item: Item) -> Result<(), StoreError> {
+        let d = match &mut self.backend {
+            Backend::Memory(m) => return m.replace(item),
+            Backend::Disk(d) => d,
+        };
+        let items = d.items();
+        let mut st = d.lock();
+        let id = item.id();
+        let old = st.index.get(&id).copied().unwrap_or(0);
+        let len = item.len() as u64;
+        st.capacity.release(old);
+        if let Err(e) = st.capacity.reserve(len) {
+            let _ = st.capacity.reserve(old);
+            return Err(e);
+        }
+        // The rename replaces the old file whole, and the group's saved view stays where it is.
+        if let Err(e) = write_atomic(&items, &id.to_string(), item.content()) {
+            st.capacity.release(len);
+            let _ = st.capacity.reserve(old);
+            return Err(StoreError::Backend(format!("writing item: {e}")));
+        }
+        st.index.insert(id, len);
+        st.generation += 1;
+        st.cache.put(item);
+        Ok(())
+    }
+
     fn get(&self, id: &ItemId) -> Option<Item> {
         match &self.backend {
             Backend::Memory(m) => m.get(id),
@@ -490,6 +517,43 @@ mod tests {
         assert!(!s.contains(&b.id()) && !s.contains(&c.id()));
         assert_eq!(s.usage().used, 5);
         assert!(!dir.path().join("items").join(".junk.tmp").exists());
+    }
+
+    #[test]
+    fn an_owned_record_is_replaced_in_place_and_survives_reopen_with_its_view() {
+        use butter_proto::owned::{OwnerKey, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let key = OwnerKey::from_seed([8; 32]);
+        let v1 = Item::owned(&Record::sign(&key, "n", 1, Some(vec![1; 100])).unwrap());
+        let v2 = Item::owned(&Record::sign(&key, "n", 2, Some(vec![2; 10])).unwrap());
+        let (mut s, _) = NodeStore::open(dir.path(), 400, 1 << 10).unwrap();
+        s.insert(v1.clone()).unwrap();
+        let view = View {
+            item: v1.id(),
+            version: 3,
+            author: butter_proto::PeerId([1; 32]),
+            members: vec![butter_proto::PeerId([1; 32])],
+        };
+        s.views().unwrap().save(&view);
+        s.replace(v2.clone()).unwrap();
+        assert_eq!(
+            s.usage().used,
+            v2.len() as u64,
+            "capacity follows the new copy"
+        );
+        // Too large for what is left once the old copy goes: refused, nothing changed.
+        let big = Item::owned(&Record::sign(&key, "n", 3, Some(vec![3; 500])).unwrap());
+        assert!(matches!(s.replace(big), Err(StoreError::Full { .. })));
+        assert_eq!(s.get(&v2.id()).unwrap(), v2);
+        drop(s);
+        let (s, loaded) = NodeStore::open(dir.path(), 400, 1 << 10).unwrap();
+        assert_eq!(loaded.items, 1);
+        assert_eq!(
+            s.get(&v2.id()).unwrap(),
+            v2,
+            "the record verifies by signature"
+        );
+        assert_eq!(s.load_views(), vec![view], "the group's saved view stays");
     }
 
     #[test]

@@ -303,3 +303,56 @@ fn wiki_article_added_on_one_node_is_readable_on_another_in_a_browser() {
     );
     assert!(article.contains("<h1>Clarified butter</h1>"));
 }
+
+#[test]
+fn wiki_edit_updates_the_article_in_place_and_keeps_its_history() {
+    let (qa, wa) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (qb, wb) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (_a, _) = spawn_example("wiki", &["--listen", &qa, "--web", &wa]);
+    let (_b, _) = spawn_example("wiki", &["--listen", &qb, "--web", &wb, "--peer", &qa]);
+    let location = |reply: &str| {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let mut locations = Vec::new();
+    for text in ["First+text.", "Second+text.", "Third+text."] {
+        let (code, reply) = http(&wa, "POST", "/articles", &format!("title=Ghee&text={text}"));
+        assert_eq!(code, 303, "{reply}");
+        locations.push(location(&reply));
+    }
+    assert!(
+        locations.iter().all(|l| *l == locations[0]),
+        "an edit keeps the article's id: {locations:?}"
+    );
+    // Read through the other node (plain HTTP: the browser test covers rendering).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut page = String::new();
+    while Instant::now() < deadline {
+        page = http(&wb, "GET", &locations[0], "").1;
+        if page.contains("Third text.") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        page.contains("<article id=text>Third text.</article>"),
+        "{page}"
+    );
+    assert!(page.contains("version 3"), "{page}");
+    assert!(
+        page.contains(
+            "<ol id=history><li>First text.</li><li>Second text.</li><li>Third text.</li></ol>"
+        ),
+        "{page}"
+    );
+}

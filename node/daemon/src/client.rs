@@ -1,4 +1,5 @@
 //! `butter-node put | get | delete | status | drain | health`: a small HTTP client for a running node's API.
+//! Owned items are signed here, with the owner key file; the node only verifies.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -206,7 +207,12 @@ pub fn put(addr: SocketAddr, file: &str) -> anyhow::Result<()> {
 
 /// Retrieves an item and writes its bytes to stdout (or `out`).
 pub fn get(addr: SocketAddr, id: &str, out: Option<&str>) -> anyhow::Result<()> {
-    let (status, body) = exchange(addr, "GET", &format!("/items/{id}"), &[])?;
+    let path = if id.contains('/') {
+        format!("/owned/{id}")
+    } else {
+        format!("/items/{id}")
+    };
+    let (status, body) = exchange(addr, "GET", &path, &[])?;
     if status != 200 {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         bail!("{}", v["error"].as_str().unwrap_or("retrieval failed"));
@@ -217,6 +223,91 @@ pub fn get(addr: SocketAddr, id: &str, out: Option<&str>) -> anyhow::Result<()> 
         }
         None => std::io::stdout().write_all(&body)?,
     }
+    Ok(())
+}
+
+/// The default seq of an owned record: the current time in milliseconds since 1970, so puts from
+/// one clock increase without asking the network for the current seq.
+fn default_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}
+
+/// Signs `value` (or a tombstone) as `(key, name)` at `seq` and sends it with `method`.
+fn send_owned(
+    addr: SocketAddr,
+    method: &str,
+    key: &std::path::Path,
+    name: &str,
+    seq: Option<u64>,
+    value: Option<Vec<u8>>,
+) -> anyhow::Result<serde_json::Value> {
+    use butter::owned::{MAX_VALUE, Record};
+    let key = butter::owner::load(key)?;
+    if let Some(v) = &value
+        && v.len() > MAX_VALUE
+    {
+        bail!(
+            "the value is {} bytes; owned values are at most {MAX_VALUE}: store large content as an item (`butter-node put FILE`) and put its id as the value",
+            v.len()
+        );
+    }
+    let seq = seq.unwrap_or_else(default_seq);
+    let record = Record::sign(&key, name, seq, value)?;
+    let path = format!("/owned/{}/{name}", key.id());
+    let (status, body) = exchange(addr, method, &path, &record.encode())?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if !(200..300).contains(&status) {
+        bail!(
+            "node refused the record ({status}): {}",
+            v["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(v)
+}
+
+/// Stores `file` as the owned item `name` of the key in `key`; prints OWNER/NAME, seq and id.
+pub fn put_owned(
+    addr: SocketAddr,
+    key: &std::path::Path,
+    name: &str,
+    seq: Option<u64>,
+    file: &str,
+) -> anyhow::Result<()> {
+    let mut data = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .take(butter::owned::MAX_VALUE as u64 + 1)
+            .read_to_end(&mut data)?;
+    } else {
+        data = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+    }
+    let v = send_owned(addr, "PUT", key, name, seq, Some(data))?;
+    println!(
+        "{} seq {} id {} ({})",
+        v["stored"].as_str().unwrap_or("?"),
+        v["seq"],
+        v["id"].as_str().unwrap_or("?"),
+        v["placement"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// Deletes the owned item `name` of the key in `key` with a signed tombstone.
+pub fn delete_owned(
+    addr: SocketAddr,
+    key: &std::path::Path,
+    name: &str,
+    seq: Option<u64>,
+) -> anyhow::Result<()> {
+    let v = send_owned(addr, "DELETE", key, name, seq, None)?;
+    println!(
+        "deleted {} (tombstone seq {})",
+        v["deleted"].as_str().unwrap_or("?"),
+        v["seq"]
+    );
     Ok(())
 }
 

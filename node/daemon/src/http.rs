@@ -1,5 +1,10 @@
-//! The HTTP side of the daemon: metrics, health, readiness, a JSON view of the node, the items API
-//! and `POST /drain`.
+//! The HTTP side of the daemon: metrics, health, readiness, a JSON view of the node, the items API,
+//! the owned-items API and `POST /drain`.
+//!
+//! Owned items: `PUT /owned/{owner}/{name}` takes an owner-signed record (the body is
+//! `owned::Record::encode`; `butter-node put --key` makes one), `DELETE` the same with a signed
+//! tombstone, `GET` answers the value with its `x-butter-seq`. The node never holds an owner's
+//! key: clients sign, every node verifies.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -21,6 +26,10 @@ pub fn router(node: Node) -> Router {
         .route("/items", get(list_items).put(put_item).post(put_item))
         .route("/items/{id}", get(get_item).delete(delete_item))
         .route("/items/{id}/group", get(get_group))
+        .route(
+            "/owned/{owner}/{name}",
+            get(get_owned).put(put_owned).delete(delete_owned),
+        )
         .route("/peers/{id}/call/{name}", post(call_peer))
         .route("/drain", post(drain))
         .layer(DefaultBodyLimit::max(node.config().data.max_item_size))
@@ -158,7 +167,11 @@ async fn delete_item(State(node): State<Node>, Path(id): Path<String>) -> Respon
     };
     match node.delete(id) {
         Ok(()) => Json(serde_json::json!({ "deleted": id.to_string() })).into_response(),
-        Err(e @ (butter::data::DataError::NotMember(_) | butter::data::DataError::DeletesOff)) => (
+        Err(
+            e @ (butter::data::DataError::NotMember(_)
+            | butter::data::DataError::DeletesOff
+            | butter::data::DataError::Owned(_)),
+        ) => (
             StatusCode::CONFLICT,
             Json(serde_json::json!({ "error": e.to_string() })),
         )
@@ -319,4 +332,167 @@ async fn status(State(node): State<Node>) -> Json<Status> {
         public: node.record().public,
         home_relay: node.home_relay().map(|r| r.to_string()),
     })
+}
+
+/// The owner and name of an owned-item path, checked.
+fn parse_owned(owner: &str, name: &str) -> Result<butter::owned::OwnerId, Box<Response>> {
+    let owner: butter::owned::OwnerId = owner
+        .parse()
+        .map_err(|e: butter::owned::OwnedError| Box::new(bad_request(e.to_string())))?;
+    butter::owned::check_name(name).map_err(|e| Box::new(bad_request(e.to_string())))?;
+    Ok(owner)
+}
+
+/// The signed record in `body`, checked against the path (and its kind: a value for `PUT`, a
+/// tombstone for `DELETE`).
+fn signed_record(
+    owner: &str,
+    name: &str,
+    body: &[u8],
+    tombstone: bool,
+) -> Result<butter::owned::Record, Box<Response>> {
+    use butter::owned::{MAX_RECORD, Record};
+    let owner = parse_owned(owner, name)?;
+    if body.is_empty() {
+        return Err(Box::new(bad_request(
+            "empty body: send a record signed by the owner key (butter-node put --key K --name N FILE makes one)",
+        )));
+    }
+    if body.len() > MAX_RECORD {
+        return Err(Box::new(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(serde_json::json!({ "error": format!(
+                    "a record of {} bytes exceeds the limit of {MAX_RECORD} (values up to 64 KiB; store larger content as an item and put its id)",
+                    body.len()
+                ) })),
+            )
+                .into_response(),
+        ));
+    }
+    let record = Record::decode(body).map_err(|e| {
+        Box::new(bad_request(format!(
+            "{e} (the body must be a record signed by the owner key; butter-node put --key makes one)"
+        )))
+    })?;
+    if record.owner() != owner || record.name() != name {
+        return Err(Box::new(bad_request(format!(
+            "the record is for {}/{}, not for the path's {owner}/{name}",
+            record.owner(),
+            record.name()
+        ))));
+    }
+    if record.is_tombstone() != tombstone {
+        return Err(Box::new(bad_request(if tombstone {
+            "DELETE takes a signed tombstone (a record without a value); PUT stores values"
+        } else {
+            "PUT takes a record with a value; a tombstone goes with DELETE"
+        })));
+    }
+    Ok(record)
+}
+
+/// What storing an owned record answers: 201/200, or 409 for a stale seq.
+fn owned_stored(
+    node: &Node,
+    record: &butter::owned::Record,
+    ok: StatusCode,
+    key: &str,
+) -> Response {
+    use butter::data::DataError;
+    use butter::owned::OwnedError;
+    match node.put_owned(record) {
+        Ok(placed) => {
+            // Outside the item's group the record is on its way to a holder (or to a new group):
+            // 202, and the reader checks with GET.
+            let (status, how) = match placed {
+                butter::data::Placement::Stored(_) => (ok, "stored"),
+                _ => (StatusCode::ACCEPTED, "sent to the item's group"),
+            };
+            (
+                status,
+                Json(serde_json::json!({
+                    key: format!("{}/{}", record.owner(), record.name()),
+                    "id": placed.id().to_string(),
+                    "seq": record.seq(),
+                    "placement": how,
+                })),
+            )
+                .into_response()
+        }
+        Err(e @ DataError::Put(butter_proto::pcg::PutError::Owned(OwnedError::Stale { .. }))) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn put_owned(
+    State(node): State<Node>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    match signed_record(&owner, &name, &body, false) {
+        Ok(record) => owned_stored(&node, &record, StatusCode::CREATED, "stored"),
+        Err(r) => *r,
+    }
+}
+
+async fn delete_owned(
+    State(node): State<Node>,
+    Path((owner, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    match signed_record(&owner, &name, &body, true) {
+        Ok(record) => owned_stored(&node, &record, StatusCode::OK, "deleted"),
+        Err(r) => *r,
+    }
+}
+
+async fn get_owned(
+    State(node): State<Node>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Response {
+    use butter::data::DataError;
+    let owner = match parse_owned(&owner, &name) {
+        Ok(o) => o,
+        Err(r) => return *r,
+    };
+    match node.get_owned(owner, &name).await {
+        Ok((record, found)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::HeaderName::from_static("x-butter-seq"),
+                    record.seq().to_string(),
+                ),
+                (
+                    header::HeaderName::from_static("x-butter-holder"),
+                    found.holder.clone(),
+                ),
+                (
+                    header::HeaderName::from_static("x-butter-hops"),
+                    found.hops.to_string(),
+                ),
+            ],
+            record.value().unwrap_or_default().to_vec(),
+        )
+            .into_response(),
+        Err(e @ DataError::Deleted { .. }) => (
+            StatusCode::GONE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
 }

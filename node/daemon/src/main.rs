@@ -1,7 +1,7 @@
 //! `butter-node`: the Butter node daemon.
 //!
 //! `butter-node run` starts a node with a QUIC endpoint and an HTTP listener for `/metrics`,
-//! `/health`, `/ready`, `/peers`, `/status`, the items API and `POST /drain`. Configuration comes from a TOML file, `BUTTER_*`
+//! `/health`, `/ready`, `/peers`, `/status`, the items and owned-items APIs and `POST /drain`. Configuration comes from a TOML file, `BUTTER_*`
 //! environment variables and flags, in that order of precedence (flags win). `butter-node health`
 //! checks `/ready` (or `/health`) of a running node for container health checks.
 
@@ -49,16 +49,36 @@ enum Command {
     /// Print a config file with every key at its default.
     Config,
     /// Store a file (or stdin with `-`) through a running node; prints the item id.
+    ///
+    /// With `--key` and `--name` the file becomes the value of an owned item: signed here with the
+    /// owner key (the node never sees it) and stored under (owner, name); a put with a higher
+    /// seq replaces the value everywhere, a lower or equal one is refused.
+    #[command(
+        after_help = "Owned items: `butter-node key new --out me.key`, then `butter-node put --key me.key \
+                      --name profile profile.json`; read it with `butter-node get OWNER/profile` \
+                      (OWNER: `butter-node key show me.key`)."
+    )]
     Put {
         /// The file to store, or `-` for stdin.
         file: String,
+        /// Owner key file (from `butter-node key new`): store the file as an owned item.
+        #[arg(long, requires = "name")]
+        key: Option<std::path::PathBuf>,
+        /// The owned item's name: 1 to 128 ASCII letters, digits, `.`, `_`, `-`, `~`.
+        #[arg(long, requires = "key")]
+        name: Option<String>,
+        /// The record's sequence number (default: the current time in milliseconds, so later
+        /// puts from one clock replace earlier ones).
+        #[arg(long, requires = "key")]
+        seq: Option<u64>,
         /// The node's HTTP address.
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
     },
-    /// Retrieve an item by id through a running node (searches the network).
+    /// Retrieve an item by id, or an owned item by OWNER/NAME, through a running node (searches
+    /// the network).
     Get {
-        /// The item id (64 hex characters).
+        /// The item id (64 hex characters), or OWNER/NAME for an owned item.
         id: String,
         /// Write to this file instead of stdout.
         #[arg(long, short)]
@@ -69,13 +89,31 @@ enum Command {
     },
     /// Delete an item from the network through a running node that is a member of its group (the
     /// members drop it and refuse it for 10 minutes).
+    ///
+    /// With `--key` and `--name`: delete an owned item through any node, with a tombstone signed
+    /// here by the owner key; its group keeps the tombstone for a day
+    /// (`owned_tombstone_ttl`), so a holder back from a partition cannot bring the value back.
     Delete {
-        /// The item id (64 hex characters).
-        id: String,
+        /// The item id (64 hex characters); not with --key.
+        #[arg(required_unless_present = "key", conflicts_with = "key")]
+        id: Option<String>,
+        /// Owner key file: delete the owned item `--name` of this key.
+        #[arg(long, requires = "name")]
+        key: Option<std::path::PathBuf>,
+        /// The owned item's name.
+        #[arg(long, requires = "key")]
+        name: Option<String>,
+        /// The tombstone's sequence number (default: the current time in milliseconds); it must
+        /// be above the value's.
+        #[arg(long, requires = "key")]
+        seq: Option<u64>,
         /// The node's HTTP address.
         #[arg(long, env = "BUTTER_HTTP", default_value = "127.0.0.1:7100")]
         http: std::net::SocketAddr,
     },
+    /// Owner keys for owned items (Ed25519, separate from any node's identity).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Private network mode: create a network CA, or sign a node's certificate with it.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -117,6 +155,23 @@ enum Command {
         /// Longest time, in seconds, for the whole check (connect and reply).
         #[arg(long, default_value_t = 2.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create an owner key file (readable by you only; an existing file is never overwritten) and
+    /// print its public key, the OWNER in OWNER/NAME.
+    New {
+        /// Where to write the key. Keep it secret and back it up: whoever holds it can update and
+        /// delete its items, and without it nobody can.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Print the public key (OWNER) of an owner key file.
+    Show {
+        /// The key file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -167,9 +222,41 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Put { file, http } => report(client::put(http, &file)),
+        Command::Put {
+            file,
+            key: Some(key),
+            name: Some(name),
+            seq,
+            http,
+        } => report(client::put_owned(http, &key, &name, seq, &file)),
+        Command::Put { file, http, .. } => report(client::put(http, &file)),
         Command::Get { id, output, http } => report(client::get(http, &id, output.as_deref())),
-        Command::Delete { id, http } => report(client::delete(http, &id)),
+        Command::Delete {
+            key: Some(key),
+            name: Some(name),
+            seq,
+            http,
+            ..
+        } => report(client::delete_owned(http, &key, &name, seq)),
+        Command::Delete { id, http, .. } => {
+            report(client::delete(http, id.as_deref().unwrap_or_default()))
+        }
+        Command::Key(KeyCommand::New { out }) => report(
+            butter::owner::generate(&out)
+                .map(|k| {
+                    println!("{}", k.id());
+                    eprintln!(
+                        "owner key written to {}; keep it secret (it signs every update and delete of its items)",
+                        out.display()
+                    );
+                })
+                .map_err(Into::into),
+        ),
+        Command::Key(KeyCommand::Show { file }) => report(
+            butter::owner::load(&file)
+                .map(|k| println!("{}", k.id()))
+                .map_err(Into::into),
+        ),
         Command::Status { http } => report(client::status(http)),
         Command::Drain { http, timeout } => report(client::drain(http, timeout)),
         // Exit 1 for every failure: 1 is "unhealthy" to Docker, which reserves 2.

@@ -13,8 +13,11 @@
 //! - A [`Store`] holds whole, verified items. Capacity is accounted byte-exactly in one place,
 //!   [`Capacity`]: a store reserves an item's content length before keeping it and releases the same
 //!   number when it drops it.
-//! - Updates and deletes: an item never changes (a new version is a new id). Deleting is removing the
-//!   item from every group ([`crate::pcg::Message::Delete`]); the store only offers `remove`.
+//! - Updates and deletes: a content-addressed item never changes (a new version is a new id).
+//!   Deleting one is removing it from every group ([`crate::pcg::Message::Delete`]); the store
+//!   only offers `remove`. Items that change are *owned* ([`crate::owned`]): their id names a slot
+//!   `(owner, name)` and their content is the newest signed record, which [`Item::verified`]
+//!   checks by signature instead of by hash.
 //!
 //! ```
 //! use butter_proto::item::{Config, Item, MemoryStore, Store};
@@ -249,14 +252,52 @@ impl Item {
         }
     }
 
-    /// Wraps content that must hash to `id` (every retrieval goes through here).
+    /// Wraps content that must be a valid value of `id` (every retrieval goes through here): for
+    /// a content-addressed item, content that hashes to `id`; for content in the owned-record
+    /// space ([`crate::owned::MAGIC`]), a record signed by its owner whose slot is `id`.
     pub fn verified(id: ItemId, content: Vec<u8>) -> Result<Self, VerifyError> {
+        if crate::owned::is_owned_content(&content) {
+            return match crate::owned::Record::decode(&content) {
+                Ok(r) if r.slot() == id => Ok(Item {
+                    id,
+                    content: content.into(),
+                }),
+                _ => Err(VerifyError::Mismatch(id)),
+            };
+        }
         let item = Item::new(content);
         if item.id == id {
             Ok(item)
         } else {
             Err(VerifyError::Mismatch(id))
         }
+    }
+
+    /// The item holding an owned record: its id is the record's slot, its content the record.
+    pub fn owned(record: &crate::owned::Record) -> Self {
+        Item {
+            id: record.slot(),
+            content: record.encode().into(),
+        }
+    }
+
+    /// Whether the content is still a valid value of the id (a disk error or a liar changes it).
+    pub fn is_intact(&self) -> bool {
+        Item::verified(self.id, self.content.to_vec()).is_ok()
+    }
+
+    /// The owned record this item holds, if it is an owned item (not re-verified: items are
+    /// verified when they are made).
+    pub fn record(&self) -> Option<crate::owned::Record> {
+        if !crate::owned::is_owned_content(&self.content) {
+            return None;
+        }
+        crate::owned::Record::decode_unverified(&self.content).ok()
+    }
+
+    /// The version of the owned record this item holds (`None` for a content-addressed item).
+    pub fn version(&self) -> Option<crate::owned::Version> {
+        crate::owned::version_of(&self.content)
     }
 
     /// The item id.
@@ -529,6 +570,24 @@ pub trait Store: fmt::Debug + Send + 'static {
     }
     /// Drops the item; returns whether it was held.
     fn remove(&mut self, id: &ItemId) -> bool;
+    /// Keeps `item` in place of the copy held under its id (an owned item's newer record), or
+    /// inserts it when none is held. Fails without changing anything when the capacity freed by
+    /// the old copy is not enough. Stores that keep more than the item under its id (a disk
+    /// store's saved view) override it to replace only the content.
+    fn replace(&mut self, item: Item) -> Result<(), StoreError> {
+        let id = item.id();
+        let old = self.get(&id).map_or(0, |o| o.len() as u64);
+        let usage = self.usage();
+        let free = usage.limit.saturating_sub(usage.used) + old;
+        if item.len() as u64 > free {
+            return Err(StoreError::Full {
+                need: item.len() as u64,
+                free,
+            });
+        }
+        self.remove(&id);
+        self.insert(item)
+    }
     /// Ids of every item held, in order.
     fn ids(&self) -> Vec<ItemId>;
     /// Bytes and items held.

@@ -12,6 +12,8 @@
 //! - [`peers`]: the bounded known-host table and its diversity rule.
 //! - [`beacon`]: LAN discovery beacons (encoding and the announce schedule).
 //! - [`swim`]: SWIM-style liveness (direct and indirect probes, suspicion).
+//! - [`owned`]: owned items, named by (owner key, name), signed records replaced by sequence.
+//! - [`signed_log`]: an append-only log on them: signed entries chained by hash, head owned.
 //! - [`pcg`], [`rbfs`]: Peer Content Groups and random breadth-first search.
 //! - [`node`]: the machines composed into one core ([`node::DataCore`] so far).
 //!
@@ -33,10 +35,12 @@ pub mod id;
 pub mod item;
 pub mod membership;
 pub mod node;
+pub mod owned;
 pub mod pcg;
 pub mod peers;
 pub mod rbfs;
 pub mod relay;
+pub mod signed_log;
 pub mod swim;
 pub mod time;
 pub mod wire;

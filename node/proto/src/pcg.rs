@@ -72,6 +72,17 @@
 //!   leave for the other's view, and every copy goes).
 //! - **Deleting** is for members only ([`Config::accept_deletes`]); deleted items are refused for
 //!   [`Config::tombstone_ttl`].
+//! - **Owned items** ([`crate::owned`]) keep the group machinery and change what is held: the
+//!   owner's newest signed record. [`Node::put_owned`] stores a record and sends it to the
+//!   co-members ([`Message::Update`]), who take it only if it is newer (by seq, then by
+//!   signature) and pass it on once; every heartbeat entry carries the sender's owned version
+//!   ([`GroupBeat::owned`]) so a holder of an older record — back from a partition, on the losing
+//!   side of a split, restarted from disk — is sent the newer one by the first holder of it that
+//!   hears from it. Possession proofs are compared only between holders of one version, so an
+//!   update on its way is never taken for a lie. A tombstone (a record without value) travels the
+//!   same way, so a returning holder cannot resurrect a deleted value; the group keeps it for
+//!   [`Config::owned_tombstone_ttl`], then its first member ends it. An unsigned
+//!   [`Message::Delete`] never removes an owned value.
 //! - **Group state**: [`GroupState::Cold`] (< r holders), [`GroupState::Goldilocks`] (= r),
 //!   [`GroupState::Hot`] (> r).
 //! - **Graceful shutdown**: [`Node::begin_shutdown`] hands every group this node holds to a
@@ -95,6 +106,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::PeerId;
 use crate::item::{self, Assembler, Challenge, Item, ItemId, Manifest, Proof, Store, StoreError};
+use crate::owned::{self, OwnedError, Record, Version};
 use crate::time::Time;
 
 /// What PCG and RBFS need to know about other nodes. The real node implements it over its
@@ -148,6 +160,15 @@ pub struct Config {
     pub orphan_timeout: Duration,
     /// How long a deleted item is refused. Default 10 min.
     pub tombstone_ttl: Duration,
+    /// How long the group of an owned item its owner deleted keeps the signed tombstone (counted
+    /// from when the first of its members took it; that member then ends the group). While the
+    /// tombstone is kept, a holder of an older value that comes back (from a partition, from
+    /// being offline with its disk) is handed the tombstone on its first heartbeat with any
+    /// member and drops the value; after it, such a holder can bring the old value back. So it
+    /// must be longer than the longest absence the network should survive: default 24 h, which
+    /// covers a site cut off for a working day or a node down overnight, at a cost of `r` small
+    /// records per deleted name for a day.
+    pub owned_tombstone_ttl: Duration,
     /// Longest graceful shutdown. Default 5 s.
     pub handoff_timeout: Duration,
     /// How often the leader of a healthy group whose members share a site looks for a live host on
@@ -196,6 +217,7 @@ impl Default for Config {
             fetch_timeout: Duration::from_secs(10),
             orphan_timeout: Duration::from_secs(20),
             tombstone_ttl: Duration::from_secs(600),
+            owned_tombstone_ttl: Duration::from_secs(24 * 3600),
             handoff_timeout: Duration::from_secs(5),
             spread_interval: Duration::from_secs(10),
             view_change_interval: Duration::from_secs(2),
@@ -246,6 +268,12 @@ impl Config {
             return Err(Invalid {
                 field: "missed_beats",
                 reason: "must be at least 1",
+            });
+        }
+        if self.owned_tombstone_ttl < self.orphan_timeout * 2 {
+            return Err(Invalid {
+                field: "owned_tombstone_ttl",
+                reason: "must be at least twice orphan_timeout (a returning holder must meet it)",
             });
         }
         self.item.validate()
@@ -324,6 +352,9 @@ pub struct GroupBeat {
     pub holding: bool,
     /// The full view, when the sender believes the receiver's differs.
     pub view: Option<View>,
+    /// For an owned item the sender holds, the version of its record: a holder of a newer one
+    /// answers with [`Message::Update`].
+    pub owned: Option<Version>,
 }
 
 /// The aggregated heartbeat between two nodes: every group they share in one message.
@@ -412,6 +443,15 @@ pub enum Message {
     /// highest [`rank`] for the item) every [`RENDEZVOUS_INTERVAL`]: two groups of one item that
     /// know nothing of each other (a split whose every link was lost) meet there.
     Rendezvous(Vec<View>),
+    /// A newer signed record of an owned item the receiver holds or keeps the group of (an
+    /// owner's update, or a holder answering a heartbeat that showed an older version). Checked
+    /// by signature, so it is taken from anyone.
+    Update {
+        /// The item (the record's slot).
+        item: ItemId,
+        /// The encoded record ([`Record::encode`]).
+        record: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -431,6 +471,7 @@ impl Message {
             Message::Delete { .. } => "delete",
             Message::Rival(_) => "rival",
             Message::Rendezvous(_) => "rendezvous",
+            Message::Update { .. } => "update",
         }
     }
 
@@ -441,6 +482,7 @@ impl Message {
                 content: Some(c), ..
             } => c.len(),
             Message::Block { bytes, .. } => bytes.len(),
+            Message::Update { record, .. } => record.len(),
             _ => 0,
         }
     }
@@ -518,6 +560,27 @@ pub enum Event {
     },
     /// Graceful shutdown finished (every hand-off confirmed or timed out).
     Drained,
+    /// This node now holds a newer record of an owned item (an update or its owner's tombstone).
+    Updated {
+        /// The item.
+        item: ItemId,
+        /// The record's sequence number.
+        seq: u64,
+        /// Whether the record is a tombstone.
+        tombstone: bool,
+    },
+    /// A record of an owned item was refused (stale, badly signed) or an unsigned delete of one.
+    OwnedRefused {
+        /// The item.
+        item: ItemId,
+        /// Who sent it (this node for a local put).
+        from: PeerId,
+        /// `stale`, `bad_signature`, `malformed`, `unsigned_delete` (see [`OwnedError::reason`]).
+        reason: &'static str,
+    },
+    /// The owner's tombstone of an item was kept for [`Config::owned_tombstone_ttl`]: the group
+    /// ended and the name may be used again.
+    TombstoneExpired(ItemId),
 }
 
 impl Event {
@@ -537,6 +600,9 @@ impl Event {
             Event::ViewRefused { .. } => "view_refused",
             Event::Corrupt { .. } => "corrupt",
             Event::Drained => "drained",
+            Event::Updated { .. } => "owned_updated",
+            Event::OwnedRefused { .. } => "owned_refused",
+            Event::TombstoneExpired(_) => "tombstone_expired",
         }
     }
 }
@@ -551,6 +617,16 @@ pub enum PutError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// An owned record was refused (not above the version held).
+    #[error(transparent)]
+    Owned(#[from] OwnedError),
+    /// Too many owned puts are still looking for their group on this node.
+    #[error("too many owned puts are still looking for their group; retry in a few seconds")]
+    Busy,
+    /// Content-addressed content in the owned-record space (it starts with
+    /// [`owned::MAGIC`]): it could squat an owned item's slot.
+    #[error("content starts with the owned-record header; store it as an owned item")]
+    Reserved,
 }
 
 /// A member as one node sees it, for the API (`GET /items/{id}/group`).
@@ -652,6 +728,8 @@ struct Group {
     /// without one for [`RENDEZVOUS_MEMORY_AFTER_CHANGE`] (every group in steady state) costs
     /// nothing there.
     disturbed_until: Time,
+    /// When this node first held its owner's tombstone of this (owned) item.
+    tombstone_since: Option<Time>,
 }
 
 /// How long after a membership change a group keeps visiting its rendezvous node.
@@ -696,8 +774,9 @@ struct Peer {
     /// The membership layer declared it dead (cleared by any message from it).
     dead: bool,
     challenges: Vec<Challenge>,
-    /// Proofs we owe the peer (sent on our next heartbeat to it).
-    owed: Vec<Proof>,
+    /// Challenges we owe the peer an answer to (proved on our next heartbeat to it, against the
+    /// copy held then, so the proof matches the version that heartbeat reports).
+    owed: Vec<Challenge>,
     cursor: usize,
     next_challenge: Time,
 }
@@ -770,6 +849,24 @@ pub struct Node<S: Store> {
     /// that can split a group (a peer declared dead, a member replaced while away, a departed
     /// peer back, two views meeting). In steady state nothing is sent.
     disturbed_until: Time,
+    /// The version of every owned record this node took into its store, and whether it is a
+    /// tombstone (so heartbeats need not read the store). An entry counts only while the store
+    /// still holds the item: every owned copy enters through `take_copy`, `put_owned` or
+    /// `restore`, which keep it, and nothing changes a held copy otherwise.
+    owned: BTreeMap<ItemId, (Version, bool)>,
+}
+
+/// What [`Node::take_copy`] did with a verified copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    /// Kept: the first copy here, or a newer record than the one held.
+    Kept,
+    /// The same record was already held.
+    Same,
+    /// An older record than the one held: refused (and the sender was sent ours).
+    Stale,
+    /// The store refused it.
+    Failed,
 }
 
 /// Which of two views of one group wins when they meet after a split: the higher `(version,
@@ -825,6 +922,7 @@ impl<S: Store> Node<S> {
             rendezvous: BTreeMap::new(),
             next_rendezvous: Time::ZERO,
             disturbed_until: Time::ZERO,
+            owned: BTreeMap::new(),
         })
     }
 
@@ -866,6 +964,9 @@ impl<S: Store> Node<S> {
             }
             .into());
         }
+        if owned::is_owned_content(&content) {
+            return Err(PutError::Reserved);
+        }
         let item = Item::new(content);
         let id = item.id();
         self.store.insert(item)?;
@@ -883,9 +984,224 @@ impl<S: Store> Node<S> {
     /// for this node to count as a holder). Within the grace window the group keeps this node.
     pub fn restore(&mut self, now: Time, view: View) {
         if view.contains(&self.me) && !self.groups.contains_key(&view.item) {
+            self.owned_meta(&view.item);
             self.install_view(now, view);
             self.ensure_started(now);
         }
+    }
+
+    /// Stores an owner's signed record (a new value or a tombstone) of an owned item: here, then
+    /// in its group. A member replaces its copy and sends the record to every co-member (each
+    /// takes it only if it is newer than its own); a node outside the group starts one, which
+    /// meets the existing group like any split group and converges on the newest record (holders
+    /// of an older version are sent the newer one on their next heartbeat with a holder of it).
+    /// Refused when the seq is not above the one this node holds ([`OwnedError::Stale`]).
+    pub fn put_owned(
+        &mut self,
+        now: Time,
+        record: &Record,
+        hosts: &dyn HostView,
+    ) -> Result<ItemId, PutError> {
+        if self.leaving.is_some() {
+            return Err(PutError::ShuttingDown);
+        }
+        let it = Item::owned(record);
+        let id = it.id();
+        let version = record.version();
+        // A put must raise the seq. (Two records an owner signed under one seq can still meet
+        // through different nodes; `take_copy` then keeps the same one everywhere, by `Version`.)
+        if let Some((held, _)) = self.owned_meta(&id)
+            && record.seq() <= held.seq
+        {
+            self.events.push_back(Event::OwnedRefused {
+                item: id,
+                from: self.me,
+                reason: "stale",
+            });
+            return Err(OwnedError::Stale {
+                held: held.seq,
+                offered: record.seq(),
+            }
+            .into());
+        }
+        let bytes = it.content().to_vec();
+        self.store.replace(it)?;
+        self.owned.insert(id, (version, record.is_tombstone()));
+        self.tombstones.remove(&id);
+        self.events.push_back(Event::Updated {
+            item: id,
+            seq: record.seq(),
+            tombstone: record.is_tombstone(),
+        });
+        match self.groups.get(&id) {
+            Some(g) => {
+                for m in g.view.members.clone() {
+                    if m != self.me {
+                        self.send(
+                            m,
+                            Message::Update {
+                                item: id,
+                                record: bytes.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            None => {
+                let view = View::new(id, 1, self.me, vec![self.me]);
+                self.install_view(now, view);
+            }
+        }
+        self.maintain(now, id, hosts);
+        self.ensure_started(now);
+        Ok(id)
+    }
+
+    /// The owned record held here for `item`, if any: its version and whether it is a tombstone.
+    pub fn owned_version(&self, item: &ItemId) -> Option<(Version, bool)> {
+        let meta = self.owned.get(item)?;
+        self.store.contains(item).then_some(*meta)
+    }
+
+    /// Like [`owned_version`](Self::owned_version), reading the store once for a copy this node
+    /// has no entry for (one loaded from disk before its group was restored).
+    fn owned_meta(&mut self, item: &ItemId) -> Option<(Version, bool)> {
+        if !self.store.contains(item) {
+            self.owned.remove(item);
+            return None;
+        }
+        if let Some(m) = self.owned.get(item) {
+            return Some(*m);
+        }
+        let held = self.store.get(item)?;
+        let r = held.record()?;
+        let meta = (r.version(), r.is_tombstone());
+        self.owned.insert(*item, meta);
+        Some(meta)
+    }
+
+    /// Takes a verified copy `it` received from `from`: a content-addressed item (or an owned one
+    /// with nothing held) replaces whatever is held under its id (a corrupt copy has the right id
+    /// but wrong bytes); an owned record only when it is newer than the one held. An older one
+    /// is refused, counted, and answered with ours.
+    fn take_copy(&mut self, from: PeerId, it: Item) -> Taken {
+        let item = it.id();
+        let Some(version) = it.version() else {
+            self.store.remove(&item);
+            return match self.store.insert(it) {
+                Ok(()) => Taken::Kept,
+                Err(_) => Taken::Failed,
+            };
+        };
+        let tombstone = it.record().is_some_and(|r| r.is_tombstone());
+        let held = self.owned_meta(&item);
+        match held {
+            Some((h, _)) if h == version => return Taken::Same,
+            Some((h, _)) if h > version => {
+                self.events.push_back(Event::OwnedRefused {
+                    item,
+                    from,
+                    reason: "stale",
+                });
+                if let Some(mine) = self.store.get(&item) {
+                    self.send(
+                        from,
+                        Message::Update {
+                            item,
+                            record: mine.content().to_vec(),
+                        },
+                    );
+                }
+                return Taken::Stale;
+            }
+            _ => {}
+        }
+        if self.store.replace(it).is_err() {
+            return Taken::Failed;
+        }
+        self.owned.insert(item, (version, tombstone));
+        if held.is_some() {
+            self.events.push_back(Event::Updated {
+                item,
+                seq: version.seq,
+                tombstone,
+            });
+        }
+        Taken::Kept
+    }
+
+    /// A record pushed by `from` ([`Message::Update`]): taken by a holder or a member of the
+    /// item's group when it verifies and is newer than the copy held. One that came from outside
+    /// our view (a put from a node outside the group, through search) is passed on to the
+    /// co-members; a co-member's own put already reached them all, and heartbeats carry the
+    /// version to anyone it missed.
+    fn on_update(&mut self, from: PeerId, item: ItemId, record: Vec<u8>) {
+        if self.tombstones.contains_key(&item)
+            || (!self.groups.contains_key(&item) && !self.store.contains(&item))
+        {
+            return;
+        }
+        let checked = match Record::decode(&record) {
+            Ok(r) if r.slot() == item => Item::verified(item, record).ok(),
+            Ok(_) => None,
+            Err(e) => {
+                self.events.push_back(Event::OwnedRefused {
+                    item,
+                    from,
+                    reason: e.reason(),
+                });
+                return;
+            }
+        };
+        let Some(it) = checked else {
+            // A valid record of another slot: not a value of this item.
+            self.events.push_back(Event::OwnedRefused {
+                item,
+                from,
+                reason: "malformed",
+            });
+            return;
+        };
+        let had = self.store.contains(&item);
+        let bytes = it.content().to_vec();
+        if self.take_copy(from, it) != Taken::Kept {
+            return;
+        }
+        if !had {
+            self.events.push_back(Event::Holding(item));
+        }
+        if let Some(g) = self.groups.get(&item)
+            && !g.view.contains(&from)
+        {
+            for m in g.view.members.clone() {
+                if m != self.me {
+                    self.send(
+                        m,
+                        Message::Update {
+                            item,
+                            record: bytes.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends an owner's record to `to`, a holder of the item found by search (the way a node
+    /// outside an item's group updates it: [`crate::node::DataCore::put_owned`]).
+    pub fn send_update(&mut self, to: PeerId, record: &Record) {
+        self.send(
+            to,
+            Message::Update {
+                item: record.slot(),
+                record: record.encode(),
+            },
+        );
+    }
+
+    /// Whether this node keeps the item `item` (a group of it, or a copy).
+    pub fn keeps(&self, item: &ItemId) -> bool {
+        self.groups.contains_key(item) || self.store.contains(item)
     }
 
     /// Deletes an item everywhere: drops it here and tells the other members, which pass it on to
@@ -893,6 +1209,10 @@ impl<S: Store> Node<S> {
     /// delete (members accept `Delete` only from members): returns `false`, changing nothing, when
     /// this node is not in the item's group.
     pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
+        if self.owned_meta(&item).is_some() {
+            // Only its owner deletes an owned item, with a signed tombstone (`put_owned`).
+            return false;
+        }
         let Some(g) = self.groups.get(&item) else {
             return false;
         };
@@ -1121,6 +1441,7 @@ impl<S: Store> Node<S> {
         }
         self.next_tick = now + self.jittered(self.config.heartbeat_interval);
         self.tombstones.retain(|_, until| *until > now);
+        self.expire_owned_tombstones(now);
         let items: Vec<ItemId> = self.groups.keys().copied().collect();
         for id in items {
             self.maintain(now, id, hosts);
@@ -1223,13 +1544,35 @@ impl<S: Store> Node<S> {
                 }
             }
             Message::Rendezvous(views) => self.on_rendezvous(now, from, views, hosts),
+            Message::Update { item, record } => self.on_update(from, item, record),
             Message::Delete { item } => {
                 // Only a member of the group as we know it may delete the item: a stranger's
                 // Delete sent to every holder would otherwise erase it from the network.
                 let Some(g) = self.groups.get(&item) else {
                     return;
                 };
-                if !g.view.contains(&from) || !self.config.accept_deletes {
+                if !g.view.contains(&from) {
+                    self.events.push_back(Event::ViewRefused { item, from });
+                    return;
+                }
+                let owned = self.owned_version(&item);
+                if let Some((_, tombstone)) = owned {
+                    // An owned item goes only by its owner's signed tombstone; an unsigned
+                    // delete ends the group only once the tombstone is all it holds (a member
+                    // whose retention ran out), whatever `accept_deletes` says.
+                    if !tombstone {
+                        self.events.push_back(Event::OwnedRefused {
+                            item,
+                            from,
+                            reason: "unsigned_delete",
+                        });
+                        return;
+                    }
+                    self.forget(now, item, false);
+                    self.events.push_back(Event::TombstoneExpired(item));
+                    return;
+                }
+                if !self.config.accept_deletes {
                     self.events.push_back(Event::ViewRefused { item, from });
                     return;
                 }
@@ -1244,6 +1587,49 @@ impl<S: Store> Node<S> {
     }
 
     // ---- internals ----
+
+    /// Starts the retention clock of every group whose held record became its owner's
+    /// tombstone, and ends the groups whose tombstone was kept [`Config::owned_tombstone_ttl`]:
+    /// the first member whose clock runs out tells the others (an unsigned `Delete`, which for
+    /// an owned item ends only a group holding a tombstone), so the group does not outlive its
+    /// oldest member's clock by the recruits that replaced members meanwhile.
+    fn expire_owned_tombstones(&mut self, now: Time) {
+        if self.owned.is_empty() {
+            return;
+        }
+        let ttl = self.config.owned_tombstone_ttl;
+        // Entries of copies dropped on other paths (a corrupt copy, an orphan's) go here.
+        let store = &self.store;
+        self.owned.retain(|id, _| store.contains(id));
+        let mut expired = Vec::new();
+        for (item, (_, tombstone)) in &self.owned {
+            let Some(g) = self.groups.get_mut(item) else {
+                continue;
+            };
+            if !*tombstone {
+                g.tombstone_since = None;
+                continue;
+            }
+            let since = *g.tombstone_since.get_or_insert(now);
+            if now.saturating_since(since) >= ttl {
+                expired.push(*item);
+            }
+        }
+        for item in expired {
+            if !self.store.contains(&item) {
+                continue;
+            }
+            if let Some(g) = self.groups.get(&item) {
+                for m in g.view.members.clone() {
+                    if m != self.me {
+                        self.send(m, Message::Delete { item });
+                    }
+                }
+            }
+            self.forget(now, item, false);
+            self.events.push_back(Event::TombstoneExpired(item));
+        }
+    }
 
     fn ensure_started(&mut self, now: Time) {
         if !self.started {
@@ -1348,6 +1734,7 @@ impl<S: Store> Node<S> {
             rival: None,
             departed: BTreeMap::new(),
             disturbed_until: Time::ZERO,
+            tombstone_since: None,
         });
         // Members leaving the view while absent (see `departed` below).
         let away: Vec<PeerId> = g
@@ -1515,6 +1902,7 @@ impl<S: Store> Node<S> {
                     author: self.me,
                     holding: true,
                     view: None,
+                    owned: self.owned_version(item).map(|(v, _)| v),
                 })
                 .collect();
             let challenges = asks.into_iter().filter_map(|(_, c)| c).collect();
@@ -1587,6 +1975,7 @@ impl<S: Store> Node<S> {
         if self.store.remove(&item) {
             self.events.push_back(Event::Dropped(item));
         }
+        self.owned.remove(&item);
         if tombstone {
             self.tombstones
                 .insert(item, now + self.config.tombstone_ttl);
@@ -2346,11 +2735,12 @@ impl<S: Store> Node<S> {
             return;
         }
         if let Some(c) = content {
+            let owned = owned::is_owned_content(&c);
             match Item::verified(item, c) {
                 Ok(it) => {
-                    // A corrupt local copy has the right id but wrong bytes: replace it.
-                    self.store.remove(&item);
-                    if self.store.insert(it).is_err() {
+                    // A corrupt local copy has the right id but wrong bytes: replace it (an
+                    // owned record only by a newer one; an older one is answered with ours).
+                    if self.take_copy(from, it) == Taken::Failed {
                         self.send(from, Message::Decline { item });
                         return;
                     }
@@ -2358,7 +2748,16 @@ impl<S: Store> Node<S> {
                     self.events.push_back(Event::Holding(item));
                     self.send(from, Message::Holding { item });
                 }
-                Err(_) => self.events.push_back(Event::Corrupt { item, from }),
+                Err(_) => {
+                    if owned {
+                        self.events.push_back(Event::OwnedRefused {
+                            item,
+                            from,
+                            reason: "bad_signature",
+                        });
+                    }
+                    self.events.push_back(Event::Corrupt { item, from });
+                }
             }
             return;
         }
@@ -2445,8 +2844,7 @@ impl<S: Store> Node<S> {
         };
         match assembler.finish() {
             Ok(it) => {
-                self.store.remove(&item);
-                if self.store.insert(it).is_ok() {
+                if self.take_copy(from, it) != Taken::Failed {
                     self.events.push_back(Event::Holding(item));
                     let author = self.groups.get(&item).map(|g| g.view.author);
                     self.send(from, Message::Holding { item });
@@ -2541,6 +2939,7 @@ impl<S: Store> Node<S> {
                 author: g.view.author,
                 holding: self.store.contains(item),
                 view: (their != Some(g.view.key())).then(|| g.view.clone()),
+                owned: self.owned_version(item).map(|(v, _)| v),
             },
             None => GroupBeat {
                 item: *item,
@@ -2548,6 +2947,7 @@ impl<S: Store> Node<S> {
                 author: self.me,
                 holding: false,
                 view: None,
+                owned: None,
             },
         }
     }
@@ -2626,11 +3026,12 @@ impl<S: Store> Node<S> {
                     peer.next_challenge = next;
                 }
             }
-            let proofs = self
+            let owed = self
                 .peers
                 .get_mut(&p)
                 .map(|peer| std::mem::take(&mut peer.owed))
                 .unwrap_or_default();
+            let proofs = self.prove_all(owed);
             let hb = Heartbeat {
                 reply: false,
                 groups,
@@ -2647,7 +3048,7 @@ impl<S: Store> Node<S> {
         let Some(mine) = self.store.get(&item) else {
             return;
         };
-        if ItemId::of(mine.content()) != item {
+        if !mine.is_intact() {
             // Our own copy is the bad one: drop it; the others will push us a good one.
             self.store.remove(&item);
             self.events.push_back(Event::Corrupt {
@@ -2674,8 +3075,29 @@ impl<S: Store> Node<S> {
         let mut keys = Vec::with_capacity(if hb.reply { 0 } else { hb.groups.len() });
         let mut differs = false;
         let mut not_holding = Vec::new();
+        // The owned versions the sender reports: a proof about an owned item counts (either
+        // way) only when it was made from the version we hold.
+        let mut reported: BTreeMap<ItemId, Version> = BTreeMap::new();
         for mut gb in hb.groups {
             let item = gb.item;
+            if let Some(v) = gb.owned {
+                reported.insert(item, v);
+            }
+            if let Some((mine, _)) = self.owned_version(&item)
+                && gb.owned.is_some_and(|theirs| theirs < mine)
+            {
+                // The sender holds an older record: hand it ours (a tombstone included, which is
+                // how a holder back from a partition learns its owner deleted the item).
+                if let Some(it) = self.store.get(&item) {
+                    self.send(
+                        from,
+                        Message::Update {
+                            item,
+                            record: it.content().to_vec(),
+                        },
+                    );
+                }
+            }
             if !self.tombstones.is_empty() && self.tombstones.contains_key(&item) {
                 self.send(from, Message::Delete { item });
                 continue;
@@ -2704,31 +3126,22 @@ impl<S: Store> Node<S> {
                 keys.push((item, sender_key));
             }
         }
-        if !hb.proofs.is_empty() {
-            self.check_orphan_proofs(from, &hb.proofs);
+        let proofs = self.comparable(hb.proofs, &reported);
+        if !proofs.is_empty() {
+            self.check_orphan_proofs(from, &proofs);
         }
-        if !hb.proofs.is_empty() || !not_holding.is_empty() {
-            self.check_proofs(now, from, &hb.proofs, &not_holding, hosts);
+        if !proofs.is_empty() || !not_holding.is_empty() {
+            self.check_proofs(now, from, &proofs, &not_holding, hosts);
         }
-        let proofs: Vec<Proof> = hb
-            .challenges
-            .iter()
-            .filter_map(|c| {
-                self.store.get(&c.item).map(|it| Proof {
-                    item: c.item,
-                    nonce: c.nonce,
-                    hash: it.prove(c.nonce, &self.config.item),
-                })
-            })
-            .collect();
+        let proofs = hb.challenges;
         // Owe the proofs until our next heartbeat to `from`, unless we answer now anyway (views
         // differ) or `from` is not in our rotation. An orphan's check (entries of version 0)
         // differs by construction, so it is answered at once, with our views.
         let answer_now = !hb.reply && (differs || !self.peers.contains_key(&from));
-        let mut proofs = proofs;
+        let mut owed = proofs;
         match self.peers.get_mut(&from) {
             Some(peer) if !answer_now => {
-                peer.owed.extend(proofs);
+                peer.owed.extend(owed);
                 // Bounded: only the latest answers matter (older challenges were replaced).
                 let excess = peer
                     .owed
@@ -2737,9 +3150,10 @@ impl<S: Store> Node<S> {
                 peer.owed.drain(..excess);
                 return;
             }
-            Some(peer) => proofs.extend(std::mem::take(&mut peer.owed)),
+            Some(peer) => owed.extend(std::mem::take(&mut peer.owed)),
             None => {}
         }
+        let proofs = self.prove_all(owed);
         if hb.reply || (!answer_now && proofs.is_empty()) {
             return;
         }
@@ -2754,6 +3168,37 @@ impl<S: Store> Node<S> {
             proofs,
         };
         self.send(from, Message::Heartbeat(reply));
+    }
+
+    /// Answers `challenges` from the copies held now (the heartbeat carrying the proofs reports
+    /// the owned versions they were made from).
+    fn prove_all(&self, challenges: Vec<Challenge>) -> Vec<Proof> {
+        challenges
+            .into_iter()
+            .filter_map(|c| {
+                self.store.get(&c.item).map(|it| Proof {
+                    item: c.item,
+                    nonce: c.nonce,
+                    hash: it.prove(c.nonce, &self.config.item),
+                })
+            })
+            .collect()
+    }
+
+    /// The proofs that can be checked against our copies: a proof about an owned item made from
+    /// another version than ours (an update on its way) proves nothing either way and is set
+    /// aside; the newer record reaches the older holder through [`Message::Update`].
+    fn comparable(&self, proofs: Vec<Proof>, reported: &BTreeMap<ItemId, Version>) -> Vec<Proof> {
+        if self.owned.is_empty() {
+            return proofs;
+        }
+        proofs
+            .into_iter()
+            .filter(|p| match self.owned_version(&p.item) {
+                Some((mine, _)) => reported.get(&p.item) == Some(&mine),
+                None => true,
+            })
+            .collect()
     }
 
     /// Checks proofs from `from` against our outstanding challenges to it. A wrong proof is a
@@ -3641,6 +4086,357 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    // ---- owned items ----
+
+    fn owner() -> owned::OwnerKey {
+        owned::OwnerKey::from_seed([42; 32])
+    }
+
+    fn record(seq: u64, value: Option<&[u8]>) -> Record {
+        Record::sign(&owner(), "profile", seq, value.map(<[u8]>::to_vec)).unwrap()
+    }
+
+    impl Net {
+        fn put_owned(&mut self, at: usize, r: &Record) -> Result<ItemId, PutError> {
+            let h = self.hosts(at);
+            let now = self.now;
+            let out = self.nodes[at].put_owned(now, r, &h);
+            self.deliver();
+            out
+        }
+        /// The seq each live holder of `item` holds.
+        fn seqs(&self, item: &ItemId) -> Vec<(usize, u64, bool)> {
+            self.holders(item)
+                .into_iter()
+                .map(|i| {
+                    let r = self.nodes[i].store().get(item).unwrap().record().unwrap();
+                    (i, r.seq(), r.is_tombstone())
+                })
+                .collect()
+        }
+    }
+
+    fn refused(evs: &[Event], why: &str) -> usize {
+        evs.iter()
+            .filter(|e| matches!(e, Event::OwnedRefused { reason, .. } if *reason == why))
+            .count()
+    }
+
+    #[test]
+    fn an_owned_item_is_replaced_everywhere_by_a_higher_seq() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put_owned(0, &record(1, Some(b"v1"))).unwrap();
+        assert_eq!(id, owned::slot(&owner().id(), "profile"));
+        net.run_for(Duration::from_secs(5));
+        let seqs = net.seqs(&id);
+        assert_eq!(seqs.len(), 3, "{seqs:?}");
+        assert!(seqs.iter().all(|(_, s, _)| *s == 1), "{seqs:?}");
+        // An update through another member reaches every member at once.
+        let other = seqs.iter().map(|(i, _, _)| *i).find(|i| *i != 0).unwrap();
+        net.put_owned(other, &record(2, Some(b"v2"))).unwrap();
+        let seqs = net.seqs(&id);
+        assert!(seqs.iter().all(|(_, s, _)| *s == 2), "{seqs:?}");
+        let evs = events(&mut net);
+        let updated = evs
+            .iter()
+            .filter(|e| matches!(e, Event::Updated { seq: 2, .. }))
+            .count();
+        assert_eq!(updated, 3, "every member counted the update");
+        // Possession checks keep passing on the new record: nobody is caught lying.
+        net.run_for(Duration::from_secs(60));
+        let evs = events(&mut net);
+        assert!(
+            !evs.iter().any(|e| matches!(e, Event::ProofFailed { .. })),
+            "{evs:?}"
+        );
+        assert_eq!(net.seqs(&id).len(), 3);
+        let held = net.nodes[other].store().get(&id).unwrap().record().unwrap();
+        assert_eq!(held.value(), Some(&b"v2"[..]));
+    }
+
+    #[test]
+    fn a_stale_or_equal_seq_is_refused_and_counted() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put_owned(0, &record(5, Some(b"v5"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        events(&mut net);
+        for seq in [4, 5] {
+            let e = net.put_owned(0, &record(seq, Some(b"old"))).unwrap_err();
+            assert_eq!(
+                e,
+                PutError::Owned(OwnedError::Stale {
+                    held: 5,
+                    offered: seq
+                })
+            );
+        }
+        // An old record replayed by a peer to a member is refused, and the member answers with
+        // its own newer record.
+        let seqs = net.seqs(&id);
+        let (m, _, _) = seqs[1];
+        let replayer = (0..9)
+            .find(|i| !seqs.iter().any(|(j, _, _)| j == i))
+            .unwrap();
+        let from = net.nodes[replayer].id();
+        let h = net.hosts(m);
+        let now = net.now;
+        net.nodes[m].handle_message(
+            now,
+            from,
+            Message::Update {
+                item: id,
+                record: record(3, Some(b"v3")).encode(),
+            },
+            &h,
+        );
+        let answer = net.nodes[m].poll_transmit().unwrap();
+        assert_eq!(answer.to, from);
+        assert!(matches!(answer.msg, Message::Update { .. }));
+        let evs = events(&mut net);
+        assert_eq!(refused(&evs, "stale"), 3, "two local puts and one replay");
+        assert!(net.seqs(&id).iter().all(|(_, s, _)| *s == 5));
+    }
+
+    #[test]
+    fn a_badly_signed_record_is_refused_and_counted() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put_owned(0, &record(1, Some(b"v1"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        events(&mut net);
+        let seqs = net.seqs(&id);
+        let (m, _, _) = seqs[1];
+        let mut forged = record(9, Some(b"evil")).encode();
+        let at = forged.len() - owned::SIGNATURE_LEN - 1;
+        forged[at] ^= 0x20;
+        let from = net.nodes[seqs[2].0].id();
+        let h = net.hosts(m);
+        let now = net.now;
+        net.nodes[m].handle_message(
+            now,
+            from,
+            Message::Update {
+                item: id,
+                record: forged.clone(),
+            },
+            &h,
+        );
+        // The same forgery pushed as replicated data is a lie about data as well.
+        let view = net.nodes[m].groups[&id].view.clone();
+        net.nodes[m].handle_message(
+            now,
+            from,
+            Message::Replicate {
+                view,
+                content: Some(forged),
+                manifest: None,
+            },
+            &h,
+        );
+        // Another owner's valid record is no value of this item either.
+        let stranger = Record::sign(
+            &owned::OwnerKey::from_seed([1; 32]),
+            "profile",
+            99,
+            Some(b"squat".to_vec()),
+        )
+        .unwrap();
+        net.nodes[m].handle_message(
+            now,
+            from,
+            Message::Update {
+                item: id,
+                record: stranger.encode(),
+            },
+            &h,
+        );
+        let evs = events(&mut net);
+        assert_eq!(refused(&evs, "bad_signature"), 2, "{evs:?}");
+        assert_eq!(refused(&evs, "malformed"), 1, "{evs:?}");
+        assert!(evs.iter().any(|e| matches!(e, Event::Corrupt { .. })));
+        assert!(net.seqs(&id).iter().all(|(_, s, _)| *s == 1));
+        // Anonymous content cannot squat the slot's preimage space either.
+        let h = net.hosts(0);
+        let mut squat = owned::MAGIC.to_vec();
+        squat.push(0);
+        assert_eq!(
+            net.nodes[0].store_item(now, squat, &h),
+            Err(PutError::Reserved)
+        );
+    }
+
+    /// Puts v1, lets the group form, cuts one holder off (its messages are lost, the others
+    /// replace it), then runs `during` on the rest and heals.
+    fn partition_one_holder(net: &mut Net, during: impl FnOnce(&mut Net, ItemId, usize)) -> usize {
+        let id = net.put_owned(0, &record(1, Some(b"v1"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        let away = net
+            .seqs(&id)
+            .iter()
+            .map(|(i, _, _)| *i)
+            .find(|i| *i != 0)
+            .unwrap();
+        let away_id = net.nodes[away].id();
+        net.silent.insert(away_id);
+        net.run_for(Duration::from_secs(20));
+        during(net, id, away);
+        net.run_for(Duration::from_secs(20));
+        net.silent.remove(&away_id);
+        net.run_for(Duration::from_secs(120));
+        away
+    }
+
+    #[test]
+    fn the_newest_record_wins_after_a_partition_heals() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = owned::slot(&owner().id(), "profile");
+        let away = partition_one_holder(&mut net, |net, _, _| {
+            net.put_owned(0, &record(2, Some(b"v2"))).unwrap();
+        });
+        let seqs = net.seqs(&id);
+        assert!(seqs.len() >= 3, "{seqs:?}");
+        assert!(seqs.iter().all(|(_, s, _)| *s == 2), "{seqs:?}");
+        // The returning holder's old record never wins: replayed, it is refused.
+        let h = net.hosts(0);
+        let now = net.now;
+        let from = net.nodes[away].id();
+        net.nodes[0].handle_message(
+            now,
+            from,
+            Message::Update {
+                item: id,
+                record: record(1, Some(b"v1")).encode(),
+            },
+            &h,
+        );
+        net.run_for(Duration::from_secs(5));
+        assert!(net.seqs(&id).iter().all(|(_, s, _)| *s == 2));
+        let evs = events(&mut net);
+        assert!(
+            !evs.iter().any(|e| matches!(e, Event::ProofFailed { .. })),
+            "an update on its way is no lie: {evs:?}"
+        );
+    }
+
+    #[test]
+    fn a_holder_back_from_a_partition_cannot_resurrect_a_deleted_item() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = owned::slot(&owner().id(), "profile");
+        let away = partition_one_holder(&mut net, |net, id, _| {
+            net.put_owned(0, &record(2, None)).unwrap();
+            // Members hold the tombstone, not the value; nothing anonymous deletes it.
+            let now = net.now;
+            assert!(!net.nodes[0].delete(now, id));
+        });
+        let seqs = net.seqs(&id);
+        assert!(seqs.iter().any(|(i, _, _)| *i == away), "{seqs:?}");
+        assert!(
+            seqs.iter().all(|(_, s, t)| *s == 2 && *t),
+            "every holder, the returning one included, holds the tombstone: {seqs:?}"
+        );
+        // Its value pushed again to a member is refused as stale.
+        let h = net.hosts(0);
+        let now = net.now;
+        let from = net.nodes[away].id();
+        let view = net.nodes[0].groups[&id].view.clone();
+        net.nodes[0].handle_message(
+            now,
+            from,
+            Message::Replicate {
+                view,
+                content: Some(record(1, Some(b"v1")).encode()),
+                manifest: None,
+            },
+            &h,
+        );
+        assert!(refused(&events(&mut net), "stale") >= 1);
+        assert!(net.seqs(&id).iter().all(|(_, _, t)| *t));
+    }
+
+    #[test]
+    fn an_unsigned_delete_does_not_remove_an_owned_value() {
+        let mut net = Net::new(9, 3, Config::default());
+        let id = net.put_owned(0, &record(1, Some(b"v1"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        let seqs = net.seqs(&id);
+        let (a, b) = (seqs[0].0, seqs[1].0);
+        let now = net.now;
+        assert!(!net.nodes[a].delete(now, id), "the API refuses it");
+        let from = net.nodes[a].id();
+        let h = net.hosts(b);
+        net.nodes[b].handle_message(now, from, Message::Delete { item: id }, &h);
+        assert_eq!(refused(&events(&mut net), "unsigned_delete"), 1);
+        assert_eq!(net.seqs(&id).len(), 3);
+    }
+
+    #[test]
+    fn maintenance_messages_do_not_grow_with_owned_items_or_their_updates() {
+        // T13 with owned items: heartbeats per node stay flat from 40 to 400 items, and a round
+        // of updates costs one message per co-member per update, not a rise in heartbeats.
+        let count = |items: usize| {
+            let mut net = Net::new(12, 3, Config::default());
+            let key = owner();
+            for k in 0..items {
+                let r = Record::sign(&key, &format!("n{k}"), 1, Some(vec![k as u8; 32])).unwrap();
+                net.put_owned(k % 12, &r).unwrap();
+            }
+            net.run_for(Duration::from_secs(10));
+            let (beats, updates) = (net.sent["heartbeat"], net.sent.get("update").copied());
+            for k in 0..items {
+                let r = Record::sign(&key, &format!("n{k}"), 2, Some(vec![9; 32])).unwrap();
+                let id = r.slot();
+                let at = net.holders(&id)[0];
+                net.put_owned(at, &r).unwrap();
+            }
+            net.run_for(Duration::from_secs(20));
+            let updates = net.sent["update"] - updates.unwrap_or(0);
+            for k in 0..items {
+                let id = owned::slot(&key.id(), &format!("n{k}"));
+                assert!(net.seqs(&id).iter().all(|(_, s, _)| *s == 2));
+            }
+            (net.sent["heartbeat"] - beats, updates)
+        };
+        let (few, few_updates) = count(40);
+        let (many, many_updates) = count(400);
+        assert!(
+            many <= few * 12 / 10,
+            "heartbeats grew with owned items: {few} vs {many}"
+        );
+        // r - 1 = 2 messages per update (the member that took the put to its co-members), and a
+        // few more for groups whose views were still settling.
+        assert!(
+            many_updates <= 400 * 2 * 11 / 10,
+            "an update costs one message per co-member: {many_updates}"
+        );
+        assert!(few_updates <= 40 * 2 * 11 / 10, "{few_updates}");
+    }
+
+    #[test]
+    fn a_tombstone_is_kept_for_its_retention_then_the_group_ends() {
+        let config = Config {
+            owned_tombstone_ttl: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let mut net = Net::new(9, 3, config);
+        let id = net.put_owned(0, &record(1, Some(b"v1"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        net.put_owned(0, &record(2, None)).unwrap();
+        net.run_for(Duration::from_secs(50));
+        assert_eq!(net.seqs(&id).len(), 3, "kept for the retention");
+        net.run_for(Duration::from_secs(20));
+        assert!(net.holders(&id).is_empty(), "{:?}", net.seqs(&id));
+        let evs = events(&mut net);
+        assert!(
+            evs.iter()
+                .filter(|e| matches!(e, Event::TombstoneExpired(i) if *i == id))
+                .count()
+                >= 3
+        );
+        // The name can be used again.
+        net.put_owned(0, &record(3, Some(b"again"))).unwrap();
+        net.run_for(Duration::from_secs(5));
+        assert!(net.seqs(&id).iter().all(|(_, s, t)| *s == 3 && !*t));
     }
 }
 

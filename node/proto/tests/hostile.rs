@@ -16,8 +16,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use butter_proto::PeerId;
 use butter_proto::beacon::{self, Beacon, Ignored};
 use butter_proto::item::{self, Assembler, Challenge, Item, ItemId, Manifest, Proof};
+use butter_proto::owned::{self, OwnerKey, Record};
 use butter_proto::pcg::{self, GroupBeat, Heartbeat, View};
 use butter_proto::rbfs::{self, Bloom, Query, QueryId};
+use butter_proto::signed_log;
 use butter_proto::wire::{
     self, ErrorCode, FrameError, LEN_PREFIX, MemberState, MemberUpdate, PeerRecord, Request,
     Response,
@@ -185,13 +187,15 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         peer_id(),
         any::<bool>(),
         proptest::option::of(view()),
+        proptest::option::of((any::<u64>(), any::<[u8; 8]>())),
     )
-        .prop_map(|(item, version, author, holding, view)| GroupBeat {
+        .prop_map(|(item, version, author, holding, view, owned)| GroupBeat {
             item,
             version,
             author,
             holding,
             view,
+            owned: owned.map(|(seq, tag)| butter_proto::owned::Version { seq, tag }),
         });
     let challenge = (item_id(), any::<u64>()).prop_map(|(item, nonce)| Challenge { item, nonce });
     let proof = (item_id(), any::<u64>(), any::<[u8; 32]>())
@@ -242,6 +246,7 @@ fn pcg_message() -> impl Strategy<Value = pcg::Message> {
         item_id().prop_map(|item| pcg::Message::Delete { item }),
         view().prop_map(pcg::Message::Rival),
         proptest::collection::vec(view(), 0..4).prop_map(pcg::Message::Rendezvous),
+        (item_id(), bytes()).prop_map(|(item, record)| pcg::Message::Update { item, record }),
     ]
 }
 
@@ -680,6 +685,48 @@ proptest! {
     #[test]
     fn garbage_ids(s in prop_oneof![any::<String>(), "[0-9a-fA-F+ -]{62,66}"]) {
         check_id_str(&s)?;
+    }
+
+    /// Owned records and log entries: a genuine one mutated verifies only if the bytes came out
+    /// unchanged, and then as the same record; whatever does not verify is no value of the slot.
+    #[test]
+    fn mutated_owned_records_never_verify(
+        seed in any::<[u8; 32]>(),
+        name in "[a-z0-9._~-]{1,16}",
+        seq in any::<u64>(),
+        value in proptest::option::of(bytes()),
+        m in mutations(),
+    ) {
+        let key = OwnerKey::from_seed(seed);
+        let genuine = Record::sign(&key, &name, seq, value).expect("a valid record");
+        let good = genuine.encode();
+        let bad = mutate(good.clone(), &m);
+        let slot = genuine.slot();
+        match Record::decode(&bad) {
+            Ok(r) => {
+                prop_assert_eq!(&bad, &good);
+                prop_assert_eq!(r, genuine);
+            }
+            Err(_) => prop_assert!(Item::verified(slot, bad.clone()).is_err()),
+        }
+        let _ = owned::version_of(&bad);
+        let (entry, _) = signed_log::append(&key, &name, None, good).expect("an entry");
+        let bad_entry = mutate(entry.encode(), &m);
+        if signed_log::Entry::decode(&bad_entry).is_ok() {
+            prop_assert_eq!(bad_entry, entry.encode());
+        }
+    }
+
+    /// Garbage in the record space (behind the record header) is never a value of any slot.
+    #[test]
+    fn garbage_owned_records(data in vec(any::<u8>(), 0..300), slot in item_id()) {
+        let mut framed = owned::MAGIC.to_vec();
+        framed.push(1);
+        framed.extend_from_slice(&data);
+        prop_assert!(Record::decode(&framed).is_err());
+        prop_assert!(Item::verified(slot, framed.clone()).is_err());
+        prop_assert!(Item::verified(ItemId::of(&framed), framed).is_err());
+        let _ = signed_log::Entry::decode(&data);
     }
 }
 

@@ -297,6 +297,18 @@ impl<S: Store> NodeCore<S> {
         self.data.put(now, content, &view)
     }
 
+    /// Stores an owner's signed record (a value or a tombstone) of an owned item: here and in
+    /// its group on a member, else through a holder found by search (see
+    /// [`DataCore::put_owned`](super::DataCore::put_owned)).
+    pub fn put_owned(
+        &mut self,
+        now: Time,
+        record: &crate::owned::Record,
+    ) -> Result<super::data::Placement, pcg::PutError> {
+        let view = TableView::new(self.membership.table(), now, self.me, &self.site);
+        self.data.put_owned(now, record, &view)
+    }
+
     /// Deletes `item` from its group; `false` when this node is not a member.
     pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
         self.data.delete(now, item)

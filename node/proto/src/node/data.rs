@@ -138,6 +138,17 @@ pub enum Event {
     Pcg(pcg::Event),
     /// From RBFS (a search found its item or gave up, an answer was corrupt).
     Rbfs(rbfs::Event),
+    /// How an owned put from outside the item's group ([`Placement::Searching`]) ended.
+    OwnedPlaced {
+        /// The item.
+        item: ItemId,
+        /// The holder the record was sent to, or `None` when nobody held the item and this
+        /// node placed it in a new group.
+        holder: Option<PeerId>,
+        /// The seq of the record found at that holder, when it was not older than the one put
+        /// (the put was stale there and nothing changed).
+        stale_against: Option<u64>,
+    },
     /// `peer` lied about data `pcg::Config::ban_after_lies` times: the data core treats it as
     /// dead until `until` (its groups replace it, nothing is recruited from or searched on it,
     /// its data messages are ignored). A driver may also refuse its connections.
@@ -148,6 +159,28 @@ pub enum Event {
         until: Time,
     },
 }
+
+/// Where an owned record went ([`DataCore::put_owned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Stored here and sent to the group's members.
+    Stored(ItemId),
+    /// This node is not in the item's group: it searches for a holder to send it to (or, when
+    /// there is none, places the item itself); [`Event::OwnedPlaced`] follows.
+    Searching(ItemId),
+}
+
+impl Placement {
+    /// The item id.
+    pub fn id(&self) -> ItemId {
+        match self {
+            Placement::Stored(id) | Placement::Searching(id) => *id,
+        }
+    }
+}
+
+/// Most owned puts a node may have searching for their group at once.
+const MAX_PENDING_PUTS: usize = 256;
 
 /// How long a lie counts towards a ban.
 const LIE_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -272,6 +305,10 @@ pub struct DataCore<S: Store> {
     liars: Liars,
     /// The time of the last input (for lies found while draining events).
     clock: Time,
+    /// Owned puts from outside their group, by the search looking for it.
+    pending_puts: BTreeMap<QueryId, crate::owned::Record>,
+    /// Owned puts whose search found nobody: placed here at the next input with a host view.
+    to_place: Vec<crate::owned::Record>,
 }
 
 impl<S: Store> DataCore<S> {
@@ -296,6 +333,8 @@ impl<S: Store> DataCore<S> {
             dead: BTreeSet::new(),
             liars: Liars::default(),
             clock: Time::ZERO,
+            pending_puts: BTreeMap::new(),
+            to_place: Vec::new(),
         })
     }
 
@@ -344,7 +383,44 @@ impl<S: Store> DataCore<S> {
         r
     }
 
-    /// Deletes `item` from its group; `false` when this node is not a member.
+    /// Stores an owner's signed record (a value or a tombstone) of an owned item.
+    ///
+    /// On a node that keeps the item (a member of its group, or a holder), the record goes into
+    /// the local store and to the co-members at once ([`pcg::Node::put_owned`]); refused when not
+    /// newer than the record held here. On any other node, a new group here would split the
+    /// item's group in two that may never meet, so the node first *searches* for the item: a
+    /// holder found is sent the record (it passes it to its co-members, each taking it only if it
+    /// is newer, and a holder of a newer one counts this put as stale); when nobody has it, the
+    /// node places the item in a new group of its own, as for a first put. Either way the put is
+    /// under way when this returns [`Placement::Searching`]; [`Event::OwnedPlaced`] says how it
+    /// ended.
+    pub fn put_owned(
+        &mut self,
+        now: Time,
+        record: &crate::owned::Record,
+        hosts: &dyn HostView,
+    ) -> Result<Placement, pcg::PutError> {
+        self.clock = now;
+        let id = record.slot();
+        if !self.pcg.keeps(&id) {
+            if self.pending_puts.len() >= MAX_PENDING_PUTS {
+                return Err(pcg::PutError::Busy);
+            }
+            let view = Unbanned::new(hosts, &self.liars, now);
+            let q = self.rbfs.find(now, id, self.pcg.store(), &view);
+            self.pending_puts.insert(q, record.clone());
+            self.settle(now, hosts);
+            return Ok(Placement::Searching(id));
+        }
+        let view = Unbanned::new(hosts, &self.liars, now);
+        let r = self.pcg.put_owned(now, record, &view);
+        self.settle(now, hosts);
+        r.map(Placement::Stored)
+    }
+
+    /// Deletes `item` from its group; `false` when this node is not a member (or the item is
+    /// owned: only its owner deletes it, with a signed tombstone through
+    /// [`put_owned`](Self::put_owned)).
     pub fn delete(&mut self, now: Time, item: ItemId) -> bool {
         self.clock = now;
         let done = self.pcg.delete(now, item);
@@ -461,6 +537,19 @@ impl<S: Store> DataCore<S> {
     /// nothing new is banned.
     fn settle(&mut self, now: Time, hosts: &dyn HostView) {
         self.pump();
+        for record in std::mem::take(&mut self.to_place) {
+            let view = Unbanned::new(hosts, &self.liars, now);
+            let id = record.slot();
+            // Nobody answered for the item: found its group here (or, if a group reached this
+            // node meanwhile, update it the member's way).
+            let _ = self.pcg.put_owned(now, &record, &view);
+            self.events.push_back(Event::OwnedPlaced {
+                item: id,
+                holder: None,
+                stale_against: None,
+            });
+            self.pump();
+        }
         while !self.liars.fresh.is_empty() {
             let fresh = std::mem::take(&mut self.liars.fresh);
             let view = Unbanned::new(hosts, &self.liars, now);
@@ -509,7 +598,7 @@ impl<S: Store> DataCore<S> {
                     self.rbfs.add_hint(v.item, &v.members);
                     None
                 }
-                pcg::Event::Deleted(item) => {
+                pcg::Event::Deleted(item) | pcg::Event::TombstoneExpired(item) => {
                     self.rbfs.forget_hint(item);
                     None
                 }
@@ -527,10 +616,46 @@ impl<S: Store> DataCore<S> {
                 rbfs::Event::Corrupt { holder, .. } => Some(*holder),
                 _ => None,
             };
+            self.owned_search_ended(&e);
             self.events.push_back(Event::Rbfs(e));
             if let Some(p) = liar {
                 self.strike(p);
             }
+        }
+    }
+
+    /// An owned put's search ended: send the record to the holder found, or place it here.
+    fn owned_search_ended(&mut self, e: &rbfs::Event) {
+        let (search, found) = match e {
+            rbfs::Event::Found {
+                search,
+                holder,
+                content,
+                ..
+            } => (
+                search,
+                Some((*holder, content.as_ref().and_then(|c| c.version()))),
+            ),
+            rbfs::Event::NotFound { search, .. } => (search, None),
+            _ => return,
+        };
+        let Some(record) = self.pending_puts.remove(search) else {
+            return;
+        };
+        let id = record.slot();
+        match found {
+            Some((holder, held)) if holder != self.pcg.id() => {
+                let stale_against = held.filter(|v| v.seq >= record.seq()).map(|v| v.seq);
+                if stale_against.is_none() {
+                    self.pcg.send_update(holder, &record);
+                }
+                self.events.push_back(Event::OwnedPlaced {
+                    item: id,
+                    holder: Some(holder),
+                    stale_against,
+                });
+            }
+            _ => self.to_place.push(record),
         }
     }
 
@@ -817,6 +942,98 @@ mod tests {
         );
         for m in &after {
             assert!(net.cores[net.idx(m)].store().contains(&item));
+        }
+    }
+
+    /// Runs `d` like `run_for`, but keeps node `i`'s events.
+    fn run_keeping(net: &mut Net, i: usize, d: Duration) -> Vec<Event> {
+        let mut kept = Vec::new();
+        let end = net.now + d;
+        while net.now < end {
+            net.now = net.now + Duration::from_millis(100);
+            for j in 0..net.cores.len() {
+                net.with(j, |c, h, now| c.handle_timeout(now, h));
+            }
+            net.deliver();
+            for (j, c) in net.cores.iter_mut().enumerate() {
+                while let Some(e) = c.poll_event() {
+                    if j == i {
+                        kept.push(e);
+                    }
+                }
+            }
+        }
+        kept
+    }
+
+    #[test]
+    fn an_owned_put_from_outside_the_group_updates_the_group_instead_of_splitting_it() {
+        use crate::owned::{OwnerKey, Record};
+        let key = OwnerKey::from_seed([3; 32]);
+        let rec = |seq: u64| Record::sign(&key, "doc", seq, Some(vec![seq as u8; 8])).unwrap();
+        let mut net = Net::new(7);
+        let placed = net
+            .with(0, |c, h, now| c.put_owned(now, &rec(1), h))
+            .unwrap();
+        let id = placed.id();
+        assert_eq!(placed, Placement::Searching(id), "node 0 keeps nothing yet");
+        let evs = run_keeping(&mut net, 0, Duration::from_secs(30));
+        assert!(
+            evs.iter()
+                .any(|e| matches!(e, Event::OwnedPlaced { holder: None, .. })),
+            "nobody held it: placed in a new group"
+        );
+        let members = net.members(0, &id);
+        assert_eq!(members.len(), 3, "{members:?}");
+        let outsider = (0..7).find(|i| !members.contains(&net.ids[*i])).unwrap();
+        let placed = net
+            .with(outsider, |c, h, now| c.put_owned(now, &rec(2), h))
+            .unwrap();
+        assert_eq!(placed, Placement::Searching(id));
+        let evs = run_keeping(&mut net, outsider, Duration::from_secs(10));
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                Event::OwnedPlaced {
+                    holder: Some(_),
+                    stale_against: None,
+                    ..
+                }
+            )),
+            "{evs:?}"
+        );
+        for m in &members {
+            let held = net.cores[net.idx(m)].store().get(&id).unwrap();
+            assert_eq!(
+                held.record().unwrap().seq(),
+                2,
+                "every member took the update"
+            );
+        }
+        assert!(
+            !net.cores[outsider].pcg().keeps(&id),
+            "no second group was started"
+        );
+        // A stale put from outside finds the newer record and changes nothing.
+        let other = (0..7)
+            .find(|i| *i != outsider && !members.contains(&net.ids[*i]))
+            .unwrap();
+        net.with(other, |c, h, now| c.put_owned(now, &rec(1), h))
+            .unwrap();
+        let evs = run_keeping(&mut net, other, Duration::from_secs(10));
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                Event::OwnedPlaced {
+                    stale_against: Some(2),
+                    ..
+                }
+            )),
+            "{evs:?}"
+        );
+        for m in &members {
+            let held = net.cores[net.idx(m)].store().get(&id).unwrap();
+            assert_eq!(held.record().unwrap().seq(), 2);
         }
     }
 
