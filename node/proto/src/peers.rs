@@ -155,6 +155,11 @@ pub enum Liveness {
     Alive,
     /// Missed a probe; will be removed unless it refutes in time.
     Suspect,
+    /// Named in the Hello sample of a host we reached, not reached by us yet
+    /// ([`Table::vouch`]): it holds a free place and counts as known, but it is never shared,
+    /// probed, recruited or searched until a Hello with it succeeds, and it yields its place to
+    /// any verified newcomer.
+    Unverified,
 }
 
 /// One of the 8 diversity classes: uptime, free storage and known-host count each above (bit set)
@@ -290,6 +295,8 @@ pub enum Insert {
     Added,
     /// The host was known; its record was refreshed.
     Updated,
+    /// The host was known unverified ([`Liveness::Unverified`]) and is now reached: alive.
+    Verified,
     /// A new host entered the table and another was evicted to make room.
     Replaced {
         /// The evicted host.
@@ -460,10 +467,33 @@ impl Table {
             host.record = record;
             host.updated = now;
             host.last_seen = now;
+            if host.liveness == Liveness::Unverified {
+                host.liveness = Liveness::Alive;
+                host.failures = 0;
+                return Insert::Verified;
+            }
             return Insert::Updated;
         }
         if !self.is_full() {
             self.hosts.insert(record.id, Host::new(now, record, source));
+            return Insert::Added;
+        }
+        // A place held by an unverified host is a free place for a host we reached.
+        let unverified: Vec<PeerId> = self
+            .hosts
+            .values()
+            .filter(|h| h.liveness == Liveness::Unverified)
+            .map(|h| h.id())
+            .collect();
+        if let Some(victim) = unverified.choose(rng).copied() {
+            let evicted = self.hosts.remove(&victim).map(Box::new);
+            self.hosts.insert(record.id, Host::new(now, record, source));
+            if let Some(evicted) = evicted {
+                return Insert::Replaced {
+                    evicted,
+                    random: false,
+                };
+            }
             return Insert::Added;
         }
         if self.config.random_factor > 0.0 && rng.random_bool(self.config.random_factor) {
@@ -520,13 +550,48 @@ impl Table {
     }
 
     /// Whether [`Table::insert`] would take `record` now, leaving the random factor aside: it is
-    /// known, or there is room, or it is not (one of) the most crowded. Lets the caller skip
-    /// dialling exchange candidates that would only be rejected.
+    /// known, or there is room (a place held by an unverified host counts as room), or it is not
+    /// (one of) the most crowded. Lets the caller skip dialling exchange candidates that would
+    /// only be rejected.
     pub fn would_admit(&self, now: Time, record: &PeerRecord) -> bool {
         record.id != self.local
             && (self.hosts.contains_key(&record.id)
                 || !self.is_full()
+                || self.unverified_count() > 0
                 || !self.contest(now, record).2)
+    }
+
+    /// Takes `record` on another host's word (it was in the Hello sample of a host we reached),
+    /// as [`Liveness::Unverified`], if it is unknown and a place is free: never evicts. Returns
+    /// whether it was added. A later Hello with it ([`insert`](Self::insert)) makes it alive.
+    pub fn vouch(&mut self, now: Time, record: PeerRecord, source: Source) -> bool {
+        if record.id == self.local
+            || record.addrs.is_empty()
+            || self.is_full()
+            || self.hosts.contains_key(&record.id)
+        {
+            return false;
+        }
+        let mut host = Host::new(now, record, source);
+        host.liveness = Liveness::Unverified;
+        self.hosts.insert(host.id(), host);
+        true
+    }
+
+    /// How many hosts are [`Liveness::Unverified`].
+    pub fn unverified_count(&self) -> usize {
+        self.hosts
+            .values()
+            .filter(|h| h.liveness == Liveness::Unverified)
+            .count()
+    }
+
+    /// The unverified host that has waited longest (ties: lowest id), if any.
+    pub fn oldest_unverified(&self) -> Option<&Host> {
+        self.hosts
+            .values()
+            .filter(|h| h.liveness == Liveness::Unverified)
+            .min_by_key(|h| (h.added, h.id()))
     }
 
     /// Crowding of every incumbent (in id order), the maximum over incumbents and newcomer, and
@@ -698,12 +763,18 @@ impl Table {
         picked
     }
 
-    /// A random sample of at most `n` alive hosts, balanced across sites: sites are visited in
+    /// A random sample of at most `n` hosts (alive ones, and unverified ones heard by beacon on this
+    /// node's LAN), balanced across sites: sites are visited in
     /// random order, round-robin, each contributing a random host per round. Used for peer exchange
     /// (never the whole table), so a far site's hosts spread as fast as the local ones.
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Vec<&Host> {
         let mut by_site: BTreeMap<&str, Vec<&Host>> = BTreeMap::new();
-        for h in self.hosts.values().filter(|h| h.is_alive()) {
+        // Alive hosts, and hosts heard by beacon on this node's own LAN (first-hand, though not
+        // yet reached): a LAN whose members lost a few beacons still converges by exchange.
+        let shared = |h: &&Host| {
+            h.is_alive() || (h.liveness == Liveness::Unverified && h.source == Source::Multicast)
+        };
+        for h in self.hosts.values().filter(shared) {
             by_site.entry(h.record.site.as_str()).or_default().push(h);
         }
         let mut sites: Vec<Vec<&Host>> = by_site.into_values().collect();
@@ -1226,6 +1297,10 @@ mod tests {
         Suspect(u32),
         Fail(u32),
         Advance(u64),
+        Vouch {
+            n: u32,
+            site: u8,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1236,6 +1311,7 @@ mod tests {
             1 => (1..300u32).prop_map(Op::Suspect),
             1 => (1..300u32).prop_map(Op::Fail),
             1 => (0..10_000_000u64).prop_map(Op::Advance),
+            2 => (1..300u32, 0..5u8).prop_map(|(n, site)| Op::Vouch { n, site }),
         ]
     }
 
@@ -1263,6 +1339,7 @@ mod tests {
                         let r = rec(n, &format!("s{site}"), uptime, storage, known);
                         let was_full = t.is_full();
                         let existed = t.contains(&r.id);
+                        let unverified_before = t.unverified_count();
                         let would = t.would_admit(now, &r);
                         let out = t.insert(now, r.clone(), Source::Exchange, &mut rng);
                         if random_factor == 0.0 {
@@ -1271,13 +1348,14 @@ mod tests {
                         let after: BTreeSet<PeerId> = t.iter().map(Host::id).collect();
                         match out {
                             Insert::Updated => prop_assert!(existed && before == after),
+                            Insert::Verified => prop_assert!(existed && before == after),
                             Insert::Added => prop_assert!(!existed && !was_full && after.len() == before.len() + 1),
                             Insert::Replaced { evicted, .. } => {
                                 prop_assert!(was_full && !existed);
                                 prop_assert!(before.contains(&evicted.id()) && !after.contains(&evicted.id()));
                                 prop_assert!(after.contains(&r.id) && after.len() == before.len());
                             }
-                            Insert::Rejected(Rejected::Crowded) => prop_assert!(was_full && before == after),
+                            Insert::Rejected(Rejected::Crowded) => prop_assert!(was_full && before == after && unverified_before == 0),
                             Insert::Rejected(Rejected::Local) => prop_assert!(false, "never inserted the local id"),
                         }
                     }
@@ -1285,7 +1363,23 @@ mod tests {
                     Op::Suspect(n) => t.set_liveness(&id(n), Liveness::Suspect),
                     Op::Fail(n) => { t.record_failure(&id(n)); }
                     Op::Advance(us) => now = Time(now.0 + us),
+                    Op::Vouch { n, site } => {
+                        // Only into a free place, never over a known host, and unverified.
+                        let before: BTreeSet<PeerId> = t.iter().map(Host::id).collect();
+                        let room = !t.is_full() && !t.contains(&id(n));
+                        let added = t.vouch(now, rec(n, &format!("s{site}"), 0, 0, 0), Source::Multicast);
+                        prop_assert_eq!(added, room);
+                        let after: BTreeSet<PeerId> = t.iter().map(Host::id).collect();
+                        prop_assert!(before.is_subset(&after));
+                        if added {
+                            prop_assert_eq!(t.get(&id(n)).map(|h| h.liveness), Some(Liveness::Unverified));
+                            prop_assert!(!t.sample(t.len(), &mut rng).is_empty());
+                        }
+                    }
                 }
+                // Unverified hosts are never picked for data, and a verified insert at capacity
+                // takes an unverified host's place before contesting anyone else's.
+                prop_assert!(t.most_diverse(now, capacity, |_| true).iter().all(|h| h.liveness != Liveness::Unverified));
                 prop_assert!(t.len() <= capacity);
                 prop_assert!(!t.contains(&id(0)));
                 let counts = t.class_counts(now);
