@@ -686,7 +686,7 @@ fn wrong_network_and_garbage_are_refused() {
 #[test]
 fn hello_sample_is_bounded_and_excludes_the_requester() {
     let mut net = Net::new(9, 0.0);
-    for _ in 0..25 {
+    for _ in 0..40 {
         net.add(1, "lan");
     }
     net.run_until(secs(5));
@@ -698,9 +698,9 @@ fn hello_sample_is_bounded_and_excludes_the_requester() {
         .m
         .handle_inbound_hello(now, observed, requester.clone(), "butter", 100)
         .unwrap();
-    assert_eq!(reply.sample.len(), 16);
+    assert_eq!(reply.sample.len(), 32);
     assert!(reply.sample.iter().all(|r| r.id != requester.id));
-    assert_eq!(reply.record.known_hosts, 24);
+    assert_eq!(reply.record.known_hosts, 39);
 }
 
 /// The T6/T8 scenario in simulation: 30 nodes started at the same instant on one LAN.
@@ -933,4 +933,125 @@ fn a_table_with_room_takes_back_a_host_it_once_evicted() {
         );
     }
     assert!(net.config.reject_memory > Duration::from_secs(25));
+}
+
+/// The #17 goal on one LAN: every node holds `min(N − 1, capacity)` hosts, is held by at least 8
+/// others, and the who-knows-whom graph is strongly connected. Returns the nodes that miss it.
+fn lan_goal_misses(net: &Net) -> Vec<usize> {
+    let n = net.nodes.len();
+    let share = (n - 1).min(net.config.peers.capacity);
+    let ids: Vec<PeerId> = (0..n).map(|i| net.id(i)).collect();
+    let held_by = |j: usize| {
+        (0..n)
+            .filter(|&i| i != j && net.nodes[i].m.table().contains(&ids[j]))
+            .count()
+    };
+    let mut miss: Vec<usize> = (0..n)
+        .filter(|&i| net.nodes[i].m.table().len() < share || held_by(i) < 8.min(n - 1))
+        .collect();
+    if miss.is_empty() {
+        // Strongly connected: everyone reaches everyone from node 0, forwards and backwards.
+        for forward in [true, false] {
+            let mut seen = vec![false; n];
+            let mut stack = vec![0];
+            seen[0] = true;
+            while let Some(a) = stack.pop() {
+                for b in 0..n {
+                    let edge = if forward {
+                        net.nodes[a].m.table().contains(&ids[b])
+                    } else {
+                        net.nodes[b].m.table().contains(&ids[a])
+                    };
+                    if edge && !seen[b] {
+                        seen[b] = true;
+                        stack.push(b);
+                    }
+                }
+            }
+            miss.extend((0..n).filter(|&i| !seen[i]));
+        }
+    }
+    miss
+}
+
+/// #17: a LAN of 40, 100 and 150 nodes started at one instant. Beacons heard and hosts named in a
+/// reached host's sample take free places at once, unverified, and are checked at an even pace,
+/// so the goal holds within a second of simulated time while the handshakes of the first two
+/// seconds stay near the `verify_burst` plus the pace (before: every node dialled nearly every
+/// other at once, ~56 handshakes per node in the first seconds at N = 100 — on 2 cores the real
+/// LAN took 13 s). Then nodes join one by one into the full LAN: each newcomer is held by 8
+/// others and holds its share within 2 s.
+#[test]
+fn a_large_lan_started_at_once_holds_its_share_with_few_handshakes() {
+    for (n, seed) in [(40usize, 30u64), (100, 31), (150, 32)] {
+        let mut net = Net::new(seed, 0.0);
+        for _ in 0..n {
+            net.add(1, "lan");
+        }
+        let mut reached = None;
+        while net.now < secs(5) {
+            let next = net.now + ms(100);
+            net.run_until(next);
+            if reached.is_none() && lan_goal_misses(&net).is_empty() {
+                reached = Some(net.now);
+            }
+        }
+        let early = net.dials.iter().filter(|(t, _)| *t <= secs(2)).count() as f64 / n as f64;
+        eprintln!("N = {n}: goal at {reached:?}, {early:.1} dials per node in the first 2 s");
+        let reached =
+            reached.unwrap_or_else(|| panic!("N = {n}: goal missed: {:?}", lan_goal_misses(&net)));
+        assert!(reached <= secs(1), "N = {n}: goal at {reached:?}");
+        assert!(
+            early <= 20.0,
+            "N = {n}: {early:.1} dials per node in the first 2 s"
+        );
+        // Every host is reached within 30 s (64 at 4 per second, many reaching us first): none
+        // stays unverified.
+        net.run_until(secs(30));
+        let unverified: usize = net
+            .nodes
+            .iter()
+            .map(|x| x.m.table().unverified_count())
+            .sum();
+        assert_eq!(unverified, 0, "N = {n}: hosts still unverified after 30 s");
+        assert!(lan_goal_misses(&net).is_empty(), "N = {n} at 30 s");
+        if n == 100 {
+            // Newcomers into the full LAN, one every 3 s.
+            for _ in 0..5 {
+                let z = net.add(1, "lan");
+                let joined = net.now;
+                net.run_until(joined + Duration::from_secs(2));
+                let misses = lan_goal_misses(&net);
+                assert!(
+                    misses.is_empty(),
+                    "newcomer {z}: goal missed by {misses:?} 2 s after it joined"
+                );
+                net.run_until(joined + Duration::from_secs(3));
+            }
+        }
+    }
+}
+
+/// #17 as the lab sees it: processes on a loaded machine do not start at one instant, so a node
+/// started late missed the beacons of those before it. 64, 100 and 150 nodes starting over 1.5 s:
+/// the goal holds within 3 s of the last start (measured: 2.3 s at N = 64, where the share is
+/// every other node and the last one or two hosts come from a beacon or a later sample; 0.9 s
+/// at N = 100. Before the lazy verification and the sample of 32: 6 s at N = 64).
+#[test]
+fn a_large_lan_started_over_a_second_and_a_half_holds_its_share_3_s_after_the_last_start() {
+    for n in [64usize, 100, 150] {
+        let mut net = Net::new(40, 0.0);
+        for _ in 0..n {
+            net.add(1, "lan");
+            let next = net.now + Duration::from_millis(1500 / n as u64);
+            net.run_until(next);
+        }
+        let last = net.now;
+        net.run_until(last + Duration::from_secs(3));
+        let misses = lan_goal_misses(&net);
+        assert!(
+            misses.is_empty(),
+            "N = {n}: 3 s after the last start, missed by {misses:?}"
+        );
+    }
 }
