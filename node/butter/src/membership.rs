@@ -446,6 +446,7 @@ fn liveness_label(l: butter_proto::peers::Liveness) -> &'static str {
     match l {
         butter_proto::peers::Liveness::Alive => "alive",
         butter_proto::peers::Liveness::Suspect => "suspect",
+        butter_proto::peers::Liveness::Unverified => "unverified",
         _ => "other",
     }
 }
@@ -463,6 +464,10 @@ pub(crate) fn record(node: &Node, event: Event) {
             m.membership
                 .with_label_values(&[&format!("removed_{}", reason.as_str())])
                 .inc();
+        }
+        Event::PeerVouched { id } => {
+            debug!(peer = %id.short(), "peer vouched for, unverified");
+            m.membership.with_label_values(&["vouched"]).inc();
         }
         Event::PeerRejected { .. } => m.membership.with_label_values(&["rejected"]).inc(),
         Event::PeerSuspected { id, local } => {

@@ -345,7 +345,14 @@ impl Node {
 
     /// Ready means joined (at least one live peer, or alone by configuration) and not drained.
     pub fn is_ready(&self) -> bool {
-        !self.is_drained() && (self.inner.config.alone || !self.peers().is_empty())
+        // A host taken on another's word (unverified) does not count: we have not reached it.
+        !self.is_drained()
+            && (self.inner.config.alone
+                || self.inner.core.read(|c, _| {
+                    c.table()
+                        .iter()
+                        .any(|h| h.liveness != butter_proto::peers::Liveness::Unverified)
+                }))
     }
 
     /// Hands every group this node is in over to other members and stops taking new items or

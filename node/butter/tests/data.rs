@@ -30,7 +30,9 @@ async fn network_with(n: usize, tweak: impl Fn(usize, &mut Config)) -> Vec<Node>
         nodes.push(NodeBuilder::new(cfg).build().await.unwrap());
     }
     let ok = wait(Duration::from_secs(20), || {
-        nodes.iter().all(|x| x.peers().len() >= n - 1)
+        nodes
+            .iter()
+            .all(|x| x.peers().iter().filter(|p| p.state == "alive").count() >= n - 1)
     })
     .await;
     assert!(

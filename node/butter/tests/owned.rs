@@ -21,9 +21,12 @@ async fn network(n: usize) -> Vec<Node> {
         nodes.push(NodeBuilder::new(cfg).build().await.unwrap());
     }
     assert!(
-        wait(Duration::from_secs(20), || nodes
+        wait(Duration::from_secs(20), || nodes.iter().all(|x| x
+            .peers()
             .iter()
-            .all(|x| x.peers().len() >= n - 1))
+            .filter(|p| p.state == "alive")
+            .count()
+            >= n - 1))
         .await
     );
     nodes
