@@ -76,6 +76,10 @@ pub struct Report {
     pub duration_secs: f64,
     /// Time from the last store until every item was first at r (before any fault).
     pub initial_replication_secs: Option<f64>,
+    /// Time from the last store until every item was at r on more than one site (before any
+    /// fault; the faults wait for it).
+    #[serde(default)]
+    pub initial_spread_secs: Option<f64>,
     /// Item counts.
     pub items: Items,
     /// Lost items by the LAN they were stored in.
@@ -178,6 +182,11 @@ impl Report {
             &mut s,
             "initial replication to r",
             secs(self.initial_replication_secs, None),
+        );
+        row(
+            &mut s,
+            "every item on more than one site",
+            secs(self.initial_spread_secs, None),
         );
         let _ = writeln!(s, "{:-<72}", "");
         let _ = writeln!(
@@ -310,6 +319,7 @@ mod tests {
             started_unix_ms: 0,
             duration_secs: 10.0,
             initial_replication_secs: Some(1.0),
+            initial_spread_secs: Some(2.0),
             items: Items {
                 stored: 10,
                 retrievable: 10,
@@ -337,6 +347,7 @@ mod tests {
                     under_r: t % 3,
                     lost: 0,
                     nodes_up: 15,
+                    one_site: 0,
                 })
                 .collect(),
             problems: vec![],

@@ -252,6 +252,39 @@ fn wait_at_r(
     }
 }
 
+/// Waits until the sampler sees every item at r with its holders on more than one site (where
+/// running nodes span several): groups are founded from whatever hosts a node knows right after
+/// start, often only its own site, and spread to other sites over the next spread intervals.
+/// Faults that start before then measure the start-up, not the recovery.
+fn wait_spread(
+    sampler: &Sampler,
+    since: f64,
+    timeout: Duration,
+    total: usize,
+    stop: &Flag,
+) -> Option<f64> {
+    let pb = spinner("spreading over sites".to_string());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(obs) = sampler.latest_since(since) {
+            let s = &obs.sample;
+            pb.set_message(format!(
+                "spreading over sites: at r {}/{total}, on one site only {}",
+                s.at_r, s.one_site
+            ));
+            if s.at_r == total && s.one_site == 0 {
+                pb.finish_and_clear();
+                return Some(s.t_secs - since);
+            }
+        }
+        if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
+            pb.finish_and_clear();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// What an experiment adds to a scenario run: its checks and the Ctrl-C flag.
 #[derive(Debug, Clone, Default)]
 pub struct RunOn {
@@ -420,6 +453,24 @@ fn faults_and_check(
             survival_cfg.settle_secs
         ),
     }
+
+    let spread = if initial.is_some() {
+        let spread = wait_spread(&sampler, stored_t, survival_cfg.settle(), total, stop);
+        check(stop)?;
+        log.write("spread", json!({ "secs": spread }));
+        match spread {
+            Some(s) => {
+                println!("every item held on more than one site {s:.1} s after the last store")
+            }
+            None => println!(
+                "WARNING: some items still held on one site only {:.0} s after the last store",
+                survival_cfg.settle_secs
+            ),
+        }
+        spread
+    } else {
+        None
+    };
 
     let reader = (extra.reads_per_sec > 0.0).then(|| {
         crate::reads::Reader::spawn(
@@ -624,6 +675,7 @@ fn faults_and_check(
         started_unix_ms,
         duration_secs: log.t(),
         initial_replication_secs: initial,
+        initial_spread_secs: spread,
         items: it,
         lost_by_lan,
         recoveries,

@@ -135,6 +135,10 @@ pub struct Sample {
     pub lost: usize,
     /// Butter containers running.
     pub nodes_up: usize,
+    /// Items whose live holding members all sit on one site while running nodes span several
+    /// (one site failure away from unavailable). Absent in reports written before it existed.
+    #[serde(default)]
+    pub one_site: usize,
 }
 
 /// One observation: the sample and each item's live holding member count.
@@ -173,6 +177,17 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
         Some((st.id, items.into_iter().collect()))
     });
     let live_ids: BTreeSet<&str> = views.iter().flatten().map(|(id, _)| id.as_str()).collect();
+    // Site (LAN) of each running node, by peer id.
+    let site_of: BTreeMap<&str, &str> = views
+        .iter()
+        .zip(
+            containers
+                .iter()
+                .filter(|c| c.is_up() && c.http().is_some()),
+        )
+        .filter_map(|(v, c)| v.as_ref().map(|(id, _)| (id.as_str(), c.lan.as_str())))
+        .collect();
+    let sites_up: BTreeSet<&str> = site_of.values().copied().collect();
     // Holders of each item (indices into `up`), and which holder to ask (spread by item index).
     let holders: Vec<Vec<usize>> = ids
         .iter()
@@ -191,17 +206,26 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
             asks.entry(hs[item % hs.len()]).or_default().push(item);
         }
     }
+    // Live holding members and the sites they span.
     let count = |g: &Group| {
-        g.members
+        let holding: Vec<&str> = g
+            .members
             .iter()
             .filter(|m| m.live && m.holding && live_ids.contains(m.id.as_str()))
-            .count()
+            .map(|m| m.id.as_str())
+            .collect();
+        let sites: BTreeSet<&str> = holding
+            .iter()
+            .filter_map(|id| site_of.get(id))
+            .copied()
+            .collect();
+        (holding.len(), sites.len())
     };
     // A node that fails once (killed during the observation) is not asked again in this one:
     // otherwise every remaining item would wait out a timeout on it and one observation could
     // take a minute.
     let dead: Vec<AtomicBool> = up.iter().map(|_| AtomicBool::new(false)).collect();
-    let ask = |node: usize, item: usize| -> Option<usize> {
+    let ask = |node: usize, item: usize| -> Option<(usize, usize)> {
         if dead[node].load(Ordering::Relaxed) {
             return None;
         }
@@ -217,8 +241,9 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
             .map(|g| count(&g))
     };
     let mut replicas = vec![0usize; ids.len()];
+    let mut spans = vec![0usize; ids.len()];
     let asks: Vec<(usize, Vec<usize>)> = asks.into_iter().collect();
-    let answers: Vec<(usize, usize)> = concurrently(&asks, asks.len(), |(node, items)| {
+    let answers: Vec<(usize, (usize, usize))> = concurrently(&asks, asks.len(), |(node, items)| {
         items
             .iter()
             .map(|&item| {
@@ -227,7 +252,7 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
                 let n = std::iter::once(*node)
                     .chain(holders[item].iter().copied().filter(|h| h != node))
                     .find_map(|h| ask(h, item))
-                    .unwrap_or(0);
+                    .unwrap_or((0, 0));
                 (item, n)
             })
             .collect::<Vec<_>>()
@@ -235,8 +260,9 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
     .into_iter()
     .flatten()
     .collect();
-    for (item, n) in answers {
+    for (item, (n, sites)) in answers {
         replicas[item] = n;
+        spans[item] = sites;
     }
     let listed: Vec<usize> = holders.iter().map(Vec::len).collect();
     let mut sample = Sample {
@@ -245,6 +271,10 @@ pub fn observe(containers: &[Container], ids: &[String], r: usize, t_secs: f64) 
         under_r: 0,
         lost: 0,
         nodes_up: up.len(),
+        one_site: spans
+            .iter()
+            .filter(|&&s| s == 1 && sites_up.len() > 1)
+            .count(),
     };
     for (n, l) in replicas.iter().zip(&listed) {
         if *l == 0 {

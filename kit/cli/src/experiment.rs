@@ -266,6 +266,9 @@ pub fn compare_table(reports: &[Report]) -> String {
     row("initial replication to r", &|r| {
         secs(r.initial_replication_secs)
     });
+    row("every item on more than one site", &|r| {
+        secs(r.initial_spread_secs)
+    });
     row("items stored", &|r| r.items.stored.to_string());
     row("items lost", &|r| r.items.lost.to_string());
     row("wrong bytes served", &|r| r.items.wrong_content.to_string());
