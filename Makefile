@@ -85,8 +85,8 @@ image: static ## the butter-node:local image, FROM scratch (no registry needed)
 image-source: ## the butter-node:local image built from source in Docker (pulls rust:1.95-bookworm; needs a registry)
 	docker build -f compose/Dockerfile.source -t $(IMAGE) .
 
-up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana)
-	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring)
+up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana; WAIT=secs: how long to wait for /ready, default max(90, 1 per container))
+	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring) $(if $(WAIT),--wait $(WAIT))
 
 render: ## what BACKEND (compose, netns, k8s) would run for TOPOLOGY (default topologies/default.toml)
 	$(KIT) --backend $(or $(BACKEND),compose) render $(if $(TOPOLOGY),--topology $(TOPOLOGY))

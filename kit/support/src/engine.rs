@@ -64,6 +64,18 @@ pub enum State {
     Other,
 }
 
+impl State {
+    /// `running`, `paused`, `stopped` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopped => "stopped",
+            State::Other => "other",
+        }
+    }
+}
+
 /// One container of the compose project.
 #[derive(Debug, Clone)]
 pub struct Container {

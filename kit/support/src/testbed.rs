@@ -10,9 +10,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::api::{self, Peer, Status};
 use crate::compose::Compose;
-use crate::engine::{Container, Engine, Health, Role};
+use crate::engine::{Container, Engine, Health, Role, State};
 use crate::fanout::concurrently;
 use crate::network;
+use crate::readiness;
 
 /// How to bring the network up.
 #[derive(Debug, Clone)]
@@ -261,51 +262,35 @@ impl Testbed {
         }
     }
 
-    /// Waits until every running Butter node answers `/ready`; returns their views.
+    /// Waits until every Butter node answers `/ready` (see [`readiness::wait`]: 32 nodes at a
+    /// time, `ready N/M` on standard error, the table of laggards on a timeout); returns their
+    /// views. A container that stopped fails the wait at once: it will not become ready.
     pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<NodeView>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let nodes = || {
             let nodes = self.nodes()?;
             let stopped: Vec<String> = nodes
                 .iter()
-                .filter(|c| !c.is_up())
+                .filter(|c| c.state == State::Stopped)
                 .map(Container::label)
                 .collect();
             if !stopped.is_empty() {
-                bail!("containers not running: {}", stopped.join(", "));
+                bail!(
+                    "containers not running: {} (`docker logs <name>` says why)",
+                    stopped.join(", ")
+                );
             }
             if nodes.is_empty() {
                 bail!("no node containers in project {}", self.project);
             }
-            let reasons = concurrently(&nodes, 32, |c| match c.http() {
-                Some(addr) => api::ready_reason(addr),
-                None => Err("no address on its LAN yet".into()),
-            });
-            let not_ready: Vec<(String, String)> = nodes
-                .iter()
-                .zip(reasons)
-                .filter_map(|(c, r)| r.err().map(|why| (c.label(), why)))
-                .collect();
-            if not_ready.is_empty() {
-                eprintln!("ready {0}/{0}", nodes.len());
-                return self.observe();
-            }
-            eprint!("\rready {}/{} ", nodes.len() - not_ready.len(), nodes.len());
-            if Instant::now() >= deadline {
-                let mut table = String::new();
-                for (name, why) in &not_ready {
-                    let _ = writeln!(table, "  {name:<14} {why}");
-                }
-                bail!(
-                    "\n{} of {} nodes not ready after {:?} (raise --timeout, or see their logs: \
-                     docker logs <name>):\n{table}",
-                    not_ready.len(),
-                    nodes.len(),
-                    timeout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            Ok(nodes)
+        };
+        readiness::wait(
+            nodes,
+            timeout,
+            || Ok(()),
+            "raise --wait, or see their logs: docker logs <name>",
+        )?;
+        self.observe()
     }
 
     /// URLs of the monitoring services if their containers run.
