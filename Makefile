@@ -21,6 +21,8 @@ MONITORING ?=
 # disturbed by a network `make up` (or a chaos run) left on the same engine.
 TEST_PROJECT ?= butter-test
 TEST_SUBNET_PREFIX ?= 10.211
+# Its scale test (3 × 20 + 3 containers) runs as project $(TEST_PROJECT)-scale on these.
+SCALE_TEST_SUBNET_PREFIX ?= 10.215
 KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-kit --
 
 help: ## this list
@@ -98,7 +100,8 @@ down: ## remove the compose network's containers, networks and volumes
 	$(KIT) down
 
 test-compose: image ## compose tier: 3 LANs up, multicast stays in its LAN, dashboards vs a real Prometheus, kill a node
-	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE); \
+	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE) \
+	  BUTTER_SCALE_SUBNET_PREFIX=$(SCALE_TEST_SUBNET_PREFIX); \
 	  BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
 	  status=$$?; $(KIT) down; exit $$status
 
