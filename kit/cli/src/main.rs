@@ -323,15 +323,23 @@ fn up(root: &Path, scale: usize, monitoring: bool, wait: Option<u64>) -> Result<
     let start = Instant::now();
     bed.up(&UpOptions { scale, monitoring })?;
     let containers = network::LANS.len() * (scale + 1);
+    let created = start.elapsed();
     let waiting = ready_wait(wait, containers);
-    eprintln!("{containers} containers up; waiting up to {waiting:?} until each answers /ready");
+    eprintln!(
+        "{containers} containers up after {:.1} s; waiting up to {waiting:?} until each answers \
+         /ready",
+        created.as_secs_f64()
+    );
     let views = bed.wait_ready(waiting)?;
     println!(
-        "\n{} nodes ready in {:.1} s ({} LANs × {scale} + {} gateways)\n",
+        "\n{} nodes ready in {:.1} s ({} LANs × {scale} + {} gateways; containers up after \
+         {:.1} s, every node ready {:.1} s later)\n",
         views.len(),
         start.elapsed().as_secs_f64(),
         network::LANS.len(),
-        network::LANS.len()
+        network::LANS.len(),
+        created.as_secs_f64(),
+        (start.elapsed() - created).as_secs_f64()
     );
     print!("{}", testbed::table(&views));
     urls(&bed)

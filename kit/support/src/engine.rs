@@ -674,6 +674,57 @@ impl Engine {
         Ok(())
     }
 
+    /// The project's networks: name and how many containers the engine shows attached.
+    pub fn project_networks(&self) -> Result<Vec<(String, usize)>> {
+        use bollard::query_parameters::{InspectNetworkOptions, ListNetworksOptions};
+        let nets = self
+            .rt
+            .block_on(self.docker.list_networks(Some(ListNetworksOptions {
+                filters: Some(self.project_filter()),
+            })))
+            .map_err(api("list networks"))?;
+        let mut out = Vec::new();
+        for name in nets.into_iter().filter_map(|n| n.name) {
+            // The list leaves `Containers` empty; inspect fills it.
+            let attached = match self.rt.block_on(
+                self.docker
+                    .inspect_network(&name, None::<InspectNetworkOptions>),
+            ) {
+                Ok(n) => n.containers.map_or(0, |c| c.len()),
+                Err(e) if is_404(&e) => continue,
+                Err(e) => return Err(api(format!("inspect network {name}"))(e)),
+            };
+            out.push((name, attached));
+        }
+        Ok(out)
+    }
+
+    /// Names of the volumes labelled with the project (its named volumes, mounted or not).
+    pub fn project_named_volumes(&self) -> Result<Vec<String>> {
+        use bollard::query_parameters::ListVolumesOptions;
+        let vols = self
+            .rt
+            .block_on(self.docker.list_volumes(Some(ListVolumesOptions {
+                filters: Some(self.project_filter()),
+            })))
+            .map_err(api("list volumes"))?;
+        Ok(vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    /// Removes a network if it still exists; true if it was removed.
+    pub fn remove_network(&self, name: &str) -> Result<bool> {
+        match self.rt.block_on(self.docker.remove_network(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_404(&e) => Ok(false),
+            Err(e) => Err(api(format!("remove network {name}"))(e)),
+        }
+    }
+
     /// Names of the networks and volumes still labelled with `project`, to prove `down` cleaned up.
     pub fn leftovers(&self) -> Result<Vec<String>> {
         use bollard::query_parameters::{ListNetworksOptions, ListVolumesOptions};
