@@ -88,7 +88,7 @@ enum Cmd {
         #[arg(long, visible_alias = "timeout", value_name = "SECS")]
         wait: Option<u64>,
     },
-    /// Print the table of every node (no waiting; 32 nodes asked at a time).
+    /// Print the table of every node (no waiting; 64 nodes asked at a time, two requests each).
     Status,
     /// Remove every container, network and volume (compose) or namespace (netns) `up` made.
     Down,

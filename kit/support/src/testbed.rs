@@ -38,9 +38,10 @@ impl Default for UpOptions {
 pub struct NodeView {
     /// The container.
     pub container: Container,
-    /// `/ready` answered 200.
+    /// The node says it is ready (`/status`'s `ready`: what makes `/ready` answer 200).
     pub ready: bool,
-    /// Docker's health check state (`butter-node health`, i.e. `/ready`), if inspect answered.
+    /// Docker's health check state (`butter-node health`, i.e. `/ready`), if the engine
+    /// listed it.
     pub health: Option<Health>,
     /// `/status`, if it answered.
     pub status: Option<Status>,
@@ -244,8 +245,8 @@ impl Testbed {
     /// Every running Butter node's readiness, Docker health, status and peers, now.
     pub fn observe(&self) -> Result<Vec<NodeView>> {
         let running: Vec<Container> = self.nodes()?.into_iter().filter(|c| c.is_up()).collect();
-        // Docker health from one list call; one request of each kind per node, 32 nodes at a
-        // time: 100+ containers stay fast.
+        // Docker health from one list call; one request of each kind per node (`/status`,
+        // `/peers`), 64 nodes at a time: 100+ containers stay fast.
         let healths = self.engine.healths()?;
         Ok(concurrently(&running, readiness::WIDTH, |c| NodeView {
             health: healths.get(&c.id).cloned(),
@@ -294,7 +295,7 @@ impl Testbed {
         }
     }
 
-    /// Waits until every Butter node answers `/ready` (see [`readiness::wait`]: 32 nodes at a
+    /// Waits until every Butter node answers `/ready` (see [`readiness::wait`]: 64 nodes at a
     /// time, `ready N/M` on standard error, the table of laggards on a timeout); returns their
     /// views. A container that stopped fails the wait at once: it will not become ready.
     pub fn wait_ready(&self, timeout: Duration) -> Result<Vec<NodeView>> {
@@ -383,12 +384,14 @@ pub fn health_interval(containers: usize) -> Option<u64> {
 }
 
 /// Reads one node's API (not its Docker health: [`Testbed::observe`] adds that).
+/// Two requests, `/status` (which says whether the node is ready) and `/peers`.
 pub fn observe(container: Container) -> NodeView {
     let addr = container.http();
+    let status = addr.and_then(|a| api::status(a).ok());
     NodeView {
-        ready: addr.is_some_and(api::ready),
+        ready: status.as_ref().is_some_and(|s| s.ready),
         health: None,
-        status: addr.and_then(|a| api::status(a).ok()),
+        status,
         peers: addr.and_then(|a| api::peers(a).ok()),
         container,
     }
