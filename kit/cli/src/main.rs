@@ -357,7 +357,7 @@ fn up_topology(root: &Path, t: &Topology, monitoring: bool, wait: Option<u64>) -
         t.name,
         t.sites.len(),
         t.total_nodes(),
-        bed.compose().file().display()
+        bed.compose()?.file().display()
     );
     print!("{}", testbed::table(&views));
     urls(&bed)

@@ -70,27 +70,34 @@ impl NodeView {
 pub struct Testbed {
     root: PathBuf,
     project: String,
-    compose: Compose,
+    /// The compose file and the directory its paths resolve in (a rendered topology's refer
+    /// to `compose/`).
+    compose_file: (PathBuf, Option<PathBuf>),
+    /// The compose CLI, found on first use: `status` never needs it, and finding it runs
+    /// `docker-compose version` (a Python start, a second or more on a loaded machine).
+    compose: std::sync::OnceLock<Compose>,
     engine: Engine,
 }
 
 impl Testbed {
-    /// Connects to the engine and finds a compose CLI for the repository at `root`. The compose
-    /// file is the one a topology was rendered to for this project by
-    /// [`Testbed::up_topology`], while that network is up, else `compose/docker-compose.yml`.
+    /// Connects to the engine for the repository at `root`. The compose file is the one a
+    /// topology was rendered to for this project by [`Testbed::up_topology`], while that
+    /// network is up, else `compose/docker-compose.yml`; the compose CLI is found on first use
+    /// ([`Testbed::compose`]).
     pub fn open(root: &Path) -> Result<Self> {
         let project = network::project();
         let rendered = rendered_file(root, &project);
-        let compose = if rendered.is_file() {
-            Compose::detect(&rendered, &project)?.in_directory(&root.join("compose"))
+        let compose_file = if rendered.is_file() {
+            (rendered, Some(root.join("compose")))
         } else {
-            Compose::detect(&network::compose_file(root), &project)?
+            (network::compose_file(root), None)
         };
         let engine = Engine::connect(&project).context("Docker engine unavailable")?;
         Ok(Testbed {
             root: root.to_path_buf(),
             project,
-            compose,
+            compose_file,
+            compose: std::sync::OnceLock::new(),
             engine,
         })
     }
@@ -105,9 +112,17 @@ impl Testbed {
         &self.project
     }
 
-    /// The compose CLI.
-    pub fn compose(&self) -> &Compose {
-        &self.compose
+    /// The compose CLI (found on the first call; an error if there is none).
+    pub fn compose(&self) -> Result<&Compose> {
+        if let Some(c) = self.compose.get() {
+            return Ok(c);
+        }
+        let (file, dir) = &self.compose_file;
+        let mut c = Compose::detect(file, &self.project)?;
+        if let Some(dir) = dir {
+            c = c.in_directory(dir);
+        }
+        Ok(self.compose.get_or_init(|| c))
     }
 
     /// The engine.
@@ -126,7 +141,7 @@ impl Testbed {
             );
         }
         let env = self.prepare(network::LANS.len(), opts.scale)?;
-        self.compose
+        self.compose()?
             .up(Some(opts.scale), &profiles(opts.monitoring), &env)
     }
 
@@ -156,7 +171,7 @@ impl Testbed {
         let bed = Testbed::open(root)?;
         let widest = topology.sites.iter().map(|s| s.nodes).max().unwrap_or(1);
         let env = bed.prepare(topology.sites.len(), widest)?;
-        bed.compose.up(None, &profiles(monitoring), &env)?;
+        bed.compose()?.up(None, &profiles(monitoring), &env)?;
         Ok(bed)
     }
 
@@ -188,7 +203,7 @@ impl Testbed {
         let volumes = self.engine.project_volumes()?;
         let mut tries = 0;
         let compose_down = loop {
-            match self.compose.down() {
+            match self.compose()?.down() {
                 Ok(()) => break Ok(()),
                 Err(e) if tries + 1 < DOWN_RETRIES => {
                     tries += 1;

@@ -40,6 +40,9 @@ fn bed(test: &str) -> Result<Option<Testbed>> {
         Ok(b) => b,
         Err(e) => return skip(format!("{e:#}")),
     };
+    if let Err(e) = bed.compose() {
+        return skip(format!("{e:#}"));
+    }
     let image = network::image();
     if bed.engine().image_size(&image)?.is_none() {
         return skip(format!(
