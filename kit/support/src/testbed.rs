@@ -457,7 +457,11 @@ pub fn table(views: &[NodeView]) -> String {
             c.lan,
             c.role.as_str(),
             addr,
-            if v.ready { "yes" } else { "no" },
+            match (&v.status, v.ready) {
+                (None, _) => "?",
+                (Some(_), true) => "yes",
+                (Some(_), false) => "no",
+            },
             v.health.as_ref().map_or("?", |h| h.status.as_str()),
             id
         );
@@ -490,13 +494,22 @@ pub fn table(views: &[NodeView]) -> String {
         let _ = writeln!(out, " {groups:>6} {cold:>4} {items:>5}");
     }
     let ready = views.iter().filter(|v| v.ready).count();
+    let silent = views.iter().filter(|v| v.status.is_none()).count();
     let healthy = views
         .iter()
         .filter(|v| v.health.as_ref().is_some_and(Health::is_healthy))
         .count();
+    let silent = if silent > 0 {
+        format!(
+            " ({silent} did not answer /status within {} s: ready ?)",
+            api::NODE_TIMEOUT.as_secs()
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{ready}/{n} ready, {healthy}/{n} healthy; health: Docker's health check \
+        "{ready}/{n} ready{silent}, {healthy}/{n} healthy; health: Docker's health check \
          (`butter-node health` on /ready); per-LAN columns: the node's known hosts by site \
          label; relayed: hosts it reaches over a relayed path; groups: PCG groups it is a member \
          of (cold: fewer than r members); items: items it holds",
@@ -508,6 +521,57 @@ pub fn table(views: &[NodeView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::State;
+
+    #[test]
+    fn the_table_has_a_row_per_node_and_says_which_did_not_answer() {
+        let view = |number, ready: Option<bool>| NodeView {
+            container: Container::on_paper("lan-a", number, Role::Node, "lan-a", State::Running),
+            ready: ready == Some(true),
+            health: Some(Health {
+                status: "healthy".into(),
+                last_output: None,
+            }),
+            status: ready.map(|ready| Status {
+                id: format!("{number:0>52}"),
+                site: "lan-a".into(),
+                ready,
+                groups: None,
+                items: None,
+            }),
+            peers: ready.map(|_| Vec::new()),
+        };
+        let views: Vec<NodeView> = (1..=123)
+            .map(|n| match n {
+                7 => view(n, None),
+                9 => view(n, Some(false)),
+                _ => view(n, Some(true)),
+            })
+            .collect();
+        let table = table(&views);
+        let ready_of = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(label))
+                .and_then(|row| row.split_whitespace().nth(4).map(String::from))
+        };
+        for n in 1..=123 {
+            let want = match n {
+                7 => "?",
+                9 => "no",
+                _ => "yes",
+            };
+            assert_eq!(
+                ready_of(&format!("lan-a-{n}")).as_deref(),
+                Some(want),
+                "{table}"
+            );
+        }
+        assert!(
+            table.contains("121/123 ready (1 did not answer /status within 1 s: ready ?)"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn health_checks_slow_down_past_64_containers() {
