@@ -1040,8 +1040,10 @@ fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()
                 .flatten()
         })
         .collect();
+    // Nodes can all be ready by the first round (containers become ready while compose still
+    // creates the others): then the one line is `ready 63/63`.
     ensure!(
-        progress.first().is_some_and(|&n| n < total) && progress.last() == Some(&total),
+        progress.last() == Some(&total),
         "up did not report its progress (`ready N/{total}` lines, the last {total}/{total}):\n{err}"
     );
     ensure!(
