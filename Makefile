@@ -21,6 +21,8 @@ MONITORING ?=
 # disturbed by a network `make up` (or a chaos run) left on the same engine.
 TEST_PROJECT ?= butter-test
 TEST_SUBNET_PREFIX ?= 10.211
+# Its scale test (3 × 20 + 3 containers) runs as project $(TEST_PROJECT)-scale on these.
+SCALE_TEST_SUBNET_PREFIX ?= 10.215
 KIT := BUTTER_IMAGE=$(IMAGE) $(CARGO) run -q --locked -p butter-kit --
 
 help: ## this list
@@ -85,8 +87,8 @@ image: static ## the butter-node:local image, FROM scratch (no registry needed)
 image-source: ## the butter-node:local image built from source in Docker (pulls rust:1.95-bookworm; needs a registry)
 	docker build -f compose/Dockerfile.source -t $(IMAGE) .
 
-up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana)
-	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring)
+up: image ## bring up the multi-subnet network: docker compose, 3 LANs × SCALE nodes + gateways (TOPOLOGY=topologies/x.toml: that one; MONITORING=1: Prometheus + Grafana; WAIT=secs: how long to wait for /ready, default max(90, 1 per container))
+	$(KIT) up $(if $(TOPOLOGY),--topology $(TOPOLOGY),--scale $(SCALE)) $(if $(MONITORING),--monitoring) $(if $(WAIT),--wait $(WAIT))
 
 render: ## what BACKEND (compose, netns, k8s) would run for TOPOLOGY (default topologies/default.toml)
 	$(KIT) --backend $(or $(BACKEND),compose) render $(if $(TOPOLOGY),--topology $(TOPOLOGY))
@@ -98,7 +100,8 @@ down: ## remove the compose network's containers, networks and volumes
 	$(KIT) down
 
 test-compose: image ## compose tier: 3 LANs up, multicast stays in its LAN, dashboards vs a real Prometheus, kill a node
-	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE); \
+	export BUTTER_COMPOSE_PROJECT=$(TEST_PROJECT) BUTTER_SUBNET_PREFIX=$(TEST_SUBNET_PREFIX) BUTTER_IMAGE=$(IMAGE) \
+	  BUTTER_SCALE_SUBNET_PREFIX=$(SCALE_TEST_SUBNET_PREFIX); \
 	  BUTTER_COMPOSE_REQUIRE=1 $(CARGO) nextest run --workspace --locked --profile compose --no-fail-fast; \
 	  status=$$?; $(KIT) down; exit $$status
 

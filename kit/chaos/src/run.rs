@@ -32,7 +32,7 @@ use crate::report::{Items, Recovery, Report};
 use crate::scenario::{Scenario, Step};
 use crate::survival::{self, Observation};
 use butter_testbed::engine::{Container, Engine, Role};
-use butter_testbed::http;
+use butter_testbed::readiness;
 use std::sync::atomic::AtomicBool as Flag;
 
 /// Salt of the fault-choice stream (see `survival`'s item stream).
@@ -188,35 +188,12 @@ pub fn wait_ready(backend: &dyn Backend, timeout: Duration) -> Result<Vec<Contai
 }
 
 fn wait_ready_or(backend: &dyn Backend, timeout: Duration, stop: &Flag) -> Result<Vec<Container>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        check(stop)?;
-        let cs = backend.nodes()?;
-        let not: Vec<String> = cs
-            .iter()
-            .filter(|c| {
-                !c.is_up()
-                    || !c.http().is_some_and(|a| {
-                        http::get(a, "/ready", Duration::from_secs(1))
-                            .is_ok_and(|r| r.status == 200)
-                    })
-            })
-            .map(Container::label)
-            .collect();
-        if !cs.is_empty() && not.is_empty() {
-            return Ok(cs);
-        }
-        if Instant::now() >= deadline {
-            if cs.is_empty() {
-                bail!(
-                    "no Butter nodes on the {} backend: bring the network up first",
-                    backend.name()
-                );
-            }
-            bail!("not ready after {timeout:?}: {}", not.join(", "));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    readiness::wait(
+        || backend.nodes(),
+        timeout,
+        || check(stop),
+        "see the nodes' logs; `butter-kit status` shows them all",
+    )
 }
 
 /// Waits until the sampler sees every item at r in an observation that began after `since`.

@@ -96,11 +96,14 @@ fn lab_run_dir(root: &Path) -> PathBuf {
 
 fn up(root: &Path, backend: Backend, e: &Experiment, timeout: Option<u64>) -> Result<()> {
     let t = &e.topology;
-    let timeout = timeout.unwrap_or_else(|| 90.max(t.total_nodes() as u64));
+    let timeout = timeout.map_or_else(
+        || butter_testbed::readiness::default_wait(t.total_nodes()),
+        Duration::from_secs,
+    );
     match backend {
         Backend::Compose => {
             let bed = Testbed::up_topology(root, t, false)?;
-            let views = bed.wait_ready(Duration::from_secs(timeout))?;
+            let views = bed.wait_ready(timeout)?;
             println!(
                 "{} nodes ready (compose project {})",
                 views.len(),
@@ -108,7 +111,7 @@ fn up(root: &Path, backend: Backend, e: &Experiment, timeout: Option<u64>) -> Re
             );
             Ok(())
         }
-        _ => netns::up_topology(root, t, Some(timeout)),
+        _ => netns::up_topology(root, t, Some(timeout.as_secs())),
     }
 }
 

@@ -2,7 +2,7 @@
 //! `bench-kit` and `monitor` targets call it.
 //!
 //! ```text
-//! butter-kit up [--scale N] [--monitoring]   bring the network up, wait until every node is ready, table
+//! butter-kit up [--scale N] [--wait SECS]    bring the network up, wait until every node is ready, table
 //! butter-kit status                          the table, now
 //! butter-kit down                            remove everything `up` made
 //! butter-kit chaos run SCENARIO | kill … | heal | status    the chaos driver (compose)
@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use butter_testbed::network;
 use butter_testbed::prometheus::{HostPrometheus, Target};
 use butter_testbed::testbed::{self, Testbed, UpOptions};
 use butter_testbed::topology::{self, Topology};
+use butter_testbed::{network, readiness};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Drives Butter's testbed: the docker compose network (3 LANs, a WAN, dual-homed gateways) or
@@ -82,11 +82,13 @@ enum Cmd {
         /// Also start Prometheus and Grafana (compose profile `monitoring`; needs a registry).
         #[arg(long)]
         monitoring: bool,
-        /// Seconds to wait for every node's /ready (default: 90, or 1 s per container if more).
-        #[arg(long)]
-        timeout: Option<u64>,
+        /// Seconds to wait until every node answers /ready (default: 90, or 1 s per container
+        /// where that is more). On a timeout, each node not ready is listed with its /ready
+        /// answer.
+        #[arg(long, visible_alias = "timeout", value_name = "SECS")]
+        wait: Option<u64>,
     },
-    /// Print the table of every node (no waiting).
+    /// Print the table of every node (no waiting; 64 nodes asked at a time, two requests each).
     Status,
     /// Remove every container, network and volume (compose) or namespace (netns) `up` made.
     Down,
@@ -146,8 +148,9 @@ enum Cmd {
         /// Leave the network up afterwards (a network that was up before is always left up).
         #[arg(long)]
         keep: bool,
-        /// Seconds to wait for every node's readiness after bringing the topology up.
-        #[arg(long)]
+        /// Seconds to wait for every node's readiness after bringing the topology up (default:
+        /// 90, or 1 s per node where that is more).
+        #[arg(long, visible_alias = "wait", value_name = "SECS")]
         timeout: Option<u64>,
     },
     /// Print the back-at-r figures, items lost and verdicts of several runs side by side (one
@@ -218,12 +221,12 @@ fn run(cli: Cli) -> Result<i32> {
             scale,
             topology,
             monitoring,
-            timeout,
+            wait,
         } => match (backend, topology) {
-            (Backend::Compose, None) => up(&root, scale, monitoring, timeout),
-            (Backend::Compose, Some(t)) => up_topology(&root, &load(&t)?, monitoring, timeout),
-            (Backend::Netns, None) => netns::up(&root, scale, timeout),
-            (Backend::Netns, Some(t)) => netns::up_topology(&root, &load(&t)?, timeout),
+            (Backend::Compose, None) => up(&root, scale, monitoring, wait),
+            (Backend::Compose, Some(t)) => up_topology(&root, &load(&t)?, monitoring, wait),
+            (Backend::Netns, None) => netns::up(&root, scale, wait),
+            (Backend::Netns, Some(t)) => netns::up_topology(&root, &load(&t)?, wait),
             (Backend::K8s, _) => Err(k8s_renders_only()),
         },
         Cmd::Status => match backend {
@@ -310,29 +313,42 @@ fn urls(bed: &Testbed) -> Result<()> {
     Ok(())
 }
 
-fn up(root: &Path, scale: usize, monitoring: bool, timeout: Option<u64>) -> Result<()> {
+/// `--wait SECS`, else [`readiness::default_wait`] for `containers`.
+fn ready_wait(wait: Option<u64>, containers: usize) -> Duration {
+    wait.map_or_else(|| readiness::default_wait(containers), Duration::from_secs)
+}
+
+fn up(root: &Path, scale: usize, monitoring: bool, wait: Option<u64>) -> Result<()> {
     let bed = Testbed::open(root)?;
     let start = Instant::now();
     bed.up(&UpOptions { scale, monitoring })?;
     let containers = network::LANS.len() * (scale + 1);
-    let timeout = timeout.unwrap_or_else(|| 90.max(containers as u64));
-    let views = bed.wait_ready(Duration::from_secs(timeout))?;
+    let created = start.elapsed();
+    let waiting = ready_wait(wait, containers);
+    eprintln!(
+        "{containers} containers up after {:.1} s; waiting up to {waiting:?} until each answers \
+         /ready",
+        created.as_secs_f64()
+    );
+    let views = bed.wait_ready(waiting)?;
     println!(
-        "\n{} nodes ready in {:.1} s ({} LANs × {scale} + {} gateways)\n",
+        "\n{} nodes ready in {:.1} s ({} LANs × {scale} + {} gateways; containers up after \
+         {:.1} s, every node ready {:.1} s later)\n",
         views.len(),
         start.elapsed().as_secs_f64(),
         network::LANS.len(),
-        network::LANS.len()
+        network::LANS.len(),
+        created.as_secs_f64(),
+        (start.elapsed() - created).as_secs_f64()
     );
     print!("{}", testbed::table(&views));
     urls(&bed)
 }
 
-fn up_topology(root: &Path, t: &Topology, monitoring: bool, timeout: Option<u64>) -> Result<()> {
+fn up_topology(root: &Path, t: &Topology, monitoring: bool, wait: Option<u64>) -> Result<()> {
     let start = Instant::now();
     let bed = Testbed::up_topology(root, t, monitoring)?;
-    let timeout = timeout.unwrap_or_else(|| 90.max(t.total_nodes() as u64));
-    let views = bed.wait_ready(Duration::from_secs(timeout))?;
+    let views = bed.wait_ready(ready_wait(wait, t.total_nodes()))?;
     println!(
         "\n{} nodes ready in {:.1} s (topology {}: {} sites, {} nodes with gateways; compose \
          file {})\n",
@@ -341,7 +357,7 @@ fn up_topology(root: &Path, t: &Topology, monitoring: bool, timeout: Option<u64>
         t.name,
         t.sites.len(),
         t.total_nodes(),
-        bed.compose().file().display()
+        bed.compose()?.file().display()
     );
     print!("{}", testbed::table(&views));
     urls(&bed)

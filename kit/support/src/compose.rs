@@ -87,10 +87,6 @@ impl Compose {
         cmd
     }
 
-    fn run(&self, profiles: &[&str], args: &[String]) -> Result<()> {
-        self.run_with(profiles, args, &[])
-    }
-
     fn run_with(&self, profiles: &[&str], args: &[String], env: &[(&str, String)]) -> Result<()> {
         let mut cmd = self.command(profiles);
         cmd.args(args);
@@ -126,12 +122,27 @@ impl Compose {
     }
 
     /// `down -v`: removes the containers, networks and volumes the project made (monitoring
-    /// profile included).
+    /// profile included). Its output (two lines per container: 250 at `SCALE=40`) is kept and
+    /// only its last lines shown, in the error, if it fails.
     pub fn down(&self) -> Result<()> {
-        let args: Vec<String> = ["down", "--volumes", "--remove-orphans", "--timeout", "5"]
-            .map(String::from)
-            .to_vec();
-        self.run(&["monitoring"], &args)
+        let args = ["down", "--volumes", "--remove-orphans", "--timeout", "5"];
+        let out = self
+            .command(&["monitoring"])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.program()))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = text.lines().collect();
+            bail!(
+                "`{} {}` failed ({}): {}",
+                self.program(),
+                args.join(" "),
+                out.status,
+                lines[lines.len().saturating_sub(3)..].join("; ")
+            );
+        }
+        Ok(())
     }
 
     /// `config --quiet`: the file is valid for this CLI (with every profile).

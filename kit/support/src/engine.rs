@@ -64,6 +64,18 @@ pub enum State {
     Other,
 }
 
+impl State {
+    /// `running`, `paused`, `stopped` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopped => "stopped",
+            State::Other => "other",
+        }
+    }
+}
+
 /// One container of the compose project.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -156,6 +168,20 @@ impl Health {
     /// Whether Docker reports the container healthy.
     pub fn is_healthy(&self) -> bool {
         self.status == "healthy"
+    }
+}
+
+/// The health state in a container list's status text (`Up 3 minutes (healthy)`, `Up 2 seconds
+/// (health: starting)`): the words `docker inspect` uses, `none` without a health check.
+fn health_in_summary(status: &str) -> &'static str {
+    if status.ends_with("(healthy)") {
+        "healthy"
+    } else if status.ends_with("(unhealthy)") {
+        "unhealthy"
+    } else if status.ends_with("(health: starting)") {
+        "starting"
+    } else {
+        "none"
     }
 }
 
@@ -566,6 +592,26 @@ impl Engine {
             .next())
     }
 
+    /// Every container's health check state from one list call (no inspect per container:
+    /// at 100+ containers those cost the engine more than the answer is worth), by engine id.
+    /// The last check's output is not in the list: [`Engine::health`] has it.
+    pub fn healths(&self) -> Result<BTreeMap<String, Health>> {
+        Ok(self
+            .summaries()?
+            .into_iter()
+            .filter_map(|c| {
+                let status = health_in_summary(c.status.as_deref().unwrap_or(""));
+                Some((
+                    c.id?,
+                    Health {
+                        status: status.to_string(),
+                        last_output: None,
+                    },
+                ))
+            })
+            .collect())
+    }
+
     /// The container's health check state, from inspect (`State.Health`).
     pub fn health(&self, id: &str) -> Result<Health> {
         let c = self.inspect(id)?;
@@ -628,6 +674,57 @@ impl Engine {
         Ok(())
     }
 
+    /// The project's networks: name and how many containers the engine shows attached.
+    pub fn project_networks(&self) -> Result<Vec<(String, usize)>> {
+        use bollard::query_parameters::{InspectNetworkOptions, ListNetworksOptions};
+        let nets = self
+            .rt
+            .block_on(self.docker.list_networks(Some(ListNetworksOptions {
+                filters: Some(self.project_filter()),
+            })))
+            .map_err(api("list networks"))?;
+        let mut out = Vec::new();
+        for name in nets.into_iter().filter_map(|n| n.name) {
+            // The list leaves `Containers` empty; inspect fills it.
+            let attached = match self.rt.block_on(
+                self.docker
+                    .inspect_network(&name, None::<InspectNetworkOptions>),
+            ) {
+                Ok(n) => n.containers.map_or(0, |c| c.len()),
+                Err(e) if is_404(&e) => continue,
+                Err(e) => return Err(api(format!("inspect network {name}"))(e)),
+            };
+            out.push((name, attached));
+        }
+        Ok(out)
+    }
+
+    /// Names of the volumes labelled with the project (its named volumes, mounted or not).
+    pub fn project_named_volumes(&self) -> Result<Vec<String>> {
+        use bollard::query_parameters::ListVolumesOptions;
+        let vols = self
+            .rt
+            .block_on(self.docker.list_volumes(Some(ListVolumesOptions {
+                filters: Some(self.project_filter()),
+            })))
+            .map_err(api("list volumes"))?;
+        Ok(vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    /// Removes a network if it still exists; true if it was removed.
+    pub fn remove_network(&self, name: &str) -> Result<bool> {
+        match self.rt.block_on(self.docker.remove_network(name)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_404(&e) => Ok(false),
+            Err(e) => Err(api(format!("remove network {name}"))(e)),
+        }
+    }
+
     /// Names of the networks and volumes still labelled with `project`, to prove `down` cleaned up.
     pub fn leftovers(&self) -> Result<Vec<String>> {
         use bollard::query_parameters::{ListNetworksOptions, ListVolumesOptions};
@@ -661,5 +758,23 @@ impl Engine {
                 .map(|v| format!("volume {}", v.name)),
         );
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_status_text_gives_the_health_inspect_would() {
+        assert_eq!(health_in_summary("Up 3 minutes (healthy)"), "healthy");
+        assert_eq!(health_in_summary("Up 9 seconds (unhealthy)"), "unhealthy");
+        assert_eq!(
+            health_in_summary("Up 2 seconds (health: starting)"),
+            "starting"
+        );
+        assert_eq!(health_in_summary("Up 2 hours"), "none");
+        assert_eq!(health_in_summary("Exited (137) 5 seconds ago"), "none");
+        assert_eq!(health_in_summary("Up 1 minute (Paused)"), "none");
     }
 }

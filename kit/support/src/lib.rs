@@ -13,6 +13,8 @@
 //! - [`network`]: what `compose/docker-compose.yml` builds (project, LANs, ports), in one place.
 //! - [`compose`]: runs `docker-compose` (1.29) or `docker compose` (v2) on that file.
 //! - [`fanout`]: the one bounded fan-out (a blocking call per node, a few at a time).
+//! - [`readiness`]: the one wait until every node answers `/ready` (bounded fan-out, one
+//!   request per node per round, `ready N/M`, the table of laggards on a timeout).
 //! - [`testbed`]: the running network as a whole: bring it up, wait until every node is ready,
 //!   observe every node, print the status table.
 //! - [`prometheus`]: Debian's `prometheus` run on the host against the containers (the
@@ -55,5 +57,6 @@ pub mod metrics;
 pub mod network;
 pub mod plot;
 pub mod prometheus;
+pub mod readiness;
 pub mod testbed;
 pub mod topology;

@@ -4,7 +4,9 @@
 //! otherwise each test prints `SKIPPED …` and passes (`BUTTER_COMPOSE_REQUIRE=1` makes that a
 //! failure). The tests share one network (project `butter`): each brings it up if needed
 //! (idempotent) and leaves it running and whole; the nextest group `compose` runs them one at a
-//! time, and `make test-compose` takes the network down afterwards.
+//! time, and `make test-compose` takes the network down afterwards. The scale test brings up
+//! its 63 containers as a project of its own (`<project>-scale` on `BUTTER_SCALE_SUBNET_PREFIX`,
+//! 10.215 unless set) and takes them down itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -38,6 +40,9 @@ fn bed(test: &str) -> Result<Option<Testbed>> {
         Ok(b) => b,
         Err(e) => return skip(format!("{e:#}")),
     };
+    if let Err(e) = bed.compose() {
+        return skip(format!("{e:#}"));
+    }
     let image = network::image();
     if bed.engine().image_size(&image)?.is_none() {
         return skip(format!(
@@ -936,23 +941,6 @@ fn items_stored_in_lan_a_are_retrieved_from_lan_b_after_lan_a_stops() -> Result<
     Ok(())
 }
 
-/// Puts the network back at its default scale when dropped (the next test expects 3 × 4 + 3).
-struct DefaultScale<'a> {
-    bed: &'a Testbed,
-}
-
-impl Drop for DefaultScale<'_> {
-    fn drop(&mut self) {
-        let back = self
-            .bed
-            .up(&UpOptions::default())
-            .and_then(|()| self.bed.wait_ready(READY_TIMEOUT));
-        if let Err(e) = back {
-            eprintln!("could not bring the network back to its default scale: {e:#}");
-        }
-    }
-}
-
 /// The `butter-kit` binary (crate `kit/cli`), built now as `make up` would run it, from this
 /// workspace's target directory.
 fn kit_binary() -> Result<std::path::PathBuf> {
@@ -974,50 +962,102 @@ fn kit_binary() -> Result<std::path::PathBuf> {
     Ok(kit)
 }
 
+/// `butter-kit` with the environment of a project of its own: `{tier project}-scale` on
+/// `BUTTER_SCALE_SUBNET_PREFIX` (10.215 unless set), so the 63 containers of the scale test
+/// neither replace the tier's network nor clash with another network's subnets.
+struct ScaleProject {
+    kit: std::path::PathBuf,
+    project: String,
+    prefix: String,
+}
+
+impl ScaleProject {
+    fn new(kit: std::path::PathBuf) -> Self {
+        ScaleProject {
+            kit,
+            project: format!("{}-scale", network::project()),
+            prefix: std::env::var("BUTTER_SCALE_SUBNET_PREFIX")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "10.215".into()),
+        }
+    }
+
+    /// Runs `butter-kit ARGS` on this project; returns its status, stdout and stderr.
+    fn run(&self, args: &[&str]) -> Result<(std::process::ExitStatus, String, String)> {
+        let out = std::process::Command::new(&self.kit)
+            .args(["--root", &network::repo_root().display().to_string()])
+            .args(args)
+            .env("BUTTER_COMPOSE_PROJECT", &self.project)
+            .env("BUTTER_SUBNET_PREFIX", &self.prefix)
+            .output()
+            .with_context(|| format!("running butter-kit {}", args.join(" ")))?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for ScaleProject {
+    fn drop(&mut self) {
+        match self.run(&["down"]) {
+            Ok((status, _, _)) if status.success() => {}
+            Ok((_, out, err)) => eprintln!("butter-kit down ({}): {err}{out}", self.project),
+            Err(e) => eprintln!("butter-kit down ({}): {e:#}", self.project),
+        }
+    }
+}
+
 /// The kit at scale (issue 19), as a user runs it: `butter-kit up --scale 20` (3 × 20 + 3 = 63
-/// containers) shows its progress (`ready N/M`) and ends with every node ready and the table;
-/// `butter-kit status` then lists every node, each ready, in one pass.
+/// containers, in a project of its own) prints its progress (`ready N/M`, a line every few
+/// seconds off a terminal) up to every node and ends with the table; `butter-kit status` then
+/// lists every node, each ready; `down` removes it all.
 #[test]
 fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()> {
-    let Some(bed) = bed("kit_at_scale")? else {
+    // The tier's network is left alone: the scale test runs in a project of its own.
+    if bed("kit_at_scale")?.is_none() {
         return Ok(());
-    };
+    }
     const SCALE: usize = 20;
     let total = network::LANS.len() * (SCALE + 1);
-    let _restore = DefaultScale { bed: &bed };
-    let kit = kit_binary()?;
-    let kit = kit.as_path();
-    let root = network::repo_root();
+    let scale = ScaleProject::new(kit_binary()?);
 
     let start = Instant::now();
-    let up = std::process::Command::new(kit)
-        .args(["--root", &root.display().to_string()])
-        .args(["up", "--scale", &SCALE.to_string()])
-        .output()
-        .context("running butter-kit up")?;
+    let (status, out, err) = scale.run(&["up", "--scale", &SCALE.to_string()])?;
     let up_took = start.elapsed();
-    let (out, err) = (
-        String::from_utf8_lossy(&up.stdout),
-        String::from_utf8_lossy(&up.stderr),
-    );
     ensure!(
-        up.status.success(),
+        status.success(),
         "butter-kit up --scale {SCALE} failed:\n{err}\n{out}"
     );
+    let progress: Vec<usize> = err
+        .lines()
+        .filter_map(|l| {
+            let (n, rest) = l.strip_prefix("ready ")?.split_once('/')?;
+            rest.starts_with(&format!("{total} "))
+                .then(|| n.parse().ok())
+                .flatten()
+        })
+        .collect();
+    // Nodes can all be ready by the first round (containers become ready while compose still
+    // creates the others): then the one line is `ready 63/63`.
     ensure!(
-        err.contains(&format!("ready {total}/{total}")),
-        "up did not report its progress up to ready {total}/{total}:\n{err}"
+        progress.last() == Some(&total),
+        "up did not report its progress (`ready N/{total}` lines, the last {total}/{total}):\n{err}"
     );
     ensure!(
         out.contains(&format!("{total} nodes ready in")),
         "up did not end with the count of ready nodes:\n{out}"
     );
 
-    let nodes = bed.nodes()?;
+    let engine = butter_testbed::engine::Engine::connect(&scale.project)?;
+    let nodes = engine.containers()?;
     ensure!(
         nodes.len() == total,
-        "{} node containers, expected {total}",
-        nodes.len()
+        "{} node containers in {}, expected {total}",
+        nodes.len(),
+        scale.project
     );
     // Every node must have its row in every pass; a node may be momentarily not ready (a
     // gateway busy relaying for 20 nodes missing one /ready deadline), so up to three passes
@@ -1027,17 +1067,9 @@ fn the_kit_at_scale_20_shows_progress_and_status_lists_every_node() -> Result<()
     let mut all_ready = false;
     for _ in 0..3 {
         let start = Instant::now();
-        let status = std::process::Command::new(kit)
-            .args(["--root", &root.display().to_string(), "status"])
-            .output()
-            .context("running butter-kit status")?;
+        let (status, table, err) = scale.run(&["status"])?;
         status_took = status_took.max(start.elapsed());
-        let table = String::from_utf8_lossy(&status.stdout).into_owned();
-        ensure!(
-            status.status.success(),
-            "butter-kit status failed:\n{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        ensure!(status.success(), "butter-kit status failed:\n{err}");
         let mut missing = Vec::new();
         let mut not_ready = Vec::new();
         for c in &nodes {
