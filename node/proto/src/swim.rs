@@ -236,6 +236,13 @@ enum Status {
 struct Member {
     incarnation: u64,
     status: Status,
+    /// Re-added after we had it dead at `incarnation`, on direct proof of life (a completed
+    /// Hello or a request from it). Rumours of its death or suspicion at that same incarnation are
+    /// then older than what we saw ourselves and are ignored; its own refutation (a higher
+    /// incarnation) clears the flag. Without it, the Dead rumours still piggybacked around the
+    /// network re-killed a host within moments of each re-admission: ~300 `dead` removals of
+    /// live hosts per node in 3 minutes in a loaded 100-node lab.
+    revived: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,12 +394,14 @@ impl Swim {
         if id == self.local || self.members.contains_key(&id) {
             return;
         }
-        let incarnation = self.dead.remove(&id).map_or(0, |(inc, _)| inc);
+        let dead = self.dead.remove(&id);
+        let incarnation = dead.map_or(0, |(inc, _)| inc);
         self.members.insert(
             id,
             Member {
                 incarnation,
                 status: Status::Alive,
+                revived: dead.is_some(),
             },
         );
         // Insert at a random place among those not yet probed this round.
@@ -571,6 +580,7 @@ impl Swim {
                 MemberState::Alive => {
                     if u.incarnation > m.incarnation {
                         m.incarnation = u.incarnation;
+                        m.revived = false;
                         if matches!(m.status, Status::Suspect { .. }) {
                             m.status = Status::Alive;
                             self.events.push_back(Event::Cleared { id: u.id });
@@ -582,8 +592,11 @@ impl Swim {
                 }
                 MemberState::Suspect => {
                     let newer = u.incarnation > m.incarnation
-                        || (u.incarnation == m.incarnation && m.status == Status::Alive);
+                        || (u.incarnation == m.incarnation
+                            && m.status == Status::Alive
+                            && !m.revived);
                     if newer {
+                        m.revived &= u.incarnation == m.incarnation;
                         m.incarnation = u.incarnation;
                         m.status = Status::Suspect {
                             deadline: now + self.config.suspicion_timeout,
@@ -597,7 +610,9 @@ impl Swim {
                     newer
                 }
                 MemberState::Dead => {
-                    if u.incarnation >= m.incarnation {
+                    if u.incarnation > m.incarnation
+                        || (u.incarnation == m.incarnation && !m.revived)
+                    {
                         self.bury(now, u.id, u.incarnation, false);
                         true
                     } else {
@@ -1165,6 +1180,48 @@ mod tests {
             id: x,
             local: false
         }));
+    }
+
+    /// A host we had dead and then reached again (a completed Hello: `add`) is not killed again
+    /// by the same death rumour still going round, nor suspected at that incarnation; a newer
+    /// rumour still counts, and its own refutation makes it an ordinary member again.
+    #[test]
+    fn a_host_proven_alive_after_its_death_ignores_the_stale_rumour() {
+        let (mut s, mut rng) = swim(3);
+        let x = id(2);
+        let upd = |inc, state| MemberUpdate {
+            id: x,
+            incarnation: inc,
+            state,
+        };
+        s.handle_gossip(Time(1), id(1), &[upd(0, MemberState::Dead)], &mut rng);
+        assert!(!s.contains(&x) && s.is_recently_dead(&x));
+        // Direct proof of life.
+        s.add(x, &mut rng);
+        drain(&mut s);
+        for t in 2..6 {
+            s.handle_gossip(Time(t), id(1), &[upd(0, MemberState::Dead)], &mut rng);
+            s.handle_gossip(Time(t), id(3), &[upd(0, MemberState::Suspect)], &mut rng);
+        }
+        assert!(s.contains(&x) && !s.is_suspect(&x));
+        let (_, events) = drain(&mut s);
+        assert!(
+            !events.iter().any(
+                |e| matches!(e, Event::Dead { id, .. } | Event::Suspected { id, .. } if *id == x)
+            ),
+            "{events:?}"
+        );
+        // A newer suspicion counts; so does a newer death.
+        s.handle_gossip(Time(7), id(1), &[upd(1, MemberState::Suspect)], &mut rng);
+        assert!(s.is_suspect(&x));
+        s.handle_gossip(Time(8), id(1), &[upd(1, MemberState::Dead)], &mut rng);
+        assert!(!s.contains(&x));
+        // Re-added, then its own refutation: an ordinary member, whom a rumour at the refuted
+        // incarnation kills as before.
+        s.add(x, &mut rng);
+        s.handle_gossip(Time(9), x, &[upd(2, MemberState::Alive)], &mut rng);
+        s.handle_gossip(Time(10), id(1), &[upd(2, MemberState::Dead)], &mut rng);
+        assert!(!s.contains(&x));
     }
 
     #[test]
