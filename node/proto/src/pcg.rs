@@ -34,7 +34,11 @@
 //!   the item (and, unless trimmed, [`Config::orphan_timeout`] has passed without re-admission).
 //!   It checks in batches — one heartbeat per peer per tick — and follows the group's view through
 //!   the answers. A view written by a lying member therefore cannot make the holders drop the data;
-//!   an orphan that nobody proves anything to for twice the timeout founds the group anew.
+//!   an orphan that nobody proves anything to for twice the timeout founds the group anew. A node
+//!   that left a group (trimmed, merged into a rival, replaced while away) remembers the view it
+//!   left for ([`LEFT_MEMORY`]) and answers questions about the group with it: an orphan of an
+//!   older view whose members have all moved on (a holder paused through a partition that comes
+//!   back to the losing side's view) thus follows them to the group instead of refounding it.
 //! - **Split groups and the convergence rule.** A partition (or a member away while both sides
 //!   repair) can leave two groups of one item, each with a complete view that knows nothing of the
 //!   other. When two views of one group meet — a holder in its own view receives a view of the same
@@ -57,10 +61,11 @@
 //!   leader left) is let go after twice the fetch timeout, so it cannot outrank one that holds
 //!   the data. Measured in the core's deterministic fault-mix harness (`pcg_faults.rs`: 12 nodes
 //!   on 3 sites, 60 items, pause 3, cut a site, 20 % loss on 3, restart 2, kill 2, heal; 100
-//!   seeds): nothing lost and no thrash in any run, 95 of 100 runs at exactly `r` within 60 s of
-//!   the heal (median 26 s, 98 within 120 s); in the other runs a few groups are still split or
-//!   an orphan holds a view nobody holds any more after 120 s (the rendezvous point is only the
-//!   same for two leaders that know the same hosts, so on large networks this is best effort).
+//!   seeds): nothing lost and no thrash in any run, all 100 at exactly `r` within 60 s of the
+//!   heal (median 29 s, max 51 s). The 4 that did not settle within 120 s before `LEFT_MEMORY`
+//!   each held an orphan of a view nobody held any more. Split groups whose every link was lost
+//!   still rely on the rendezvous, which is only the same node for two leaders that know the
+//!   same hosts, so on large networks it is best effort.
 //!   A leader makes at most one view of a group per [`Config::view_change_interval`], and a
 //!   node at most [`Config::max_views_per_sec`] over all its groups, so flapping liveness cannot
 //!   turn into a storm of repairs and trims: on the compose testbed such a storm (hundreds of
@@ -854,7 +859,17 @@ pub struct Node<S: Store> {
     /// still holds the item: every owned copy enters through `take_copy`, `put_owned` or
     /// `restore`, which keep it, and nothing changes a held copy otherwise.
     owned: BTreeMap<ItemId, (Version, bool)>,
+    /// Groups this node left without a view of its own (trimmed, merged into a rival, replaced
+    /// while away): the view it left for, until when it is remembered. A holder still asking
+    /// about the group (an orphan of an older view of it, whose members have all moved on) is
+    /// answered with this view instead of "unknown", and so follows the group.
+    left: BTreeMap<ItemId, (View, Time)>,
 }
+
+/// How long a node remembers the view of a group it left ([`Node::forget`]), and how many such
+/// views it keeps (the soonest to expire go first).
+pub const LEFT_MEMORY: Duration = Duration::from_secs(600);
+const LEFT_MAX: usize = 4096;
 
 /// What [`Node::take_copy`] did with a verified copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -923,6 +938,7 @@ impl<S: Store> Node<S> {
             next_rendezvous: Time::ZERO,
             disturbed_until: Time::ZERO,
             owned: BTreeMap::new(),
+            left: BTreeMap::new(),
         })
     }
 
@@ -1441,6 +1457,7 @@ impl<S: Store> Node<S> {
         }
         self.next_tick = now + self.jittered(self.config.heartbeat_interval);
         self.tombstones.retain(|_, until| *until > now);
+        self.left.retain(|_, (_, until)| *until > now);
         self.expire_owned_tombstones(now);
         let items: Vec<ItemId> = self.groups.keys().copied().collect();
         for id in items {
@@ -1701,6 +1718,7 @@ impl<S: Store> Node<S> {
         let item = view.item;
         let me = self.me;
         let spread_interval = self.config.spread_interval;
+        self.left.remove(&item);
         let old_members: Vec<PeerId> = self
             .groups
             .get(&item)
@@ -1970,6 +1988,8 @@ impl<S: Store> Node<S> {
                         self.unshare(p, &item);
                     }
                 }
+            } else if !tombstone {
+                self.remember_left(now, g.view);
             }
         }
         if self.store.remove(&item) {
@@ -1981,6 +2001,26 @@ impl<S: Store> Node<S> {
                 .insert(item, now + self.config.tombstone_ttl);
             self.events.push_back(Event::Deleted(item));
         }
+    }
+
+    /// Remembers the view of a group this node left (see `left`): the members of the view it
+    /// held may all leave in turn (a losing side of a split), and an orphan still following that
+    /// view would then hear of the group from nobody.
+    fn remember_left(&mut self, now: Time, view: View) {
+        if self.left.len() >= LEFT_MAX && !self.left.contains_key(&view.item) {
+            self.left.retain(|_, (_, until)| *until > now);
+            if self.left.len() >= LEFT_MAX {
+                let soonest = self
+                    .left
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(item, _)| *item);
+                if let Some(item) = soonest {
+                    self.left.remove(&item);
+                }
+            }
+        }
+        self.left.insert(view.item, (view, now + LEFT_MEMORY));
     }
 
     /// Adopts `view` if it is newer. Returns whether it did.
@@ -2941,13 +2981,24 @@ impl<S: Store> Node<S> {
                 view: (their != Some(g.view.key())).then(|| g.view.clone()),
                 owned: self.owned_version(item).map(|(v, _)| v),
             },
-            None => GroupBeat {
-                item: *item,
-                version: 0,
-                author: self.me,
-                holding: false,
-                view: None,
-                owned: None,
+            // A group we left: the view we left for, so an orphan of an older view follows it.
+            None => match self.left.get(item) {
+                Some((view, _)) => GroupBeat {
+                    item: *item,
+                    version: view.version,
+                    author: view.author,
+                    holding: false,
+                    view: (their != Some(view.key())).then(|| view.clone()),
+                    owned: None,
+                },
+                None => GroupBeat {
+                    item: *item,
+                    version: 0,
+                    author: self.me,
+                    holding: false,
+                    view: None,
+                    owned: None,
+                },
             },
         }
     }
