@@ -864,7 +864,22 @@ pub struct Node<S: Store> {
     /// about the group (an orphan of an older view of it, whose members have all moved on) is
     /// answered with this view instead of "unknown", and so follows the group.
     left: BTreeMap<ItemId, (View, Time)>,
+    /// No group spreads before this: a co-member declared dead spoke again, or a departed one
+    /// came back (a partition healed, a paused node resumed). Groups of one item that split
+    /// meanwhile meet in the following seconds (departed members told, rendezvous, the views
+    /// returning holders bring) and merge, the winner re-admitting the other side's holders for
+    /// the sites it lacks; spreading first pushed the item to new hosts on both sides only for
+    /// the merge to trim them.
+    spread_after: Time,
+    /// Sites with a live host at the last tick; a site seen before that comes back (a LAN
+    /// reconnected) holds spreads too (`spread_after`).
+    sites_live: BTreeSet<String>,
+    sites_seen: BTreeSet<String>,
 }
+
+/// How long after a co-member comes back (see `spread_after`) groups hold their spreads: one
+/// rendezvous interval and its jitter, by which the split groups have met.
+pub const SPREAD_HOLD_AFTER_RETURN: Duration = Duration::from_secs(25);
 
 /// How long a node remembers the view of a group it left ([`Node::forget`]), and how many such
 /// views it keeps (the soonest to expire go first).
@@ -939,6 +954,9 @@ impl<S: Store> Node<S> {
             disturbed_until: Time::ZERO,
             owned: BTreeMap::new(),
             left: BTreeMap::new(),
+            spread_after: Time::ZERO,
+            sites_live: BTreeSet::new(),
+            sites_seen: BTreeSet::new(),
         })
     }
 
@@ -1459,6 +1477,7 @@ impl<S: Store> Node<S> {
         self.tombstones.retain(|_, until| *until > now);
         self.left.retain(|_, (_, until)| *until > now);
         self.expire_owned_tombstones(now);
+        self.watch_sites(now, hosts);
         let items: Vec<ItemId> = self.groups.keys().copied().collect();
         for id in items {
             self.maintain(now, id, hosts);
@@ -1469,11 +1488,37 @@ impl<S: Store> Node<S> {
         self.send_rendezvous(now, hosts);
     }
 
+    /// Notes which sites have a live host; one that had gone and is back (a partition healed)
+    /// holds spreads for [`SPREAD_HOLD_AFTER_RETURN`]. A site never seen before holds nothing.
+    fn watch_sites(&mut self, now: Time, hosts: &dyn HostView) {
+        if self.groups.is_empty() {
+            return;
+        }
+        let live: BTreeSet<String> = hosts
+            .live_hosts()
+            .iter()
+            .filter_map(|p| hosts.site(p).map(str::to_owned))
+            .collect();
+        if live
+            .iter()
+            .any(|s| !self.sites_live.contains(s) && self.sites_seen.contains(s))
+        {
+            self.spread_after = self.spread_after.max(now + SPREAD_HOLD_AFTER_RETURN);
+        }
+        if self.sites_seen.len() < 4096 {
+            self.sites_seen.extend(live.iter().cloned());
+        }
+        self.sites_live = live;
+    }
+
     /// A PCG message from `from`.
     pub fn handle_message(&mut self, now: Time, from: PeerId, msg: Message, hosts: &dyn HostView) {
         if let Some(p) = self.peers.get_mut(&from) {
             p.unacked = 0;
-            p.dead = false;
+            if p.dead {
+                p.dead = false;
+                self.spread_after = self.spread_after.max(now + SPREAD_HOLD_AFTER_RETURN);
+            }
         }
         if let Some(items) = self.departed_index.remove(&from) {
             self.departed_returned(now, from, items);
@@ -2066,7 +2111,21 @@ impl<S: Store> Node<S> {
                 self.events.push_back(Event::ViewRefused { item, from });
                 return false;
             }
-            None if !view.contains(&self.me) => return false,
+            None if !view.contains(&self.me) => {
+                // A group we left that outranks this view: its sender's group has a rival it may
+                // not know of (we were replaced in the sender's group while away, or left the
+                // sender's side of a split): introduce it, so the two meet before either spreads
+                // or repairs on its own. Only a higher view is sent, so the lower side does not
+                // answer and nothing echoes.
+                if let Some((left, _)) = self.left.get(&item)
+                    && merge_rank(left) > merge_rank(&view)
+                    && !left.contains(&from)
+                {
+                    let left = left.clone();
+                    self.send(from, Message::ViewUpdate(left));
+                }
+                return false;
+            }
             _ => {}
         }
         // A view that would take a holding member out of its group must win by the convergence
@@ -2088,6 +2147,29 @@ impl<S: Store> Node<S> {
             self.send(from, Message::ViewUpdate(ours));
             self.events.push_back(Event::ViewRefused { item, from });
             return false;
+        }
+        // Taken into another group of our item by a member of that group (its spread or repair
+        // recruited us while we were in a group of our own: a split met through us): the
+        // co-members we leave behind are told of the view we joined, so their group meets it
+        // rather than trimming us and spreading again while the other goes on beside it.
+        let left_behind: Vec<PeerId> = match self.groups.get(&item) {
+            Some(g)
+                if view.contains(&self.me)
+                    && g.orphan_since.is_none()
+                    && g.view.contains(&self.me)
+                    && !g.view.contains(&from) =>
+            {
+                g.view
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != self.me && !view.contains(m))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        for m in left_behind {
+            self.send(m, Message::Rival(view.clone()));
         }
         self.install_view(now, view.clone());
         if !view.contains(&self.me) {
@@ -2318,6 +2400,7 @@ impl<S: Store> Node<S> {
     /// item in a group of its own, the two meet.
     fn departed_returned(&mut self, now: Time, from: PeerId, items: BTreeSet<ItemId>) {
         self.disturbed_until = now + RENDEZVOUS_MEMORY_AFTER_CHANGE;
+        self.spread_after = self.spread_after.max(now + SPREAD_HOLD_AFTER_RETURN);
         let first = self.config.heartbeat_interval;
         for item in items {
             let Some(g) = self.groups.get_mut(&item) else {
@@ -2632,7 +2715,7 @@ impl<S: Store> Node<S> {
         content: &Item,
         hosts: &dyn HostView,
     ) {
-        if self.groups.get(&item).is_none_or(|g| now < g.next_spread) {
+        if now < self.spread_after || self.groups.get(&item).is_none_or(|g| now < g.next_spread) {
             return;
         }
         let every = self.config.spread_interval;
@@ -2946,13 +3029,25 @@ impl<S: Store> Node<S> {
         if g.view.contains(&from) {
             return;
         }
-        let holders = g
+        let holders: Vec<PeerId> = g
             .view
             .members
             .iter()
             .filter(|m| self.member_live(g, m, hosts) && self.member_holding(g, m))
-            .count();
-        if holders >= self.config.replicas {
+            .copied()
+            .collect();
+        // A full group still takes a joiner that brings a site its holders lack while two of
+        // them share one: the joiner already holds the item (a holder of the losing side of a
+        // split, a member replaced while away), so the group spreads by re-admitting it and
+        // trimming a holder of the shared site, where a spread would push the item to a new
+        // host. After a healed partition the winning view is often one grown inside the cut
+        // site; re-admitting the other side's holders spreads it again at no cost in data.
+        let known: Vec<&str> = holders.iter().filter_map(|p| hosts.site(p)).collect();
+        let sites: BTreeSet<&str> = known.iter().copied().collect();
+        let spreads = sites.len() < known.len()
+            && hosts.is_live(&from)
+            && hosts.site(&from).is_some_and(|s| !sites.contains(s));
+        if holders.len() >= self.config.replicas && !spreads {
             self.send(from, Message::Trim(g.view.clone()));
             return;
         }

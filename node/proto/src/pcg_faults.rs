@@ -441,7 +441,25 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
             .count()
     });
     if std::env::var("PCG_FAULTS_DEBUG").is_ok() {
-        for it in items.iter().filter(|it| !lab.converged(it)).take(2) {
+        // With PCG_FAULTS_SPREADS set, the items that spread after the heal too (traffic).
+        let healed_at = lab.now.saturating_since(Time::ZERO).as_secs() - series.len() as u64;
+        let spread_items: BTreeSet<ItemId> = lab
+            .log
+            .iter()
+            .filter(|(t, _, _)| *t >= healed_at)
+            .filter_map(|(_, _, e)| match e {
+                Event::Spread { item, .. } => Some(*item),
+                _ => None,
+            })
+            .collect();
+        for it in items
+            .iter()
+            .filter(|it| {
+                !lab.converged(it)
+                    || (std::env::var("PCG_FAULTS_SPREADS").is_ok() && spread_items.contains(it))
+            })
+            .take(3)
+        {
             eprintln!("item {it:?}:");
             let short = |p: &PeerId| lab.idx(p);
             for (t, i, e) in &lab.log {
@@ -453,6 +471,9 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
                         v.members.iter().map(short).collect::<Vec<_>>()
                     ),
                     Event::Refounded(x) if x == it => "REFOUNDED".into(),
+                    Event::Spread { item, peer } if item == it => {
+                        format!("spread to {}", short(peer))
+                    }
                     Event::Dropped(x) if x == it => "dropped".into(),
                     Event::Recruited { item, peers } if item == it => format!(
                         "recruited {:?}",
