@@ -2762,8 +2762,14 @@ impl<S: Store> Node<S> {
         let view = self.groups[&item].view.clone();
         for m in pending {
             let due = m.pushed_at.is_none_or(|t| now.saturating_since(t) >= every);
-            // Members not heard from yet get time to answer the first push.
-            if m.holding == Some(false) && due {
+            // Members not heard from yet get time to answer the first push. One never heard
+            // from about the item a fetch timeout after joining (a member that left the group
+            // on its own before its admission reached it) is pushed too, so it either takes
+            // the item or stalls and is replaced; else it would count as a recruit on its way
+            // forever and hold the group under `r` (fault explorer, seed 385).
+            let silent = m.holding.is_none()
+                && now.saturating_since(m.joined_at) > self.config.fetch_timeout;
+            if (m.holding == Some(false) || silent) && due {
                 self.push_data(now, m.id, &view, content);
             }
         }
