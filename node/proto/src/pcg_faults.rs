@@ -84,6 +84,8 @@ pub(super) struct Outcome {
     pub repair_bytes: usize,
     pub spread_bytes: usize,
     pub missing_bytes: usize,
+    /// Item bytes that actually crossed the network after the heal (every push and block).
+    pub sent_bytes: usize,
 }
 
 struct Lab {
@@ -388,6 +390,7 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
         .iter()
         .map(|it| r.saturating_sub(lab.holders(it).len()) * SIZE)
         .sum();
+    let sent_at_heal = lab.data_bytes;
     let mut series = Vec::new();
     let mut healthy = Vec::new();
     let (mut repair_bytes, mut spread_bytes) = (0, 0);
@@ -438,7 +441,25 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
             .count()
     });
     if std::env::var("PCG_FAULTS_DEBUG").is_ok() {
-        for it in items.iter().filter(|it| !lab.converged(it)).take(2) {
+        // With PCG_FAULTS_SPREADS set, the items that spread after the heal too (traffic).
+        let healed_at = lab.now.saturating_since(Time::ZERO).as_secs() - series.len() as u64;
+        let spread_items: BTreeSet<ItemId> = lab
+            .log
+            .iter()
+            .filter(|(t, _, _)| *t >= healed_at)
+            .filter_map(|(_, _, e)| match e {
+                Event::Spread { item, .. } => Some(*item),
+                _ => None,
+            })
+            .collect();
+        for it in items
+            .iter()
+            .filter(|it| {
+                !lab.converged(it)
+                    || (std::env::var("PCG_FAULTS_SPREADS").is_ok() && spread_items.contains(it))
+            })
+            .take(3)
+        {
             eprintln!("item {it:?}:");
             let short = |p: &PeerId| lab.idx(p);
             for (t, i, e) in &lab.log {
@@ -450,6 +471,9 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
                         v.members.iter().map(short).collect::<Vec<_>>()
                     ),
                     Event::Refounded(x) if x == it => "REFOUNDED".into(),
+                    Event::Spread { item, peer } if item == it => {
+                        format!("spread to {}", short(peer))
+                    }
                     Event::Dropped(x) if x == it => "dropped".into(),
                     Event::Recruited { item, peers } if item == it => format!(
                         "recruited {:?}",
@@ -496,6 +520,7 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
         repair_bytes,
         spread_bytes,
         missing_bytes,
+        sent_bytes: lab.data_bytes - sent_at_heal,
         series,
         healthy,
     }
@@ -506,19 +531,20 @@ fn fault_mix_with(seed: u64, config: Config) -> Outcome {
 fn check(seeds: impl IntoIterator<Item = u64>) -> (Vec<u64>, Vec<u64>) {
     let (mut broken, mut slow) = (Vec::new(), Vec::new());
     let mut settled = Vec::new();
-    let (mut repair, mut spread, mut missing, mut runs) = (0, 0, 0, 0);
+    let (mut repair, mut spread, mut missing, mut sent, mut runs) = (0, 0, 0, 0, 0);
     for seed in seeds {
         let o = fault_mix(seed);
         runs += 1;
         eprintln!(
             "seed {seed}: settled {:?} s after the heal, {} dips, {} lost, repair {} B for {} B \
-             missing, spread {} B; at r per second: {:?}; healthy: {:?}",
+             missing, spread {} B, {} B sent; at r per second: {:?}; healthy: {:?}",
             o.settled,
             o.dips,
             o.lost,
             o.repair_bytes,
             o.missing_bytes,
             o.spread_bytes,
+            o.sent_bytes,
             o.series,
             o.healthy
         );
@@ -526,6 +552,7 @@ fn check(seeds: impl IntoIterator<Item = u64>) -> (Vec<u64>, Vec<u64>) {
         repair += o.repair_bytes;
         spread += o.spread_bytes;
         missing += o.missing_bytes;
+        sent += o.sent_bytes;
         if o.lost > 0 || o.dips > 0 {
             broken.push(seed);
         }
@@ -537,7 +564,7 @@ fn check(seeds: impl IntoIterator<Item = u64>) -> (Vec<u64>, Vec<u64>) {
     eprintln!(
         "{runs} runs: {} settled at exactly r within 120 s of the heal (median {:?} s, max {:?} \
          s), {} not within 60 s {slow:?}; lost or thrashed: {broken:?}; repair {repair} B for \
-         {missing} B missing at the heal, spread (new sites) {spread} B",
+         {missing} B missing at the heal, spread (new sites) {spread} B, item bytes sent {sent} B",
         settled.len(),
         settled.get(settled.len() / 2),
         settled.last(),
@@ -575,6 +602,21 @@ fn views_met_through_a_member_of_both_are_ordered_alike_on_both_sides() {
     assert_eq!(o.lost, 0, "items lost");
 }
 
+/// Seeds 6, 21, 51 and 77 (none settled within 120 s): a holder paused through the heal came
+/// back, took the view its old co-member had made on the cut-off site (which had replaced it)
+/// and became its orphan; that group then lost the merge and its members left for the winner and
+/// dropped their copies. The orphan kept asking them about a view nobody held, they answered
+/// "unknown", and it would have waited 40 s to found the group a third time. A node that left a
+/// group now answers with the view it left for, and the orphan follows it.
+#[test]
+fn an_orphan_whose_view_every_member_left_follows_them_to_the_group() {
+    let (broken, slow) = check([6, 21, 51, 77]);
+    assert!(
+        broken.is_empty() && slow.is_empty(),
+        "lost or thrashed: {broken:?}; not at r within 60 s: {slow:?}"
+    );
+}
+
 /// 100 seeds (the issue's acceptance): `cargo test -p butter-proto --release --lib -- --ignored
 /// fault_mix_100_seeds --nocapture`.
 #[test]
@@ -582,13 +624,13 @@ fn views_met_through_a_member_of_both_are_ordered_alike_on_both_sides() {
 fn fault_mix_100_seeds() {
     let (broken, slow) = check(0..100);
     assert!(broken.is_empty(), "lost data or thrashed: {broken:?}");
-    // Measured: 95 of 100 within 60 s, 98 within 120 s, median 26 s (with the view limits and
-    // the rule that a holder leaves its group only for a view winning by `merge_rank`; 89 and
-    // 91 before all three). The rest are split groups not yet introduced (the rendezvous goes
-    // every 20 s, and only from disturbed nodes) or an orphan of a view nobody holds any more;
-    // see the PCG docs.
+    // Measured: 100 of 100 at exactly r within 60 s (median 28 s, max 37 s), 0.29 MB of item
+    // bytes sent after the heal in all (spreads; nothing was missing), 4.5 MB before split
+    // groups re-admitted each other's holders and held spreads until they met. Before a node
+    // that left a group answered with the view it left for, 4 never settled within 120 s: each
+    // an orphan of a view whose members had all left (see the test above).
     assert!(
-        slow.len() <= 6,
+        slow.is_empty(),
         "{} of 100 not at r within 60 s: {slow:?}",
         slow.len()
     );
