@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use butter_testbed::api;
 use butter_testbed::dashboards::{self, Dashboard};
-use butter_testbed::engine::Role;
+use butter_testbed::engine::{Health, Role};
 use butter_testbed::network;
 use butter_testbed::prometheus::{self, HostPrometheus, Target};
 use butter_testbed::testbed::{self, NodeView, Testbed, UpOptions};
@@ -159,7 +159,13 @@ fn lans_come_up_multicast_stays_inside_each_lan_and_gateways_know_each_other() -
         views.len()
     );
     for v in &healthy {
-        let h = v.health.as_ref().context("no health")?;
+        ensure!(
+            v.health.as_ref().is_some_and(Health::is_healthy),
+            "{}: not healthy in the list",
+            v.container.label()
+        );
+        // The list carries the state only; the last check's output comes from an inspect.
+        let h = bed.engine().health(&v.container.id)?;
         ensure!(
             h.last_output
                 .as_deref()
