@@ -695,12 +695,14 @@ impl Transport {
             };
             self.inner
                 .tasks
-                .spawn(async move { t.serve_stream(from, send, recv, handler, contact).await });
+                .spawn(t.serve_stream(from, send, recv, handler, contact));
         }
     }
 
+    /// Takes the transport by value so the spawned task is this future alone, not one wrapping
+    /// it (each layer is copied when the task starts).
     async fn serve_stream(
-        &self,
+        self,
         from: Remote,
         mut send: SendStream,
         mut recv: RecvStream,
