@@ -618,42 +618,50 @@ impl Inbound for Dispatcher {
         let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
             return Box::pin(async { error(ErrorCode::Busy, "node is starting or stopping") });
         };
-        let node = Node { inner };
-        Box::pin(async move {
-            match request {
-                Request::Behaviour { name } => {
-                    let Some(b) = node.inner.behaviours.get(&name).cloned() else {
-                        return error(
-                            ErrorCode::UnknownName,
-                            format!("no behaviour named {name:?}"),
-                        );
-                    };
-                    let ctx = Context {
-                        peer: from.id,
-                        remote: from.addr,
-                        node: node.clone(),
-                    };
-                    match b.call(ctx, body).await {
-                        Ok(reply) => (Response::Ok, reply),
-                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
-                    }
-                }
-                Request::Overlay { name } => {
-                    let Some(o) = node.inner.overlays.get(&name).cloned() else {
-                        return error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
-                    };
-                    let ctx = Context {
-                        peer: from.id,
-                        remote: from.addr,
-                        node: node.clone(),
-                    };
-                    match o.handle(&name, ctx, body).await {
-                        Ok(reply) => (Response::Ok, reply),
-                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
-                    }
-                }
-                other => membership::handle(&node, from, other).await,
+        // Each kind boxes only its own future: one future for all three would be as large as
+        // the membership handler's, allocated and moved per request.
+        let replied = |r: Result<Bytes, crate::behaviour::BehaviourError>| match r {
+            Ok(reply) => (Response::Ok, reply),
+            Err(e) => error(ErrorCode::HandlerFailed, e.0),
+        };
+        match request {
+            Request::Behaviour { name } => {
+                let Some(b) = inner.behaviours.get(&name) else {
+                    let e = error(
+                        ErrorCode::UnknownName,
+                        format!("no behaviour named {name:?}"),
+                    );
+                    return Box::pin(async move { e });
+                };
+                let ctx = Context {
+                    peer: from.id,
+                    remote: from.addr,
+                    node: Node {
+                        inner: inner.clone(),
+                    },
+                };
+                let call = b.call(ctx, body);
+                Box::pin(async move { replied(call.await) })
             }
-        })
+            Request::Overlay { name } => {
+                let Some(o) = inner.overlays.get(&name) else {
+                    let e = error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
+                    return Box::pin(async move { e });
+                };
+                let ctx = Context {
+                    peer: from.id,
+                    remote: from.addr,
+                    node: Node {
+                        inner: inner.clone(),
+                    },
+                };
+                let call = o.handle(&name, ctx, body);
+                Box::pin(async move { replied(call.await) })
+            }
+            other => {
+                let node = Node { inner };
+                Box::pin(async move { membership::handle(&node, from, other).await })
+            }
+        }
     }
 }
