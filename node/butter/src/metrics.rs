@@ -3,6 +3,8 @@
 //! The transport and the membership driver emit [`Event`]s; [`Metrics::record`] turns them into
 //! series. Every series carries the `butter_` prefix, units in its name and help text.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -83,6 +85,10 @@ pub struct Metrics {
     /// `butter_request_duration_seconds`' two series (outbound, inbound), looked up once: every
     /// request records into one, and a label lookup hashes and locks.
     request_duration_by_direction: [Histogram; 2],
+    /// `butter_requests_total{outcome="ok"}`'s series (outbound, inbound) by kind, looked up
+    /// once per kind: a label lookup hashes three labels and clones the series. Filled only on
+    /// success, so by the kinds this node runs (a made-up name never succeeds), and capped.
+    request_ok_by_kind: Arc<RwLock<HashMap<Box<str>, [IntCounter; 2]>>>,
     rejected: IntCounterVec,
     bytes_sent: IntCounter,
     bytes_received: IntCounter,
@@ -228,6 +234,10 @@ impl RelayMetrics {
         ]
     }
 }
+
+/// At most this many request kinds keep their series looked up (beyond it, each is looked up per
+/// request, as before).
+const MAX_CACHED_KINDS: usize = 256;
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are static; a failure here is a programming error caught by tests.
@@ -485,6 +495,7 @@ impl Metrics {
                 request_duration.with_label_values(&[Direction::Outbound.as_str()]),
                 request_duration.with_label_values(&[Direction::Inbound.as_str()]),
             ],
+            request_ok_by_kind: Arc::default(),
             rejected,
             bytes_sent,
             bytes_received,
@@ -541,20 +552,55 @@ impl Metrics {
                 kind,
                 outcome,
                 duration,
-            } => {
-                self.requests
-                    .with_label_values(&[direction.as_str(), kind, outcome])
-                    .inc();
-                let series = match direction {
-                    Direction::Outbound => &self.request_duration_by_direction[0],
-                    Direction::Inbound => &self.request_duration_by_direction[1],
-                };
-                series.observe(duration.as_secs_f64());
-            }
+            } => self.record_request(*direction, kind, outcome, *duration),
             Event::Rejected { reason } => self.rejected.with_label_values(&[reason]).inc(),
             Event::BytesSent(n) => self.bytes_sent.inc_by(*n),
             Event::BytesReceived(n) => self.bytes_received.inc_by(*n),
         }
+    }
+
+    /// Records a finished request, as [`Event::Request`] does, without building the event.
+    pub(crate) fn record_request(
+        &self,
+        direction: Direction,
+        kind: &str,
+        outcome: &str,
+        duration: Duration,
+    ) {
+        let d = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+        };
+        if outcome == "ok" {
+            let cache = self
+                .request_ok_by_kind
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(series) = cache.get(kind) {
+                series[d].inc();
+            } else {
+                drop(cache);
+                let series = [
+                    self.requests
+                        .with_label_values(&[Direction::Outbound.as_str(), kind, "ok"]),
+                    self.requests
+                        .with_label_values(&[Direction::Inbound.as_str(), kind, "ok"]),
+                ];
+                series[d].inc();
+                let mut cache = self
+                    .request_ok_by_kind
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if cache.len() < MAX_CACHED_KINDS {
+                    cache.insert(kind.into(), series);
+                }
+            }
+        } else {
+            self.requests
+                .with_label_values(&[direction.as_str(), kind, outcome])
+                .inc();
+        }
+        self.request_duration_by_direction[d].observe(duration.as_secs_f64());
     }
 
     /// The counter of inputs rejected for `reason` (for code outside the event path: the socket).

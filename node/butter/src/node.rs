@@ -23,7 +23,7 @@ use crate::config::{Config, ConfigError};
 use crate::driver::Shared;
 use crate::identity::{Identity, IdentityError};
 use crate::membership;
-use crate::metrics::{Direction, Event, Metrics};
+use crate::metrics::{Direction, Metrics};
 use crate::transport::{BindError, BoxFuture, DialError, Inbound, Remote, RequestError, Transport};
 use butter_proto::peers::Source;
 
@@ -440,12 +440,9 @@ impl Node {
             Ok(_) => "ok",
             Err(e) => e.label(),
         };
-        self.inner.metrics.record(&Event::Request {
-            direction: Direction::Outbound,
-            kind: kind.to_string(),
-            outcome,
-            duration: start.elapsed(),
-        });
+        self.inner
+            .metrics
+            .record_request(Direction::Outbound, kind, outcome, start.elapsed());
         result
     }
 
@@ -578,6 +575,31 @@ fn error(code: ErrorCode, message: impl Into<String>) -> (Response, Bytes) {
 }
 
 impl Inbound for Dispatcher {
+    fn contact(&self, from: Remote, request: &Request) {
+        // Any request is proof the peer is alive. Membership requests say so themselves, and
+        // PCG and RBFS messages are marked by the core as it takes them in. The transport calls
+        // this at most once per `CONTACT_EVERY` per connection: marking takes the core's lock
+        // and wakes the driver, which per request cost more than the request's own handling.
+        let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let marked_by_core = match request {
+            Request::Hello { .. }
+            | Request::Ping { .. }
+            | Request::PingReq { .. }
+            | Request::Gossip { .. } => true,
+            Request::Overlay { name } => {
+                inner.data.is_some()
+                    && (name == butter_proto::node::data::PCG
+                        || name == butter_proto::node::data::RBFS)
+            }
+            _ => false,
+        };
+        if !marked_by_core {
+            inner.core.with(|c, now| c.handle_ping(now, from.id));
+        }
+    }
+
     fn link(
         &self,
         from: Remote,
@@ -596,59 +618,50 @@ impl Inbound for Dispatcher {
         let Some(inner) = self.node.get().and_then(Weak::upgrade) else {
             return Box::pin(async { error(ErrorCode::Busy, "node is starting or stopping") });
         };
-        let node = Node { inner };
-        Box::pin(async move {
-            // Any request is proof the peer is alive. Membership requests say so themselves, and
-            // PCG and RBFS messages are marked by the core as it takes them in.
-            let marked_by_core = match &request {
-                Request::Hello { .. }
-                | Request::Ping { .. }
-                | Request::PingReq { .. }
-                | Request::Gossip { .. } => true,
-                Request::Overlay { name } => {
-                    node.inner.data.is_some()
-                        && (name == butter_proto::node::data::PCG
-                            || name == butter_proto::node::data::RBFS)
-                }
-                _ => false,
-            };
-            if !marked_by_core {
-                node.inner.core.with(|c, now| c.handle_ping(now, from.id));
+        // Each kind boxes only its own future: one future for all three would be as large as
+        // the membership handler's, allocated and moved per request.
+        let replied = |r: Result<Bytes, crate::behaviour::BehaviourError>| match r {
+            Ok(reply) => (Response::Ok, reply),
+            Err(e) => error(ErrorCode::HandlerFailed, e.0),
+        };
+        match request {
+            Request::Behaviour { name } => {
+                let Some(b) = inner.behaviours.get(&name) else {
+                    let e = error(
+                        ErrorCode::UnknownName,
+                        format!("no behaviour named {name:?}"),
+                    );
+                    return Box::pin(async move { e });
+                };
+                let ctx = Context {
+                    peer: from.id,
+                    remote: from.addr,
+                    node: Node {
+                        inner: inner.clone(),
+                    },
+                };
+                let call = b.call(ctx, body);
+                Box::pin(async move { replied(call.await) })
             }
-            match request {
-                Request::Behaviour { name } => {
-                    let Some(b) = node.inner.behaviours.get(&name).cloned() else {
-                        return error(
-                            ErrorCode::UnknownName,
-                            format!("no behaviour named {name:?}"),
-                        );
-                    };
-                    let ctx = Context {
-                        peer: from.id,
-                        remote: from.addr,
-                        node: node.clone(),
-                    };
-                    match b.call(ctx, body).await {
-                        Ok(reply) => (Response::Ok, reply),
-                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
-                    }
-                }
-                Request::Overlay { name } => {
-                    let Some(o) = node.inner.overlays.get(&name).cloned() else {
-                        return error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
-                    };
-                    let ctx = Context {
-                        peer: from.id,
-                        remote: from.addr,
-                        node: node.clone(),
-                    };
-                    match o.handle(&name, ctx, body).await {
-                        Ok(reply) => (Response::Ok, reply),
-                        Err(e) => error(ErrorCode::HandlerFailed, e.0),
-                    }
-                }
-                other => membership::handle(&node, from, other).await,
+            Request::Overlay { name } => {
+                let Some(o) = inner.overlays.get(&name) else {
+                    let e = error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
+                    return Box::pin(async move { e });
+                };
+                let ctx = Context {
+                    peer: from.id,
+                    remote: from.addr,
+                    node: Node {
+                        inner: inner.clone(),
+                    },
+                };
+                let call = o.handle(&name, ctx, body);
+                Box::pin(async move { replied(call.await) })
             }
-        })
+            other => {
+                let node = Node { inner };
+                Box::pin(async move { membership::handle(&node, from, other).await })
+            }
+        }
     }
 }

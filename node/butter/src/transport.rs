@@ -1,11 +1,12 @@
 //! The QUIC transport: one endpoint, one pooled connection per peer, one bidirectional stream per
 //! request, length-prefixed frames with bounded sizes and a deadline on everything.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,6 +162,41 @@ pub struct Remote {
     pub inbound: bool,
 }
 
+/// How often, at most, [`Inbound::contact`] is called for one connection. Far below SWIM's
+/// suspicion timeout (3 s by default), so a suspicion is still cleared by the next request in time.
+pub const CONTACT_EVERY: Duration = Duration::from_millis(100);
+
+/// When a connection's requests last counted as contact: milliseconds since `base`, plus one
+/// (0: never). Shared by the connection's stream tasks.
+struct ContactStamp {
+    base: Instant,
+    last: AtomicU64,
+}
+
+impl ContactStamp {
+    fn new() -> Self {
+        ContactStamp {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a request at `now` should count as contact; if so, claims it (one caller wins).
+    fn due(&self, now: Instant) -> bool {
+        let ms = u64::try_from(now.saturating_duration_since(self.base).as_millis())
+            .unwrap_or(u64::MAX - 1)
+            + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let every = CONTACT_EVERY.as_millis() as u64;
+        if last != 0 && ms.saturating_sub(last) < every {
+            return false;
+        }
+        self.last
+            .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 /// A boxed future, as inbound handlers return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -168,6 +204,14 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait Inbound: Send + Sync + 'static {
     /// Answers one request. The returned label names the request kind in metrics.
     fn handle(&self, from: Remote, request: Request, body: Bytes) -> BoxFuture<(Response, Bytes)>;
+
+    /// `from` sent a request that was read whole and allowed by the rate limiter: proof it is
+    /// alive. Called before [`handle`](Self::handle) for such a request, but at most once per
+    /// [`CONTACT_EVERY`] per connection (the requests in between are the same evidence). The
+    /// default does nothing.
+    fn contact(&self, from: Remote, request: &Request) {
+        let _ = (from, request);
+    }
 
     /// Takes over a stream opened with [`Request::Relay`]: a long-lived relay link. The default
     /// refuses it.
@@ -635,6 +679,7 @@ impl Transport {
 
     async fn serve_connection(&self, id: PeerId, conn: &Connection, direction: Direction) {
         let handler = self.inner.handler.clone();
+        let contact = Arc::new(ContactStamp::new());
         loop {
             let (send, recv) = tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
@@ -642,6 +687,7 @@ impl Transport {
             };
             let t = self.clone();
             let handler = handler.clone();
+            let contact = contact.clone();
             let from = Remote {
                 id,
                 addr: conn.remote_address(),
@@ -649,16 +695,19 @@ impl Transport {
             };
             self.inner
                 .tasks
-                .spawn(async move { t.serve_stream(from, send, recv, handler).await });
+                .spawn(t.serve_stream(from, send, recv, handler, contact));
         }
     }
 
+    /// Takes the transport by value so the spawned task is this future alone, not one wrapping
+    /// it (each layer is copied when the task starts).
     async fn serve_stream(
-        &self,
+        self,
         from: Remote,
         mut send: SendStream,
         mut recv: RecvStream,
         handler: Arc<dyn Inbound>,
+        contact: Arc<ContactStamp>,
     ) {
         let limits = &self.inner.limits;
         let start = Instant::now();
@@ -698,7 +747,7 @@ impl Transport {
                         message: e.to_string(),
                     },
                     Bytes::new(),
-                    "invalid".to_string(),
+                    Cow::Borrowed("invalid"),
                 )
             }
             Ok(Ok((request, body)))
@@ -722,7 +771,7 @@ impl Transport {
                         message: "rate limit exceeded; slow down".into(),
                     },
                     Bytes::new(),
-                    request_kind(&request),
+                    kind_of(&request),
                 )
             }
             Ok(Ok((Request::Relay { register }, _))) => {
@@ -736,7 +785,10 @@ impl Transport {
                 return;
             }
             Ok(Ok((request, body))) => {
-                let kind = request_kind(&request);
+                let kind = kind_of(&request);
+                if contact.due(Instant::now()) {
+                    handler.contact(from, &request);
+                }
                 match bounded(limits.request_timeout, handler.handle(from, request, body)).await {
                     Ok((resp, body)) => (resp, body, kind),
                     Err(_) => (
@@ -756,7 +808,7 @@ impl Transport {
         };
         // Never label by a name the peer made up: unknown names are one series.
         let kind = if outcome == ErrorCode::UnknownName.as_str() {
-            "unknown".to_string()
+            Cow::Borrowed("unknown")
         } else {
             kind
         };
@@ -772,25 +824,27 @@ impl Transport {
         if let Ok(Ok(sent)) = bounded(limits.request_timeout, write).await {
             self.record(Event::BytesSent(sent));
         }
-        self.record(Event::Request {
-            direction: Direction::Inbound,
-            kind,
-            outcome,
-            duration: start.elapsed(),
-        });
+        self.inner
+            .metrics
+            .record_request(Direction::Inbound, &kind, outcome, start.elapsed());
     }
 }
 
 /// Kind label of a request for metrics.
 pub fn request_kind(request: &Request) -> String {
+    kind_of(request).into_owned()
+}
+
+/// Kind label of a request for metrics, allocating only for a name.
+fn kind_of(request: &Request) -> Cow<'static, str> {
     match request {
-        Request::Ping { .. } => "ping".into(),
-        Request::PingReq { .. } => "ping_req".into(),
-        Request::Hello { .. } => "hello".into(),
-        Request::Behaviour { name } => name.clone(),
-        Request::Overlay { name } => format!("overlay:{name}"),
-        Request::Relay { .. } => "relay_link".into(),
-        _ => "other".into(),
+        Request::Ping { .. } => Cow::Borrowed("ping"),
+        Request::PingReq { .. } => Cow::Borrowed("ping_req"),
+        Request::Hello { .. } => Cow::Borrowed("hello"),
+        Request::Behaviour { name } => Cow::Owned(name.clone()),
+        Request::Overlay { name } => Cow::Owned(format!("overlay:{name}")),
+        Request::Relay { .. } => Cow::Borrowed("relay_link"),
+        _ => Cow::Borrowed("other"),
     }
 }
 
