@@ -624,6 +624,13 @@ impl Inbound for Dispatcher {
             Ok(reply) => (Response::Ok, reply),
             Err(e) => error(ErrorCode::HandlerFailed, e.0),
         };
+        let context = || Context {
+            peer: from.id,
+            remote: from.addr,
+            node: Node {
+                inner: inner.clone(),
+            },
+        };
         match request {
             Request::Behaviour { name } => {
                 let Some(b) = inner.behaviours.get(&name) else {
@@ -633,14 +640,7 @@ impl Inbound for Dispatcher {
                     );
                     return Box::pin(async move { e });
                 };
-                let ctx = Context {
-                    peer: from.id,
-                    remote: from.addr,
-                    node: Node {
-                        inner: inner.clone(),
-                    },
-                };
-                let call = b.call(ctx, body);
+                let call = b.call(context(), body);
                 Box::pin(async move { replied(call.await) })
             }
             Request::Overlay { name } => {
@@ -648,14 +648,7 @@ impl Inbound for Dispatcher {
                     let e = error(ErrorCode::UnknownName, format!("no overlay named {name:?}"));
                     return Box::pin(async move { e });
                 };
-                let ctx = Context {
-                    peer: from.id,
-                    remote: from.addr,
-                    node: Node {
-                        inner: inner.clone(),
-                    },
-                };
-                let call = o.handle(&name, ctx, body);
+                let call = o.handle(&name, context(), body);
                 Box::pin(async move { replied(call.await) })
             }
             other => {

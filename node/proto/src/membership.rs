@@ -417,6 +417,18 @@ struct Bootstrap {
     backoff: Duration,
 }
 
+/// Remembers `id` until `until` in a memory of at most `cap` entries: when full, the one whose
+/// memory runs out first is forgotten.
+fn remember_until(memory: &mut BTreeMap<PeerId, Time>, id: PeerId, until: Time, cap: usize) {
+    if memory.len() >= cap && !memory.contains_key(&id) {
+        let first = memory.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id);
+        if let Some(first) = first {
+            memory.remove(&first);
+        }
+    }
+    memory.insert(id, until);
+}
+
 /// Failed Hellos after which an unverified host is dropped.
 const VERIFY_ATTEMPTS: u32 = 3;
 /// How long an unverified host whose Hello failed is not taken on anyone's word again.
@@ -1268,33 +1280,14 @@ impl Membership {
 
     /// Remembers an unverified host whose Hello failed, bounded.
     fn remember_unreachable(&mut self, id: PeerId, now: Time) {
-        if self.unreachable.len() >= 4 * self.table.capacity() {
-            let first = self
-                .unreachable
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(id, _)| *id);
-            if let Some(first) = first {
-                self.unreachable.remove(&first);
-            }
-        }
-        self.unreachable.insert(id, now + UNREACHABLE_MEMORY);
+        let cap = 4 * self.table.capacity();
+        remember_until(&mut self.unreachable, id, now + UNREACHABLE_MEMORY, cap);
     }
 
     /// Remembers that the diversity rule does not want `id` for [`Config::reject_memory`].
     fn remember_rejected(&mut self, id: PeerId, now: Time) {
-        if self.rejected.len() >= 4 * self.table.capacity() {
-            // Bounded: forget the one whose memory runs out first.
-            let oldest = self
-                .rejected
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                self.rejected.remove(&oldest);
-            }
-        }
-        self.rejected.insert(id, now + self.config.reject_memory);
+        let cap = 4 * self.table.capacity();
+        remember_until(&mut self.rejected, id, now + self.config.reject_memory, cap);
     }
 
     /// Common tail of every input: SWIM's outputs, candidate dials, the empty-table check.

@@ -486,28 +486,12 @@ impl Table {
             .map(|h| h.id())
             .collect();
         if let Some(victim) = unverified.choose(rng).copied() {
-            let evicted = self.hosts.remove(&victim).map(Box::new);
-            self.hosts.insert(record.id, Host::new(now, record, source));
-            if let Some(evicted) = evicted {
-                return Insert::Replaced {
-                    evicted,
-                    random: false,
-                };
-            }
-            return Insert::Added;
+            return self.replace(victim, now, record, source, false);
         }
         if self.config.random_factor > 0.0 && rng.random_bool(self.config.random_factor) {
             let ids: Vec<PeerId> = self.hosts.keys().copied().collect();
             if let Some(victim) = ids.choose(rng).copied() {
-                let evicted = self.hosts.remove(&victim).map(Box::new);
-                self.hosts.insert(record.id, Host::new(now, record, source));
-                if let Some(evicted) = evicted {
-                    return Insert::Replaced {
-                        evicted,
-                        random: true,
-                    };
-                }
-                return Insert::Added;
+                return self.replace(victim, now, record, source, true);
             }
         }
         let victim = {
@@ -538,13 +522,22 @@ impl Table {
         let Some(victim) = victim else {
             return Insert::Rejected(Rejected::Crowded);
         };
+        self.replace(victim, now, record, source, false)
+    }
+
+    /// Puts the newcomer in `victim`'s place.
+    fn replace(
+        &mut self,
+        victim: PeerId,
+        now: Time,
+        record: PeerRecord,
+        source: Source,
+        random: bool,
+    ) -> Insert {
         let evicted = self.hosts.remove(&victim).map(Box::new);
         self.hosts.insert(record.id, Host::new(now, record, source));
         match evicted {
-            Some(evicted) => Insert::Replaced {
-                evicted,
-                random: false,
-            },
+            Some(evicted) => Insert::Replaced { evicted, random },
             None => Insert::Added,
         }
     }
